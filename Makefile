@@ -1,0 +1,57 @@
+# oodgate: `make serve` and `make test` set up .venv on first use and reuse it after.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# glibc malloc returns big activation buffers to the OS after every batch and
+# then page-faults them back in; keeping them mapped saves a large share of CPU.
+export MALLOC_MMAP_THRESHOLD_ ?= 33554432
+export MALLOC_TRIM_THRESHOLD_ ?= 268435456
+
+.PHONY: help setup serve test lint system-deps train-default export-default
+
+help:
+	@echo "make serve          set up .venv and serve the bundled default model (OODGATE_* settings apply)"
+	@echo "make test           set up .venv and run the test suite"
+	@echo "make lint           ruff"
+	@echo "make train-default  retrain models/fashion-glow/1 from configs/fashion-glow.yaml (CPU: ~1 h)"
+	@echo "make export-default export runs/fashion-glow/best.pt to models/fashion-glow/1"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[train,eval,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the tests drive for real (promtool, prometheus). Installed
+# only where missing and only when we may (root, apt-get present).
+system-deps:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian package prometheus (promtool) for the tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null); \
+	  else echo "note: promtool not found and cannot install it; tests that need it will skip"; fi; \
+	fi
+
+serve: $(STAMP)
+	$(VENV)/bin/oodgate-serve
+
+test: $(STAMP) system-deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+train-default: $(STAMP)
+	@test -d /usr/share/datasets/fashion-mnist || (echo "FashionMNIST missing: sudo apt-get install -y dataset-fashion-mnist" && exit 2)
+	$(VENV)/bin/oodgate-train configs/fashion-glow.yaml --resume
+
+export-default: $(STAMP)
+	$(VENV)/bin/oodgate-export runs/fashion-glow/best.pt --force

@@ -1,0 +1,1 @@
+"""Online side of oodgate: loads exported graphs and scores images. Never imports ``training``."""

@@ -1,0 +1,137 @@
+"""The model-bundle contract: ``models/<name>/<version>/{model.onnx, model.pt, manifest.json}``.
+
+This module is the one definition of the manifest schema and of the graph's
+input and output names. Export (``training``) writes bundles through it and the
+service reads them through it, so the two can never disagree. Bundles are
+TorchScript and ONNX files plus JSON: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("log_pz", "log_det", "log_px", "bpd", "log_pz_levels", "log_det_levels")
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.pt"
+
+
+class ArtifactError(RuntimeError):
+    """A bundle is missing, malformed, or its files do not match the manifest."""
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = INPUT_NAME
+    dtype: Literal["uint8"] = "uint8"
+    shape: tuple[int, int, int] = Field(description="C, H, W; the batch axis is dynamic")
+    color_mode: Literal["L", "RGB"]
+
+    @property
+    def dims(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    sha256: str
+    bytes: int
+
+
+class TrainingData(BaseModel):
+    """Where the training images came from and which slices were (not) trained on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    split: str
+    path: str
+    sha256: str = Field(description="sha256 of the uint8 image array of the whole split")
+    slices: dict[str, tuple[int, int]] = Field(description="[start, stop) positions in the split")
+    holdout_sha256: str = Field(description="sha256 of the held-out images, for the calibration step")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    created: str
+    input: InputSpec
+    outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
+    levels: int = Field(ge=1, description="columns of log_pz_levels and log_det_levels")
+    architecture: dict[str, Any]
+    training: dict[str, Any] = Field(default_factory=dict)
+    data: TrainingData | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    calibration: dict[str, Any] | None = Field(None, description="OOD calibration state, defined by service.ood")
+    files: dict[str, FileEntry]
+    packages: dict[str, str] = Field(default_factory=dict)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(bundle_dir: Path, name: str) -> FileEntry:
+    path = bundle_dir / name
+    return FileEntry(path=name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
+    """Read and validate ``manifest.json``; with ``verify``, check every file's sha256."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if not path.exists():
+        raise ArtifactError(f"no {MANIFEST_NAME} in {bundle_dir}")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise ArtifactError(f"{path} does not follow the manifest schema: {exc}") from exc
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {manifest.schema_version}, this oodgate reads {SCHEMA_VERSION}")
+    if verify:
+        for key, entry in manifest.files.items():
+            file = bundle_dir / entry.path
+            if not file.exists():
+                raise ArtifactError(f"{bundle_dir}: {key} file {entry.path} is missing")
+            actual = sha256_file(file)
+            if actual != entry.sha256:
+                raise ArtifactError(f"{file}: sha256 {actual[:12]}... does not match the manifest ({entry.sha256[:12]}...)")
+    return manifest
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def discover_bundles(models_root: str | Path) -> list[Path]:
+    """Every ``<name>/<version>/`` under ``models_root`` that holds a manifest, sorted."""
+    root = Path(models_root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.glob(f"*/*/{MANIFEST_NAME}"))
+
+
+def bits_per_dim(log_px, dims: int):
+    """DESIGN.md's ``bpd = (-log_px + D ln 256) / (D ln 2)``; works on floats, numpy and torch."""
+    return (-log_px + dims * math.log(256.0)) / (dims * math.log(2.0))

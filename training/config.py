@@ -1,0 +1,66 @@
+"""Training run configuration, read from a YAML or TOML file checked into ``configs/``."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from training.architectures import FlowConfig
+from training.data import FASHION_MNIST_DIR, SliceSpec
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["fashion-mnist", "npz", "folder"] = "fashion-mnist"
+    path: str = Field(str(FASHION_MNIST_DIR), description="IDX directory, .npz file or image folder")
+    slices: SliceSpec = SliceSpec()
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(500, ge=0, description="linear learning-rate warm-up from 0")
+    grad_clip: float = Field(50.0, gt=0, description="max global gradient norm")
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    val_every: int = Field(500, ge=1, description="validation bpd every N steps (and at each epoch end)")
+    checkpoint_every: int = Field(200, ge=1, description="write last.pt every N steps")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    num_val_images: int | None = Field(None, ge=1, description="cap on validation images per evaluation")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field("1", pattern=r"^[A-Za-z0-9._-]+$")
+    data: DataConfig = DataConfig()
+    model: FlowConfig = FlowConfig()
+    train: TrainConfig = TrainConfig()
+    out_dir: str | None = Field(None, description="checkpoints go here (default runs/<name>)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"config not found: {path}")
+    text = path.read_text()
+    raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    try:
+        return RunConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise SystemExit(f"invalid config {path}:\n{exc}") from exc

@@ -1,0 +1,274 @@
+"""``oodgate-export CHECKPOINT``: write a servable bundle and prove it scores like the trained model.
+
+The exported graph takes ``images: uint8[B, C, H, W]`` and does everything after
+the raw pixels itself (midpoint dequantization, centering or logit, the flow),
+returning the six named outputs of :data:`service.artifact.OUTPUT_NAMES`. The
+1x1 convolutions' log-determinants are computed once here, in float64, and baked
+in as constants. Export then checks parity (eager vs TorchScript vs ONNX Runtime,
+random and real images) and refuses to write a manifest when ``|Δ bpd|`` exceeds
+the tolerance, so a bundle with a manifest is a bundle that passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.artifact import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    TORCHSCRIPT_FILE,
+    InputSpec,
+    Manifest,
+    TrainingData,
+    bits_per_dim,
+    file_entry,
+    write_manifest,
+)
+from training.architectures import MultiScaleFlow
+from training.data import DatasetError, load_fashion_mnist, sha256_array, split_training_set
+from training.flows import dequantize, freeze_invertible_convs
+
+PARITY_TOLERANCE_BPD = 1e-4
+ONNX_OPSET = 18
+
+
+class ExportParityError(RuntimeError):
+    """The exported graphs do not score like the eager model."""
+
+
+class ScoringGraph(nn.Module):
+    """uint8 images in, the artifact's six named statistics out."""
+
+    def __init__(self, flow: MultiScaleFlow) -> None:
+        super().__init__()
+        self.flow = flow
+        self.dims = flow.dims
+
+    def forward(self, images: torch.Tensor):
+        log_pz_levels, log_det_levels = self.flow(dequantize(images))
+        log_pz = log_pz_levels.sum(dim=1)
+        log_det = log_det_levels.sum(dim=1)
+        log_px = log_pz + log_det
+        return log_pz, log_det, log_px, bits_per_dim(log_px, self.dims), log_pz_levels, log_det_levels
+
+
+def prepare_for_export(flow: MultiScaleFlow) -> ScoringGraph:
+    flow = flow.eval()
+    freeze_invertible_convs(flow)
+    for parameter in flow.parameters():
+        parameter.requires_grad_(False)
+    return ScoringGraph(flow).eval()
+
+
+def export_torchscript(graph: ScoringGraph, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(graph, (example,), check_trace=False)
+    traced = torch.jit.freeze(traced.eval())
+    traced.save(str(path))
+
+
+def export_onnx(graph: ScoringGraph, example: torch.Tensor, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)
+
+
+def run_eager(graph: ScoringGraph, images: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [o.numpy() for o in graph(torch.from_numpy(images))]
+
+
+def run_torchscript(path: Path, images: np.ndarray) -> list[np.ndarray]:
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return [o.numpy() for o in module(torch.from_numpy(images))]
+
+
+def run_onnx(path: Path, images: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    if names != list(OUTPUT_NAMES):
+        raise ExportParityError(f"ONNX outputs are {names}, expected {list(OUTPUT_NAMES)}")
+    return session.run(None, {INPUT_NAME: images})
+
+
+def check_parity(graph: ScoringGraph, bundle_dir: Path, images: np.ndarray, tolerance: float = PARITY_TOLERANCE_BPD) -> dict:
+    """Score ``images`` three ways; raise :class:`ExportParityError` past ``tolerance`` bpd."""
+    eager = run_eager(graph, images)
+    report = {"images": int(len(images)), "tolerance_bpd": tolerance}
+    for backend, runner, file in (("torchscript", run_torchscript, TORCHSCRIPT_FILE), ("onnx", run_onnx, ONNX_FILE)):
+        outputs = run_torchscript(bundle_dir / file, images) if runner is run_torchscript else run_onnx(bundle_dir / file, images)
+        for name, ref, got in zip(OUTPUT_NAMES, eager, outputs):
+            if ref.shape != got.shape:
+                raise ExportParityError(f"{backend}: {name} has shape {got.shape}, eager gives {ref.shape}")
+        max_delta = float(np.max(np.abs(eager[3].astype(np.float64) - outputs[3].astype(np.float64))))
+        if not np.isfinite(max_delta) or max_delta > tolerance:
+            raise ExportParityError(f"{backend}: max |Δ bpd| = {max_delta:.3g} over {len(images)} images > {tolerance:g}")
+        report[f"{backend}_max_abs_delta_bpd"] = max_delta
+    return report
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "oodgate"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def parity_images(shape: tuple[int, int, int], real: np.ndarray | None, n: int = 64, seed: int = 0) -> np.ndarray:
+    """Random noise, constants at both extremes, and real images if any: the cases that break exports."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        rng.integers(0, 256, size=(n // 2, *shape), dtype=np.uint8),
+        np.zeros((1, *shape), np.uint8),
+        np.full((1, *shape), 255, np.uint8),
+    ]
+    if real is not None and len(real):
+        parts.append(real[rng.choice(len(real), size=min(n, len(real)), replace=False)])
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def export_bundle(
+    flow: MultiScaleFlow,
+    bundle_dir: Path,
+    *,
+    name: str,
+    version: str,
+    architecture: dict,
+    training: dict | None = None,
+    data: TrainingData | None = None,
+    metrics: dict[str, float] | None = None,
+    real_images: np.ndarray | None = None,
+    tolerance: float = PARITY_TOLERANCE_BPD,
+) -> Manifest:
+    """Export ``flow`` to ``bundle_dir``, check parity, and only then write the manifest."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    stale = bundle_dir / "manifest.json"
+    if stale.exists():
+        stale.unlink()  # a manifest is only ever next to files that passed parity
+    graph = prepare_for_export(flow)
+    shape = tuple(int(s) for s in flow.input_shape)
+    example = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    export_torchscript(graph, example, bundle_dir / TORCHSCRIPT_FILE)
+    export_onnx(graph, example, bundle_dir / ONNX_FILE)
+    parity = check_parity(graph, bundle_dir, parity_images(shape, real_images), tolerance)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        input=InputSpec(shape=shape, color_mode="L" if shape[0] == 1 else "RGB"),
+        levels=flow.num_levels,
+        architecture=architecture,
+        training={**(training or {}), "export_parity": parity},
+        data=data,
+        metrics=metrics or {},
+        files={"onnx": file_entry(bundle_dir, ONNX_FILE), "torchscript": file_entry(bundle_dir, TORCHSCRIPT_FILE)},
+        packages=package_versions(),
+    )
+    write_manifest(bundle_dir, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.train import evaluate_bpd, load_training_images, model_from_checkpoint
+
+    parser = argparse.ArgumentParser(prog="oodgate-export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a best.pt / last.pt written by oodgate-train")
+    parser.add_argument("--models-dir", default="models", help="model repository root (default: models)")
+    parser.add_argument("--version", help="bundle version (default: the config's)")
+    parser.add_argument("--no-test", action="store_true", help="skip measuring test bpd on the test split")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    args = parser.parse_args(argv)
+
+    flow, config, checkpoint = model_from_checkpoint(args.checkpoint)
+    version = args.version or config.version
+    bundle_dir = Path(args.models_dir) / config.name / version
+    if (bundle_dir / "manifest.json").exists() and not args.force:
+        print(f"oodgate-export: {bundle_dir} exists; pass --force to overwrite", file=sys.stderr)
+        return 2
+
+    data_record, real, metrics = None, None, {}
+    try:
+        images = load_training_images(config)
+        slices = split_training_set(images, config.data.slices)
+        real = slices.validation
+        data_record = TrainingData(
+            source=config.data.source,
+            split="train",
+            path=config.data.path,
+            sha256=sha256_array(images),
+            slices={k: tuple(v) for k, v in slices.ranges.items()},
+            holdout_sha256=sha256_array(slices.holdout),
+        )
+        metrics["validation_bpd"] = evaluate_bpd(flow, slices.validation, torch.device("cpu"))
+        if config.data.source == "fashion-mnist" and not args.no_test:
+            test_images, _ = load_fashion_mnist("test", config.data.path)
+            print(f"measuring test bpd on {len(test_images)} images...", file=sys.stderr)
+            metrics["test_bpd"] = evaluate_bpd(flow, test_images, torch.device("cpu"))
+    except DatasetError as exc:
+        print(f"oodgate-export: training data unavailable ({exc}); exporting without data record", file=sys.stderr)
+
+    history = checkpoint.get("history", [])
+    training = {
+        "config": config.train.model_dump(mode="json"),
+        "steps": checkpoint["step"],
+        "epochs_completed": checkpoint["epoch"],
+        "best_validation_bpd": checkpoint["best_val_bpd"],
+        "seconds": history[-1]["seconds"] if history else None,
+        "checkpoint": Path(args.checkpoint).name,
+    }
+    try:
+        manifest = export_bundle(
+            flow,
+            bundle_dir,
+            name=config.name,
+            version=version,
+            architecture=config.model.model_dump(mode="json"),
+            training=training,
+            data=data_record,
+            metrics=metrics,
+            real_images=real,
+        )
+    except ExportParityError as exc:
+        print(f"oodgate-export: parity check FAILED, no manifest written: {exc}", file=sys.stderr)
+        return 1
+    parity = manifest.training["export_parity"]
+    print(
+        f"wrote {bundle_dir}: parity on {parity['images']} images, max |Δ bpd| torchscript "
+        f"{parity['torchscript_max_abs_delta_bpd']:.2e}, onnx {parity['onnx_max_abs_delta_bpd']:.2e}; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""``oodgate-train CONFIG``: maximum-likelihood training of a flow on uint8 images.
+
+Uniform dequantization, Adam with linear warm-up, global gradient clipping,
+validation bpd at the bin midpoint (the numbers the exported graph gives),
+``last.pt`` every few steps and ``best.pt`` on a new best validation bpd. A
+checkpoint is a dict of tensors and plain values, read back with
+``weights_only=True``: no pickled module ever. A non-finite loss stops the run
+with a message before anything is written, so no checkpoint is ever broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from service.artifact import bits_per_dim
+from training.architectures import MultiScaleFlow, build_flow
+from training.config import RunConfig, load_config
+from training.data import (
+    DatasetError,
+    Slices,
+    load_fashion_mnist,
+    load_image_folder,
+    load_npz,
+    split_training_set,
+)
+from training.flows import all_actnorms_initialized, dequantize, initialize_actnorms
+
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss went non-finite; nothing was written for the step that caused it."""
+
+
+def load_training_images(config: RunConfig) -> np.ndarray:
+    data = config.data
+    if data.source == "fashion-mnist":
+        images, _ = load_fashion_mnist("train", data.path)
+        return images
+    if data.source == "npz":
+        return load_npz(data.path)
+    return load_image_folder(data.path)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device 'cuda' requested, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate_bpd(model: MultiScaleFlow, images: np.ndarray, device: torch.device, batch_size: int = 256) -> float:
+    """Mean bpd at the bin midpoint (deterministic, as the exported graph scores)."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(images[start : start + batch_size]).to(device)
+        log_pz, log_det = model(dequantize(pixels))
+        bpd = bits_per_dim(log_pz.sum(1) + log_det.sum(1), model.dims)
+        total += float(bpd.double().sum())
+        count += len(pixels)
+    model.train()
+    return total / max(count, 1)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[MultiScaleFlow, RunConfig, dict]:
+    checkpoint = load_checkpoint(path)
+    config = RunConfig.model_validate(checkpoint["config"])
+    model = build_flow(config.model, tuple(checkpoint["input_shape"]), seed=config.train.seed)
+    model.load_state_dict(checkpoint["model"])
+    if not all_actnorms_initialized(model):
+        raise SystemExit(f"{path}: ActNorm layers are not initialised; not a trained checkpoint")
+    return model.eval(), config, checkpoint
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    best_val_bpd: float = float("inf")
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, slices: Slices, resume: Path | None = None) -> None:
+        self.config = config
+        self.slices = slices
+        self.tc = config.train
+        if self.tc.threads:
+            torch.set_num_threads(self.tc.threads)
+        self.device = resolve_device(self.tc.device)
+        self.input_shape = tuple(int(s) for s in slices.train.shape[1:])
+        self.model = build_flow(config.model, self.input_shape, seed=self.tc.seed).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
+        warmup = self.tc.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.progress = Progress()
+        self.history: list[dict] = []
+        self.run_dir = config.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.stop_requested = False
+        if resume is not None:
+            self._resume(resume)
+
+    # -- checkpoints -------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.progress.step,
+            "epoch": self.progress.epoch,
+            "best_val_bpd": self.progress.best_val_bpd,
+            "config": self.config.model_dump(mode="json"),
+            "input_shape": list(self.input_shape),
+            "slices": {k: list(v) for k, v in self.slices.ranges.items()},
+            "history": self.history,
+        }
+
+    def _resume(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["best_val_bpd"])
+        self.history = list(checkpoint.get("history", []))
+        print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch + 1})", file=sys.stderr)
+
+    def _checkpoint(self, best: bool = False) -> None:
+        state = self._state()
+        save_checkpoint(self.run_dir / "last.pt", state)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", state)
+
+    # -- training ----------------------------------------------------------
+    def _batches(self, epoch: int):
+        """The epoch's shuffled batches; seeded by epoch, so a resumed run sees the same order."""
+        order = np.random.default_rng(self.tc.seed + epoch).permutation(len(self.slices.train))
+        bs = self.tc.batch_size
+        for start in range(0, len(order) - bs + 1, bs):
+            yield torch.from_numpy(self.slices.train[np.sort(order[start : start + bs])])
+
+    def _initialize(self) -> None:
+        if all_actnorms_initialized(self.model):
+            return
+        generator = np.random.default_rng(self.tc.seed)
+        index = generator.choice(len(self.slices.train), size=min(512, len(self.slices.train)), replace=False)
+        pixels = torch.from_numpy(self.slices.train[np.sort(index)]).to(self.device)
+        torch.manual_seed(self.tc.seed)
+        count = initialize_actnorms(self.model, lambda: self.model(dequantize(pixels, noise=True)))
+        print(f"initialised {count} ActNorm layers from {len(pixels)} images", file=sys.stderr)
+
+    def _loss(self, pixels: torch.Tensor) -> torch.Tensor:
+        use_amp = self.tc.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            log_pz, log_det = self.model(dequantize(pixels, noise=True))
+        log_px = log_pz.float().sum(1) + log_det.float().sum(1)
+        return bits_per_dim(log_px, self.model.dims).mean()
+
+    def validate(self) -> float:
+        images = self.slices.validation
+        if self.tc.num_val_images:
+            images = images[: self.tc.num_val_images]
+        return evaluate_bpd(self.model, images, self.device)
+
+    def fit(self, max_minutes: float | None = None) -> Progress:
+        self._initialize()
+        self.model.train()
+        tc = self.tc
+        steps_per_epoch = len(self.slices.train) // tc.batch_size
+        total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+        started = time.monotonic()
+        bar = tqdm(total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True)
+        ema_bpd = None
+        window_start, window_images = time.monotonic(), 0
+        try:
+            while self.progress.step < total_steps and self.progress.epoch < tc.epochs and not self.stop_requested:
+                skip = self.progress.step - self.progress.epoch * steps_per_epoch
+                for index, pixels in enumerate(self._batches(self.progress.epoch)):
+                    if index < skip:
+                        continue
+                    pixels = pixels.to(self.device, non_blocking=True)
+                    loss = self._loss(pixels)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"non-finite loss ({loss.item()}) at step {self.progress.step + 1}; nothing was written "
+                            f"for this step. The last good checkpoints are in {self.run_dir}. Try a lower lr, "
+                            f"more warm-up steps or a tighter grad_clip, then resume with --resume."
+                        )
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                    if not torch.isfinite(grad_norm):
+                        raise TrainingDiverged(
+                            f"non-finite gradient norm at step {self.progress.step + 1}; nothing was written. "
+                            f"Last good checkpoints: {self.run_dir}."
+                        )
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.progress.step += 1
+                    value = loss.item()
+                    ema_bpd = value if ema_bpd is None else 0.98 * ema_bpd + 0.02 * value
+                    window_images += len(pixels)
+                    elapsed = time.monotonic() - window_start
+                    if elapsed >= 2.0:
+                        rate = window_images / elapsed
+                        window_start, window_images = time.monotonic(), 0
+                        bar.set_postfix(bpd=f"{ema_bpd:.3f}", img_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                    bar.update(1)
+                    step = self.progress.step
+                    if step % tc.val_every == 0:
+                        self._validate_and_checkpoint(bar, ema_bpd, started)
+                    elif step % tc.checkpoint_every == 0:
+                        self._checkpoint()
+                    out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
+                    if step >= total_steps or self.stop_requested or out_of_time:
+                        self.stop_requested = self.stop_requested or out_of_time
+                        break
+                else:
+                    self.progress.epoch += 1
+                    self._validate_and_checkpoint(bar, ema_bpd, started)
+                    continue
+                break
+        finally:
+            bar.close()
+        if self.progress.step % tc.val_every:
+            self._validate_and_checkpoint(None, ema_bpd, started)
+        return self.progress
+
+    def _validate_and_checkpoint(self, bar, train_bpd: float | None, started: float) -> None:
+        val_bpd = self.validate()
+        best = val_bpd < self.progress.best_val_bpd
+        if best:
+            self.progress.best_val_bpd = val_bpd
+        self.history.append(
+            {
+                "step": self.progress.step,
+                "epoch": self.progress.epoch,
+                "train_bpd": train_bpd,
+                "val_bpd": val_bpd,
+                "seconds": time.monotonic() - started,
+            }
+        )
+        self._checkpoint(best=best)
+        message = f"step {self.progress.step}: validation bpd {val_bpd:.4f}" + (" (best)" if best else "")
+        (bar.write if bar is not None else lambda m: print(m, file=sys.stderr))(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oodgate-train", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="YAML or TOML run config (see configs/)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="resume from a checkpoint; bare --resume takes <run dir>/last.pt if there is one, else starts fresh",
+    )
+    parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
+    parser.add_argument("--out-dir", help="override the config's run directory")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config)
+    if args.out_dir:
+        config.out_dir = args.out_dir
+    try:
+        images = load_training_images(config)
+    except DatasetError as exc:
+        print(f"oodgate-train: {exc}", file=sys.stderr)
+        return 2
+    slices = split_training_set(images, config.data.slices)
+    resume = None
+    if args.resume:
+        resume = config.run_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
+        if not resume.exists():
+            if args.resume != "auto":
+                print(f"oodgate-train: nothing to resume at {resume}", file=sys.stderr)
+                return 2
+            print(f"no checkpoint at {resume}; starting fresh", file=sys.stderr)
+            resume = None
+    trainer = Trainer(config, slices, resume=resume)
+
+    def request_stop(signum, frame):  # finish the step, checkpoint, exit
+        trainer.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    print(
+        f"training {config.name} on {len(slices.train)} images ({trainer.device}); "
+        f"validation {len(slices.validation)}, held out {len(slices.holdout)}; checkpoints in {config.run_dir}",
+        file=sys.stderr,
+    )
+    try:
+        progress = trainer.fit(max_minutes=args.max_minutes)
+    except TrainingDiverged as exc:
+        print(f"oodgate-train: {exc}", file=sys.stderr)
+        return 3
+    print(f"stopped at step {progress.step}; best validation bpd {progress.best_val_bpd:.4f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
