@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny models and data built in-process; no real dataset needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TINY_SHAPE = (1, 28, 28)
+
+
+def make_tiny_flow(seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE, levels: int = 2):
+    """An untrained-but-initialised 2-level Glow small enough to export in seconds."""
+    from training.architectures import FlowConfig, build_flow
+    from training.flows import dequantize, initialize_actnorms
+
+    config = FlowConfig(levels=levels, steps=1, hidden=8)
+    flow = build_flow(config, shape, seed=seed)
+    rng = np.random.default_rng(seed)
+    pixels = torch.from_numpy(rng.integers(0, 256, size=(64, *shape), dtype=np.uint8))
+    initialize_actnorms(flow, lambda: flow(dequantize(pixels, noise=True)))
+    return flow.eval(), config
+
+
+def export_tiny_bundle(models_root: Path, name: str = "tiny", version: str = "1", seed: int = 0):
+    from training.export import export_bundle
+
+    flow, config = make_tiny_flow(seed)
+    bundle_dir = models_root / name / version
+    manifest = export_bundle(
+        flow, bundle_dir, name=name, version=version, architecture=config.model_dump(mode="json")
+    )
+    return bundle_dir, manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory) -> Path:
+    """A model repository holding one exported tiny bundle, ``tiny/1``. Read-only: copy it to change it."""
+    root = tmp_path_factory.mktemp("models")
+    export_tiny_bundle(root)
+    return root

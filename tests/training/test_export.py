@@ -1,0 +1,81 @@
+"""Export writes a bundle that scores like the eager model, or no manifest at all."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.artifact import OUTPUT_NAMES, ArtifactError, load_manifest
+from tests.conftest import make_tiny_flow
+from training.export import ExportParityError, check_parity, export_bundle, prepare_for_export
+
+
+def test_tiny_export_passes_parity_and_records_manifest(tiny_models_root):
+    bundle = tiny_models_root / "tiny" / "1"
+    manifest = load_manifest(bundle)  # verifies every file's sha256
+    assert manifest.input.shape == (1, 28, 28)
+    assert manifest.outputs == list(OUTPUT_NAMES)
+    parity = manifest.training["export_parity"]
+    assert parity["onnx_max_abs_delta_bpd"] <= 1e-4
+    assert parity["torchscript_max_abs_delta_bpd"] <= 1e-4
+    assert {"torch", "onnxruntime", "numpy"} <= set(manifest.packages)
+
+
+def test_onnx_graph_takes_uint8_with_dynamic_batch_and_named_outputs(tiny_models_root):
+    session = ort.InferenceSession(str(tiny_models_root / "tiny/1/model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "images" and inp.type == "tensor(uint8)"
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+    out = dict(zip(OUTPUT_NAMES, session.run(None, {"images": images})))
+    assert out["log_pz_levels"].shape == (5, 2) and out["bpd"].shape == (5,)
+    np.testing.assert_allclose(out["log_px"], out["log_pz"] + out["log_det"], rtol=1e-5)
+    np.testing.assert_allclose(out["log_pz"], out["log_pz_levels"].sum(1), rtol=1e-5)
+    np.testing.assert_allclose(out["log_det"], out["log_det_levels"].sum(1), rtol=1e-5, atol=1e-3)
+    expected_bpd = (-out["log_px"].astype(np.float64) + 784 * np.log(256)) / (784 * np.log(2))
+    np.testing.assert_allclose(out["bpd"], expected_bpd, rtol=1e-5)
+    # deterministic: the same image always gets the same numbers
+    again = session.run(["bpd"], {"images": images})[0]
+    np.testing.assert_array_equal(again, out["bpd"])
+
+
+def test_torchscript_matches_onnx_on_one_image(tiny_models_root):
+    module = torch.jit.load(str(tiny_models_root / "tiny/1/model.pt"))
+    session = ort.InferenceSession(str(tiny_models_root / "tiny/1/model.onnx"), providers=["CPUExecutionProvider"])
+    image = np.full((1, 1, 28, 28), 17, np.uint8)
+    ts_bpd = module(torch.from_numpy(image))[3].numpy()
+    onnx_bpd = session.run(["bpd"], {"images": image})[0]
+    np.testing.assert_allclose(ts_bpd, onnx_bpd, atol=1e-4)
+
+
+def test_parity_check_fails_loudly_and_writes_no_manifest(tmp_path, tiny_models_root):
+    flow, config = make_tiny_flow(seed=3)
+    graph = prepare_for_export(flow)
+    with torch.no_grad():  # the bundle on disk belongs to another model: parity must fail
+        graph.flow.top_prior.mean.add_(1.0)
+    with pytest.raises(ExportParityError, match="bpd"):
+        check_parity(graph, tiny_models_root / "tiny" / "1", np.zeros((4, 1, 28, 28), np.uint8))
+
+
+def test_export_refuses_to_leave_a_manifest_when_parity_fails(tmp_path, monkeypatch):
+    flow, config = make_tiny_flow(seed=4)
+
+    def broken(graph, bundle_dir, images, tolerance):
+        raise ExportParityError("forced")
+
+    monkeypatch.setattr("training.export.check_parity", broken)
+    with pytest.raises(ExportParityError):
+        export_bundle(flow, tmp_path / "b" / "1", name="b", version="1", architecture={})
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_manifest(tmp_path / "b" / "1")
+
+
+def test_tampered_bundle_is_rejected(tmp_path, tiny_models_root):
+    import shutil
+
+    bundle = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
+    with open(bundle / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_manifest(bundle)
