@@ -114,7 +114,9 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
                 raise ArtifactError(f"{bundle_dir}: {key} file {entry.path} is missing")
             actual = sha256_file(file)
             if actual != entry.sha256:
-                raise ArtifactError(f"{file}: sha256 {actual[:12]}... does not match the manifest ({entry.sha256[:12]}...)")
+                raise ArtifactError(
+                    f"{file}: sha256 {actual[:12]}... does not match the manifest ({entry.sha256[:12]}...)"
+                )
     return manifest
 
 

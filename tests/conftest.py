@@ -11,6 +11,16 @@ import torch
 TINY_SHAPE = (1, 28, 28)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run where CUDA is present and are skipped, with the reason, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_tiny_flow(seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE, levels: int = 2):
     """An untrained-but-initialised 2-level Glow small enough to export in seconds."""
     from training.architectures import FlowConfig, build_flow
@@ -29,9 +39,7 @@ def export_tiny_bundle(models_root: Path, name: str = "tiny", version: str = "1"
 
     flow, config = make_tiny_flow(seed)
     bundle_dir = models_root / name / version
-    manifest = export_bundle(
-        flow, bundle_dir, name=name, version=version, architecture=config.model_dump(mode="json")
-    )
+    manifest = export_bundle(flow, bundle_dir, name=name, version=version, architecture=config.model_dump(mode="json"))
     return bundle_dir, manifest
 
 

@@ -118,18 +118,22 @@ def run_onnx(path: Path, images: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {INPUT_NAME: images})
 
 
-def check_parity(graph: ScoringGraph, bundle_dir: Path, images: np.ndarray, tolerance: float = PARITY_TOLERANCE_BPD) -> dict:
+def check_parity(
+    graph: ScoringGraph, bundle_dir: Path, images: np.ndarray, tolerance: float = PARITY_TOLERANCE_BPD
+) -> dict:
     """Score ``images`` three ways; raise :class:`ExportParityError` past ``tolerance`` bpd."""
     eager = run_eager(graph, images)
     report = {"images": int(len(images)), "tolerance_bpd": tolerance}
     for backend, runner, file in (("torchscript", run_torchscript, TORCHSCRIPT_FILE), ("onnx", run_onnx, ONNX_FILE)):
-        outputs = run_torchscript(bundle_dir / file, images) if runner is run_torchscript else run_onnx(bundle_dir / file, images)
-        for name, ref, got in zip(OUTPUT_NAMES, eager, outputs):
+        outputs = runner(bundle_dir / file, images)
+        for name, ref, got in zip(OUTPUT_NAMES, eager, outputs, strict=True):
             if ref.shape != got.shape:
                 raise ExportParityError(f"{backend}: {name} has shape {got.shape}, eager gives {ref.shape}")
         max_delta = float(np.max(np.abs(eager[3].astype(np.float64) - outputs[3].astype(np.float64))))
         if not np.isfinite(max_delta) or max_delta > tolerance:
-            raise ExportParityError(f"{backend}: max |Δ bpd| = {max_delta:.3g} over {len(images)} images > {tolerance:g}")
+            raise ExportParityError(
+                f"{backend}: max |Δ bpd| = {max_delta:.3g} over {len(images)} images > {tolerance:g}"
+            )
         report[f"{backend}_max_abs_delta_bpd"] = max_delta
     return report
 
@@ -184,7 +188,7 @@ def export_bundle(
     manifest = Manifest(
         name=name,
         version=version,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input=InputSpec(shape=shape, color_mode="L" if shape[0] == 1 else "RGB"),
         levels=flow.num_levels,
         architecture=architecture,

@@ -35,7 +35,6 @@ from training.data import (
 from training.flows import all_actnorms_initialized, dequantize, initialize_actnorms
 
 
-
 class TrainingDiverged(RuntimeError):
     """The loss went non-finite; nothing was written for the step that caused it."""
 
@@ -192,7 +191,9 @@ class Trainer:
         steps_per_epoch = len(self.slices.train) // tc.batch_size
         total_steps = tc.max_steps or steps_per_epoch * tc.epochs
         started = time.monotonic()
-        bar = tqdm(total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True
+        )
         ema_bpd = None
         window_start, window_images = time.monotonic(), 0
         try:
@@ -227,7 +228,9 @@ class Trainer:
                     if elapsed >= 2.0:
                         rate = window_images / elapsed
                         window_start, window_images = time.monotonic(), 0
-                        bar.set_postfix(bpd=f"{ema_bpd:.3f}", img_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                        bar.set_postfix(
+                            bpd=f"{ema_bpd:.3f}", img_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}"
+                        )
                     bar.update(1)
                     step = self.progress.step
                     if step % tc.val_every == 0:

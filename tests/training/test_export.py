@@ -27,7 +27,7 @@ def test_onnx_graph_takes_uint8_with_dynamic_batch_and_named_outputs(tiny_models
     assert inp.name == "images" and inp.type == "tensor(uint8)"
     assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
     images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
-    out = dict(zip(OUTPUT_NAMES, session.run(None, {"images": images})))
+    out = dict(zip(OUTPUT_NAMES, session.run(None, {"images": images}), strict=True))
     assert out["log_pz_levels"].shape == (5, 2) and out["bpd"].shape == (5,)
     np.testing.assert_allclose(out["log_px"], out["log_pz"] + out["log_det"], rtol=1e-5)
     np.testing.assert_allclose(out["log_pz"], out["log_pz_levels"].sum(1), rtol=1e-5)

@@ -72,7 +72,9 @@ ARCHITECTURES = {
     "glow-affine-lu": FlowConfig(levels=2, steps=2, hidden=8),
     "glow-additive-plain": FlowConfig(levels=2, steps=2, hidden=8, coupling="additive", lu=False),
     "glow-checkerboard-bottleneck": FlowConfig(levels=2, steps=2, hidden=8, mask="checkerboard", bottleneck=4),
-    "realnvp-cycle-logit": FlowConfig(architecture="realnvp", levels=2, steps=4, hidden=8, mask="cycle", preprocess="logit"),
+    "realnvp-cycle-logit": FlowConfig(
+        architecture="realnvp", levels=2, steps=4, hidden=8, mask="cycle", preprocess="logit"
+    ),
     "realnvp-horizontal": FlowConfig(architecture="realnvp", levels=1, steps=3, hidden=8, mask="horizontal"),
 }
 
