@@ -1,0 +1,541 @@
+"""Calibrated out-of-distribution scores: the one definition of the OOD math, fit and apply.
+
+A flow's likelihood alone is not an OOD detector (FashionMNIST flows give MNIST
+*higher* likelihood; constant images the highest of all). This module turns the
+flow's statistics into scores that do work, and each score into a conformal
+p-value and a flag whose false-positive rate on in-distribution images is
+bounded by ``alpha``. Training (``training.calibrate``) fits a :class:`Detector`
+with it and the service applies the same object, so the numbers the evaluation
+report measures are the numbers the service returns.
+
+Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
+
+``bpd``               the naive baseline the papers show failing
+``typicality``        ``|bpd - mean held-out bpd|`` (Nalisnick et al. 2019)
+``complexity``        ``bpd - L(x)/D`` with ``L(x)`` in bits (Serrà et al. 2020)
+``dose``              ``-log`` density of the statistics vector (per-level log p(z),
+                      per-level log-det, ``L(x)/D``) under densities fitted on
+                      held-out data (Morningstar et al. 2021)
+``likelihood_ratio``  ``bpd - background bpd``, the background flow trained on
+                      noise-perturbed data (Ren et al. 2019); only for bundles
+                      that ship a background graph
+
+Calibration is split conformal. The held-out slice (never trained on) is cut in
+two with a fixed seed: scores that need a fit (``typicality``, ``dose``) are
+fitted on the first part and calibrated on the second; scores that need no fit
+calibrate on the whole slice. ``p = (1 + #{cal >= s}) / (n + 1)`` and
+``ood = p <= alpha``.
+
+The fitted state is plain float64 arrays in ``calibration.npz`` next to the
+manifest (listed in its ``files``, so its sha256 is checked on load) plus a small
+JSON summary in ``manifest.calibration``: nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.artifact import ArtifactError, Manifest, file_entry, write_manifest
+
+CALIBRATION_FILE = "calibration.npz"
+CALIBRATION_KEY = "calibration"
+CALIBRATION_METHOD = "split-conformal"
+CALIBRATION_FORMAT = 1
+BACKGROUND_ONNX_KEY = "background_onnx"
+BACKGROUND_TORCHSCRIPT_KEY = "background_torchscript"
+BACKGROUND_BPD = "background_bpd"
+
+SCORE_NAMES = ("bpd", "typicality", "complexity", "dose", "likelihood_ratio")
+NEEDS_FIT = frozenset({"typicality", "dose"})
+NEEDS_COMPLEXITY = frozenset({"complexity", "dose"})
+NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
+DEFAULT_ALPHA = 0.05
+DEFAULT_FIT_FRACTION = 0.4
+DOSE_DENSITIES = ("kde", "gaussian")
+
+
+class UnknownScoreError(ValueError):
+    """A score was asked for that this model does not have (or cannot compute uncalibrated)."""
+
+
+class CalibrationError(ValueError):
+    """The calibration data cannot give a sound detector (too few images, non-finite statistics...)."""
+
+
+@dataclass
+class Decision:
+    """One image's verdict: every score, the one that decides, its p-value and the flag.
+
+    ``p_value`` and ``ood`` are ``None`` when the bundle carries no calibration:
+    an uncalibrated model never gets a made-up flag.
+    """
+
+    scores: dict[str, float]
+    score: str
+    p_value: float | None
+    ood: bool | None
+
+
+def check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not (0.0 < alpha < 1.0) or math.isnan(alpha):
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+    return alpha
+
+
+# --------------------------------------------------------------------------- densities
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    return np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+
+
+def _robust_scale(x: np.ndarray) -> np.ndarray:
+    """Per-column spread, ``min(std, IQR/1.349)`` as in Silverman's rule, never zero."""
+    std = x.std(axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
+    q75, q25 = np.percentile(x, [75, 25], axis=0)
+    iqr = (q75 - q25) / 1.349
+    scale = np.where(iqr > 0, np.minimum(std, iqr), std)
+    return np.where(scale > 0, scale, 1.0)
+
+
+class ProductKDE:
+    """One Gaussian KDE per feature, summed in log space (the DoSE paper's naive-Bayes density).
+
+    Silverman's bandwidth per feature. Far from the data the log density falls
+    quadratically instead of underflowing, so every image keeps a finite,
+    ordered score.
+    """
+
+    kind = "kde"
+
+    def __init__(self, points: np.ndarray, bandwidth: np.ndarray) -> None:
+        self.points = np.asarray(points, dtype=np.float64)
+        self.bandwidth = np.asarray(bandwidth, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> ProductKDE:
+        x = np.asarray(x, dtype=np.float64)
+        bandwidth = 0.9 * _robust_scale(x) * len(x) ** (-1 / 5)
+        return cls(x, bandwidth)
+
+    def log_density(self, x: np.ndarray, chunk: int = 512) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        n = len(self.points)
+        const = -np.log(n) - np.log(self.bandwidth) - 0.5 * np.log(2 * np.pi)  # [F]
+        out = np.empty(len(x))
+        for start in range(0, len(x), chunk):
+            block = x[start : start + chunk]
+            z = (block[:, None, :] - self.points[None, :, :]) / self.bandwidth  # [b, n, F]
+            per_feature = _logsumexp(-0.5 * z * z, axis=1) + const  # [b, F]
+            out[start : start + chunk] = per_feature.sum(axis=1)
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"points": self.points, "bandwidth": self.bandwidth}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ProductKDE:
+        return cls(arrays["points"], arrays["bandwidth"])
+
+
+class GaussianDensity:
+    """A full-covariance Gaussian: catches statistics that are each typical but not together."""
+
+    kind = "gaussian"
+
+    def __init__(self, mean: np.ndarray, precision_cholesky: np.ndarray, log_norm: float) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.precision_cholesky = np.asarray(precision_cholesky, dtype=np.float64)
+        self.log_norm = float(log_norm)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, ridge: float = 1e-6) -> GaussianDensity:
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        cov = np.atleast_2d(np.cov(x, rowvar=False))
+        cov = cov + ridge * np.mean(np.diag(cov)) * np.eye(len(cov))
+        chol = np.linalg.cholesky(np.linalg.inv(cov))  # precision = L L^T
+        log_norm = float(np.sum(np.log(np.diag(chol))) - 0.5 * len(mean) * np.log(2 * np.pi))
+        return cls(mean, chol, log_norm)
+
+    def log_density(self, x: np.ndarray) -> np.ndarray:
+        y = (np.asarray(x, dtype=np.float64) - self.mean) @ self.precision_cholesky
+        return self.log_norm - 0.5 * np.sum(y * y, axis=1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "precision_cholesky": self.precision_cholesky, "log_norm": np.array(self.log_norm)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> GaussianDensity:
+        return cls(arrays["mean"], arrays["precision_cholesky"], float(arrays["log_norm"]))
+
+
+def fit_density(kind: str, x: np.ndarray) -> ProductKDE | GaussianDensity:
+    if kind == "kde":
+        return ProductKDE.fit(x)
+    if kind == "gaussian":
+        return GaussianDensity.fit(x)
+    raise ValueError(f"unknown dose density {kind!r}; choose one of {DOSE_DENSITIES}")
+
+
+def density_from_arrays(kind: str, arrays: Mapping[str, np.ndarray]) -> ProductKDE | GaussianDensity:
+    return {"kde": ProductKDE, "gaussian": GaussianDensity}[kind].from_arrays(arrays)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def dose_features(stats: Mapping[str, np.ndarray], complexity: np.ndarray, dims: int) -> np.ndarray:
+    """The DoSE statistics vector per image: per-level log p(z) and log-det (per dim), then L(x)/D."""
+    log_pz_levels = np.asarray(stats["log_pz_levels"], dtype=np.float64).reshape(len(complexity), -1)
+    log_det_levels = np.asarray(stats["log_det_levels"], dtype=np.float64).reshape(len(complexity), -1)
+    return np.concatenate(
+        [log_pz_levels / dims, log_det_levels / dims, (np.asarray(complexity, np.float64) / dims)[:, None]], axis=1
+    )
+
+
+def dose_feature_names(levels: int) -> list[str]:
+    return (
+        [f"log_pz_level{i + 1}/D" for i in range(levels)]
+        + [f"log_det_level{i + 1}/D" for i in range(levels)]
+        + ["L(x)/D"]
+    )
+
+
+def _finite_or_inf(scores: np.ndarray) -> np.ndarray:
+    """A non-finite statistic means an image the flow cannot score: rank it as the most unusual."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(np.isfinite(scores), scores, np.inf)
+
+
+def conformal_p_values(calibration_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``(1 + #{cal >= s}) / (n + 1)`` for each score, against sorted calibration scores."""
+    n = len(calibration_sorted)
+    at_least = n - np.searchsorted(calibration_sorted, scores, side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
+# --------------------------------------------------------------------------- detector
+
+
+class Detector:
+    """Scores, conformal p-values and flags for one model bundle (alibi-detect style).
+
+    ``fit`` on statistics of held-out in-distribution images, then ``score``,
+    ``p_value`` and ``predict(alpha)`` on new ones. ``decide`` is the service's
+    per-image form of ``predict``. ``stats`` is always the graph's outputs by
+    name (batch-first arrays), plus ``"background_bpd"`` for bundles with a
+    background graph; ``complexity`` is :func:`service.complexity.complexity_bits`.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        levels: int,
+        *,
+        background: bool = False,
+        dose_density: str = "kde",
+        default_score: str | None = None,
+        default_alpha: float = DEFAULT_ALPHA,
+    ) -> None:
+        if dose_density not in DOSE_DENSITIES:
+            raise ValueError(f"unknown dose density {dose_density!r}; choose one of {DOSE_DENSITIES}")
+        self.dims = int(dims)
+        self.levels = int(levels)
+        self.background = bool(background)
+        self.dose_density = dose_density
+        self.default_alpha = check_alpha(default_alpha)
+        self._default_score = default_score
+        self.mean_bpd: float | None = None
+        self.density: ProductKDE | GaussianDensity | None = None
+        self.calibration: dict[str, np.ndarray] = {}  # score name -> sorted calibration scores
+        self.info: dict[str, Any] = {}
+
+    # -- what this detector offers ---------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return bool(self.calibration)
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        names = []
+        for name in SCORE_NAMES:
+            if name in NEEDS_BACKGROUND and not self.background:
+                continue
+            if name in NEEDS_FIT and not self.fitted:
+                continue
+            names.append(name)
+        return tuple(names)
+
+    @property
+    def default_score(self) -> str:
+        if self._default_score in self.score_names:
+            return self._default_score
+        return "dose" if "dose" in self.score_names else "complexity"
+
+    @default_score.setter
+    def default_score(self, name: str) -> None:
+        self._check_score(name)
+        self._default_score = name
+
+    @property
+    def needs_complexity(self) -> bool:
+        return any(name in NEEDS_COMPLEXITY for name in self.score_names)
+
+    @property
+    def needs_background(self) -> bool:
+        return self.background
+
+    def _check_score(self, name: str) -> str:
+        if name in self.score_names:
+            return name
+        if name in NEEDS_BACKGROUND and name in SCORE_NAMES:
+            why = "this model has no background flow"
+        elif name in NEEDS_FIT and name in SCORE_NAMES:
+            why = "this model carries no calibration"
+        else:
+            why = "no such score"
+        raise UnknownScoreError(f"score {name!r} is not available ({why}); choose one of {list(self.score_names)}")
+
+    # -- scores -------------------------------------------------------------------
+    def _check_inputs(self, stats: Mapping[str, np.ndarray], complexity: np.ndarray | None, names) -> int:
+        n = len(np.asarray(stats["bpd"]))
+        if any(name in NEEDS_COMPLEXITY for name in names):
+            if complexity is None:
+                raise ValueError("complexity bits are needed (service.complexity.complexity_bits) but were not given")
+            if len(complexity) != n:
+                raise ValueError(f"{len(complexity)} complexity values for {n} images")
+        if any(name in NEEDS_BACKGROUND for name in names) and BACKGROUND_BPD not in stats:
+            raise ValueError(f"stats lack {BACKGROUND_BPD!r}: run the bundle's background graph")
+        return n
+
+    def _raw_score(self, name: str, stats: Mapping[str, np.ndarray], complexity: np.ndarray | None) -> np.ndarray:
+        bpd = np.asarray(stats["bpd"], dtype=np.float64)
+        if name == "bpd":
+            return bpd
+        if name == "typicality":
+            return np.abs(bpd - self.mean_bpd)
+        if name == "complexity":
+            return bpd - np.asarray(complexity, dtype=np.float64) / self.dims
+        if name == "dose":
+            return -self.density.log_density(dose_features(stats, complexity, self.dims))
+        if name == "likelihood_ratio":
+            return bpd - np.asarray(stats[BACKGROUND_BPD], dtype=np.float64)
+        raise UnknownScoreError(name)
+
+    def score(
+        self,
+        stats: Mapping[str, np.ndarray],
+        complexity: np.ndarray | None = None,
+        names: tuple[str, ...] | list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every available score (or ``names``) per image; non-finite ones become ``+inf``."""
+        names = tuple(self._check_score(n) for n in (names or self.score_names))
+        self._check_inputs(stats, complexity, names)
+        return {name: _finite_or_inf(self._raw_score(name, stats, complexity)) for name in names}
+
+    def p_value(
+        self, stats: Mapping[str, np.ndarray], complexity: np.ndarray | None = None, score: str | None = None
+    ) -> np.ndarray:
+        score = self._check_score(score or self.default_score)
+        if not self.fitted:
+            raise CalibrationError("this detector is not calibrated: there are no p-values")
+        return conformal_p_values(self.calibration[score], self.score(stats, complexity, [score])[score])
+
+    def predict(
+        self,
+        stats: Mapping[str, np.ndarray],
+        complexity: np.ndarray | None = None,
+        alpha: float | None = None,
+        score: str | None = None,
+    ) -> dict[str, Any]:
+        """``{"score", "alpha", "scores", "p_value", "is_ood"}`` for a batch, as arrays."""
+        alpha = check_alpha(self.default_alpha if alpha is None else alpha)
+        score = self._check_score(score or self.default_score)
+        scores = self.score(stats, complexity)
+        p_value = is_ood = None
+        if self.fitted:
+            p_value = conformal_p_values(self.calibration[score], scores[score])
+            is_ood = p_value <= alpha
+        return {"score": score, "alpha": alpha, "scores": scores, "p_value": p_value, "is_ood": is_ood}
+
+    def decide(
+        self,
+        stats: Mapping[str, np.ndarray],
+        complexity: np.ndarray | None,
+        score: str | None,
+        alpha: float | None,
+    ) -> list[Decision]:
+        """The service's per-image verdicts (``alpha``/``score`` ``None``: the model's defaults)."""
+        result = self.predict(stats, complexity, alpha=alpha, score=score)
+        names = list(result["scores"])
+        columns = [result["scores"][name].tolist() for name in names]
+        decisions = []
+        for i, row in enumerate(zip(*columns, strict=True)):
+            p_value = None if result["p_value"] is None else float(result["p_value"][i])
+            ood = None if result["is_ood"] is None else bool(result["is_ood"][i])
+            decisions.append(Decision(dict(zip(names, row, strict=True)), result["score"], p_value, ood))
+        return decisions
+
+    # -- fitting ------------------------------------------------------------------
+    def fit(
+        self,
+        stats: Mapping[str, np.ndarray],
+        complexity: np.ndarray,
+        *,
+        fit_fraction: float = DEFAULT_FIT_FRACTION,
+        seed: int = 0,
+    ) -> Detector:
+        """Fit on held-out in-distribution images (never trained on, never the test split).
+
+        A seeded permutation cuts the images into a fit part (``fit_fraction``)
+        and a calibration part; scores that need no fit calibrate on all of them.
+        """
+        n = self._check_inputs(stats, complexity, ("complexity",) + (("likelihood_ratio",) if self.background else ()))
+        if not 0.0 < fit_fraction < 1.0:
+            raise ValueError(f"fit_fraction must lie in (0, 1), got {fit_fraction}")
+        n_fit = int(round(n * fit_fraction))
+        if n_fit < 10 or n - n_fit < 10:
+            raise CalibrationError(f"{n} held-out images are too few to fit on {n_fit} and calibrate on {n - n_fit}")
+        bpd = np.asarray(stats["bpd"], dtype=np.float64)
+        features = dose_features(stats, complexity, self.dims)
+        if not (np.all(np.isfinite(bpd)) and np.all(np.isfinite(features))):
+            raise CalibrationError("held-out statistics contain non-finite values; the model cannot be calibrated")
+        order = np.random.default_rng(seed).permutation(n)
+        fit_idx, cal_idx = np.sort(order[:n_fit]), np.sort(order[n_fit:])
+
+        self.mean_bpd = float(bpd[fit_idx].mean())
+        self.density = fit_density(self.dose_density, features[fit_idx])
+        self.calibration = {}
+        for name in SCORE_NAMES:
+            if name in NEEDS_BACKGROUND and not self.background:
+                continue
+            scores = _finite_or_inf(self._raw_score(name, stats, complexity))
+            self.calibration[name] = np.sort(scores[cal_idx] if name in NEEDS_FIT else scores)
+        self.info = {
+            "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "n_holdout": int(n),
+            "n_fit": int(n_fit),
+            "seed": int(seed),
+            "fit_fraction": float(fit_fraction),
+            "holdout_bpd_mean": float(bpd.mean()),
+            "holdout_bpd_std": float(bpd.std()),
+            "holdout_complexity_bpd_mean": float(np.mean(complexity) / self.dims),
+        }
+        return self
+
+    # -- persistence ----------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON summary for ``manifest.calibration``, float64 arrays for ``calibration.npz``)."""
+        if not self.fitted:
+            raise CalibrationError("nothing to save: the detector is not fitted")
+        arrays = {f"cal__{name}": values for name, values in self.calibration.items()}
+        arrays.update({f"dose__{key}": value for key, value in self.density.arrays().items()})
+        arrays["typicality__mean_bpd"] = np.array(self.mean_bpd)
+        summary = {
+            "method": CALIBRATION_METHOD,
+            "format": CALIBRATION_FORMAT,
+            "file": CALIBRATION_KEY,
+            "scores": list(self.score_names),
+            "default_score": self.default_score,
+            "default_alpha": self.default_alpha,
+            "background": self.background,
+            "n_calibration": {name: int(len(values)) for name, values in self.calibration.items()},
+            "typicality": {"mean_bpd": self.mean_bpd},
+            "dose": {"density": self.dose_density, "features": dose_feature_names(self.levels)},
+            **self.info,
+        }
+        return summary, {key: np.asarray(value, dtype=np.float64) for key, value in arrays.items()}
+
+    @classmethod
+    def from_state(
+        cls, dims: int, levels: int, summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+    ) -> Detector:
+        if summary.get("method") != CALIBRATION_METHOD or summary.get("format") != CALIBRATION_FORMAT:
+            raise ArtifactError(
+                f"calibration is {summary.get('method')!r} format {summary.get('format')!r}; this oodgate reads "
+                f"{CALIBRATION_METHOD!r} format {CALIBRATION_FORMAT}"
+            )
+        detector = cls(
+            dims,
+            levels,
+            background=bool(summary.get("background", False)),
+            dose_density=summary["dose"]["density"],
+            default_score=summary.get("default_score"),
+            default_alpha=summary.get("default_alpha", DEFAULT_ALPHA),
+        )
+        detector.mean_bpd = float(arrays["typicality__mean_bpd"])
+        prefix = "dose__"
+        detector.density = density_from_arrays(
+            detector.dose_density, {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        )
+        detector.calibration = {k[len("cal__") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("cal__")}
+        missing = {name for name in summary.get("scores", []) if name not in detector.calibration}
+        if missing:
+            raise ArtifactError(f"calibration file lacks calibration scores for {sorted(missing)}")
+        keep = ("fitted", "n_holdout", "n_fit", "seed", "fit_fraction", "holdout_sha256", "runtime")
+        detector.info = {k: summary[k] for k in summary if k in keep or k.startswith("holdout_")}
+        return detector
+
+    def save(self, bundle_dir: str | Path, manifest: Manifest, extra: Mapping[str, Any] | None = None) -> Manifest:
+        """Write ``calibration.npz`` into the bundle and the summary into its manifest (sha256 kept in step)."""
+        bundle_dir = Path(bundle_dir)
+        summary, arrays = self.state()
+        summary.update(extra or {})
+        path = bundle_dir / CALIBRATION_FILE
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        files = dict(manifest.files)
+        files[CALIBRATION_KEY] = file_entry(bundle_dir, CALIBRATION_FILE)
+        updated = manifest.model_copy(update={"calibration": summary, "files": files})
+        write_manifest(bundle_dir, updated)
+        return updated
+
+    @classmethod
+    def from_bundle(cls, manifest: Manifest, bundle_dir: str | Path) -> Detector:
+        """The bundle's detector: calibrated when the manifest says so, else raw scores and no flags."""
+        bundle_dir = Path(bundle_dir)
+        background = BACKGROUND_ONNX_KEY in manifest.files or BACKGROUND_TORCHSCRIPT_KEY in manifest.files
+        dims, levels = manifest.input.dims, manifest.levels
+        if not manifest.calibration:
+            return cls(dims, levels, background=background)
+        key = manifest.calibration.get("file", CALIBRATION_KEY)
+        if key not in manifest.files:
+            raise ArtifactError(f"{bundle_dir}: manifest.calibration names file {key!r}, which 'files' does not list")
+        path = bundle_dir / manifest.files[key].path
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read calibration {path}: {exc}") from exc
+        detector = cls.from_state(dims, levels, manifest.calibration, arrays)
+        if detector.background != background:
+            raise ArtifactError(f"{bundle_dir}: calibration background={detector.background}, bundle files disagree")
+        return detector
+
+    def calibration_summary(self) -> dict[str, Any]:
+        """What ``GET /models`` shows about this model's OOD gate."""
+        summary: dict[str, Any] = {
+            "calibrated": self.fitted,
+            "scores": list(self.score_names),
+            "default_score": self.default_score,
+            "default_alpha": self.default_alpha,
+            "background": self.background,
+        }
+        if self.fitted:
+            summary["method"] = CALIBRATION_METHOD
+            summary["n_calibration"] = {name: int(len(v)) for name, v in self.calibration.items()}
+            summary["dose_density"] = self.dose_density
+            summary.update({k: v for k, v in self.info.items() if k in ("fitted", "n_holdout", "n_fit")})
+        return summary

@@ -1,0 +1,248 @@
+"""Each score on synthetic statistics where the right answer is known, conformal p-values, and the contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from service.artifact import load_manifest
+from service.ood import (
+    BACKGROUND_BPD,
+    CALIBRATION_FILE,
+    CalibrationError,
+    Decision,
+    Detector,
+    UnknownScoreError,
+    conformal_p_values,
+)
+from training.metrics import auroc
+
+D = 784
+LN2 = np.log(2.0)
+
+
+def make_stats(
+    n: int,
+    rng: np.random.Generator,
+    *,
+    complexity_bpd: float = 4.0,
+    complexity_spread: float = 0.4,
+    gap: float = -0.8,
+    det_shift: float = 0.0,
+    background_gap: float = 0.1,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Flow-like statistics: bpd tracks L(x)/D (the papers' finding) and log p(x) splits into levels.
+
+    ``gap`` is bpd - L(x)/D; ``det_shift`` moves nats per dim from log p(z) into
+    log-det without changing log p(x) (only DoSE can see it); ``background_gap``
+    is bpd - background bpd.
+    """
+    complexity = (complexity_bpd + complexity_spread * rng.standard_normal(n)) * D
+    bpd = complexity / D + gap + 0.05 * rng.standard_normal(n)
+    log_px = -(bpd * D * LN2 - D * np.log(256.0))
+    log_det = (1.0 + det_shift + 0.02 * rng.standard_normal(n)) * D
+    log_pz = log_px - log_det
+    share = 0.6 + 0.01 * rng.standard_normal(n)
+    stats = {
+        "log_pz": log_pz.astype(np.float32),
+        "log_det": log_det.astype(np.float32),
+        "log_px": log_px.astype(np.float32),
+        "bpd": bpd.astype(np.float32),
+        "log_pz_levels": np.stack([share * log_pz, (1 - share) * log_pz], 1).astype(np.float32),
+        "log_det_levels": np.stack([0.7 * log_det, 0.3 * log_det], 1).astype(np.float32),
+        BACKGROUND_BPD: (bpd - background_gap - 0.02 * rng.standard_normal(n)).astype(np.float32),
+    }
+    return stats, complexity
+
+
+def fitted(rng, n=2000, background=True, density="kde") -> Detector:
+    stats, complexity = make_stats(n, rng)
+    return Detector(D, 2, background=background, dose_density=density).fit(stats, complexity, seed=1)
+
+
+def aurocs(detector, rng, **ood_kwargs) -> dict[str, float]:
+    s_in, c_in = make_stats(1000, rng)
+    s_out, c_out = make_stats(1000, rng, **ood_kwargs)
+    a, b = detector.score(s_in, c_in), detector.score(s_out, c_out)
+    return {name: auroc(a[name], b[name]) for name in a}
+
+
+def test_bpd_catches_an_ood_set_with_lower_likelihood():
+    rng = np.random.default_rng(0)
+    result = aurocs(fitted(rng), rng, gap=1.2)  # 2 bits/dim worse at equal complexity
+    assert result["bpd"] > 0.99 and result["complexity"] > 0.99
+
+
+def test_typicality_catches_too_likely_images_that_bpd_ranks_as_most_normal():
+    rng = np.random.default_rng(1)
+    result = aurocs(fitted(rng), rng, complexity_bpd=2.0, gap=-0.8)  # simple images, like MNIST or constants
+    assert result["bpd"] < 0.01
+    assert result["typicality"] > 0.99
+
+
+def test_complexity_catches_simple_images_that_the_flow_explains_too_badly():
+    rng = np.random.default_rng(2)
+    # MNIST-like: fewer bits than the in-distribution images, yet more than their complexity warrants
+    result = aurocs(fitted(rng), rng, complexity_bpd=2.5, gap=-0.3)
+    assert result["bpd"] < 0.1
+    assert result["complexity"] > 0.99
+
+
+@pytest.mark.parametrize("density", ["kde", "gaussian"])
+def test_dose_sees_a_shift_that_leaves_bpd_and_complexity_unchanged(density):
+    rng = np.random.default_rng(3)
+    result = aurocs(fitted(rng, density=density), rng, det_shift=0.1)  # log-det up, log p(z) down, same log p(x)
+    for blind in ("bpd", "typicality", "complexity", "likelihood_ratio"):
+        assert 0.4 < result[blind] < 0.6, (blind, result[blind])
+    assert result["dose"] > 0.99
+
+
+def test_likelihood_ratio_catches_what_the_background_model_explains_as_well():
+    rng = np.random.default_rng(4)
+    result = aurocs(fitted(rng), rng, background_gap=0.5)
+    assert 0.4 < result["bpd"] < 0.6
+    assert result["likelihood_ratio"] > 0.99
+
+
+def test_p_values_are_uniform_on_exchangeable_data():
+    """Marginally over calibration draws, a conformal p-value is uniform on {1/(n+1), ..., 1}.
+
+    Many independent small draws (fixed seed), one fresh image each; a chi-square
+    test of the ranks per score, and the flag rate at each alpha within a
+    binomial 99.9% interval."""
+    rng = np.random.default_rng(5)
+    trials, n = 1500, 100  # 40 images fit, 60 calibrate the fitted scores; 100 calibrate the others
+    ranks: dict[str, list[float]] = {}
+    for _ in range(trials):
+        stats, complexity = make_stats(n + 1, rng)
+        holdout = {k: v[:n] for k, v in stats.items()}
+        detector = Detector(D, 2, background=True).fit(holdout, complexity[:n], seed=int(rng.integers(1 << 30)))
+        new = {k: v[n:] for k, v in stats.items()}
+        for name in detector.score_names:
+            ranks.setdefault(name, []).append(float(detector.p_value(new, complexity[n:], name)[0]))
+    for name, p in ranks.items():
+        p = np.array(p)
+        n_cal = 60 if name in ("typicality", "dose") else 100
+        levels = np.rint(p * (n_cal + 1)).astype(int)  # 1..n_cal+1, uniform
+        counts = np.bincount(np.minimum((levels - 1) * 10 // (n_cal + 1), 9), minlength=10)
+        expected = np.array([np.sum(((np.arange(1, n_cal + 2) - 1) * 10 // (n_cal + 1)) == b) for b in range(10)])
+        chi = st.chisquare(counts, expected * trials / (n_cal + 1))
+        assert chi.pvalue > 0.001, (name, counts)
+        for alpha in (0.05, 0.1, 0.2):
+            exact = np.floor(alpha * (n_cal + 1)) / (n_cal + 1)
+            low, high = st.binom.interval(0.999, trials, exact)
+            assert low <= np.sum(p <= alpha) <= high, (name, alpha)
+
+
+def test_realized_false_positive_rate_is_near_alpha_on_fresh_in_distribution_images():
+    rng = np.random.default_rng(6)
+    detector = fitted(rng, n=4000)
+    stats, complexity = make_stats(8000, rng)
+    for alpha in (0.01, 0.05, 0.1):
+        rate = np.mean(detector.predict(stats, complexity, alpha=alpha, score="dose")["is_ood"])
+        # the spread of the calibration quantile plus that of the test sample, four standard deviations
+        tolerance = 4 * np.sqrt(alpha * (1 - alpha) * (1 / 2400 + 1 / 8000))
+        assert abs(rate - alpha) <= tolerance, (alpha, rate)
+
+
+def test_conformal_p_value_formula_and_ties():
+    cal = np.sort(np.array([1.0, 2.0, 2.0, 3.0]))
+    np.testing.assert_allclose(conformal_p_values(cal, np.array([0.0, 2.0, 2.5, 9.0])), [1.0, 4 / 5, 2 / 5, 1 / 5])
+
+
+def test_non_finite_statistics_are_the_most_unusual_not_a_crash():
+    rng = np.random.default_rng(7)
+    detector = fitted(rng, n=500)
+    stats, complexity = make_stats(2, rng)
+    stats["bpd"][0] = np.nan
+    result = detector.predict(stats, complexity, alpha=0.05, score="bpd")
+    assert result["scores"]["bpd"][0] == np.inf
+    assert result["p_value"][0] == pytest.approx(1 / 501) and result["is_ood"][0]
+
+
+def test_uncalibrated_detector_gives_raw_scores_and_never_a_flag():
+    rng = np.random.default_rng(8)
+    detector = Detector(D, 2)
+    assert detector.score_names == ("bpd", "complexity")
+    assert detector.needs_complexity and not detector.needs_background
+    stats, complexity = make_stats(3, rng)
+    decisions = detector.decide(stats, complexity, None, 0.05)
+    assert all(isinstance(d, Decision) and d.p_value is None and d.ood is None for d in decisions)
+    assert set(decisions[0].scores) == {"bpd", "complexity"}
+    with pytest.raises(UnknownScoreError, match="no calibration"):
+        detector.decide(stats, complexity, "dose", 0.05)
+    with pytest.raises(UnknownScoreError, match="no background"):
+        detector.decide(stats, complexity, "likelihood_ratio", 0.05)
+    with pytest.raises(UnknownScoreError, match="no such score"):
+        detector.decide(stats, complexity, "entropy", 0.05)
+    with pytest.raises(CalibrationError):
+        detector.p_value(stats, complexity, "bpd")
+
+
+def test_decide_checks_alpha_and_inputs():
+    rng = np.random.default_rng(9)
+    detector = fitted(rng, n=300)
+    stats, complexity = make_stats(4, rng)
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            detector.decide(stats, complexity, None, bad)
+    with pytest.raises(ValueError, match="complexity"):
+        detector.decide(stats, None, None, 0.05)
+    no_background = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
+    with pytest.raises(ValueError, match=BACKGROUND_BPD):
+        detector.decide(no_background, complexity, None, 0.05)
+    decisions = detector.decide(stats, complexity, "typicality", 0.5)
+    assert [d.score for d in decisions] == ["typicality"] * 4
+    assert set(decisions[0].scores) == {"bpd", "typicality", "complexity", "dose", "likelihood_ratio"}
+    assert all(d.ood == (d.p_value <= 0.5) for d in decisions)
+    json.dumps([d.__dict__ for d in decisions])  # plain Python types, ready for a response
+
+
+def test_fit_refuses_what_cannot_be_calibrated():
+    rng = np.random.default_rng(10)
+    stats, complexity = make_stats(15, rng)
+    with pytest.raises(CalibrationError, match="too few"):
+        Detector(D, 2).fit(stats, complexity)
+    stats, complexity = make_stats(200, rng)
+    stats["log_pz_levels"][3, 0] = np.inf
+    with pytest.raises(CalibrationError, match="non-finite"):
+        Detector(D, 2).fit(stats, complexity)
+
+
+def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
+    bundle = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
+    rng = np.random.default_rng(11)
+    stats, complexity = make_stats(400, rng)
+    stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
+    detector = Detector(D, 2, dose_density="gaussian").fit(stats, complexity, seed=3)
+    detector.default_score = "complexity"
+    detector.save(bundle, load_manifest(bundle), extra={"holdout_sha256": "abc"})
+
+    manifest = load_manifest(bundle)  # verifies calibration.npz's sha256 too
+    assert manifest.files["calibration"].path == CALIBRATION_FILE
+    assert manifest.calibration["default_score"] == "complexity"
+    assert manifest.calibration["n_calibration"] == {"bpd": 400, "typicality": 240, "complexity": 400, "dose": 240}
+    loaded = Detector.from_bundle(manifest, bundle)
+    assert loaded.score_names == ("bpd", "typicality", "complexity", "dose")
+    assert loaded.default_score == "complexity" and not loaded.needs_background
+    new, new_complexity = make_stats(50, rng)
+    for name in detector.score_names:
+        expected = detector.p_value(new, new_complexity, name)
+        np.testing.assert_array_equal(expected, loaded.p_value(new, new_complexity, name))
+    summary = loaded.calibration_summary()
+    assert summary["calibrated"] and summary["n_holdout"] == 400
+    json.dumps(summary)
+
+    with np.load(bundle / CALIBRATION_FILE, allow_pickle=False) as archive:  # plain arrays only
+        assert all(archive[key].dtype == np.float64 for key in archive.files)
+
+
+def test_uncalibrated_bundle_loads_without_flags(tiny_models_root):
+    bundle = tiny_models_root / "tiny" / "1"
+    detector = Detector.from_bundle(load_manifest(bundle), bundle)
+    assert not detector.fitted and detector.calibration_summary()["calibrated"] is False
