@@ -1,0 +1,120 @@
+"""k8s/, validated offline: core kinds against the Kubernetes OpenAPI schemas (kubernetes-validate,
+strict), the Prometheus Operator CRDs by a structural check, and the cross-references between them."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import K8S, PROMETHEUS_DIR, load_yaml_docs
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def objects(kustomization) -> list[dict]:
+    return [doc for name in kustomization["resources"] for doc in load_yaml_docs(K8S / name)]
+
+
+def find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def settings(objects) -> dict:
+    return find(objects, "ConfigMap", "oodgate-settings")["data"]
+
+
+def test_kustomization_lists_every_manifest(kustomization):
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+    assert kustomization["kind"] == "Kustomization"
+
+
+def test_core_objects_validate_strictly(objects):
+    version = kubernetes_validate.latest_version()
+    checked = 0
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)  # raises ValidationError
+        checked += 1
+    assert checked == 7  # Namespace, ConfigMap, 2 Deployments, 2 Services, HPA
+
+
+def test_service_monitor_structure(objects):
+    monitor = find(objects, "ServiceMonitor", "oodgate")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [o for o in objects if o["kind"] == "Service" and selector.items() <= o["metadata"]["labels"].items()]
+    assert {s["metadata"]["name"] for s in selected} == {"oodgate", "fashion-classifier"}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+        assert endpoint["path"] == "/metrics"
+        for service in selected:
+            assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_prometheus_rule_is_the_alerts_file(objects, promtool, tmp_path):
+    rule = find(objects, "PrometheusRule", "oodgate")
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"] == yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    import subprocess
+
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def oodgate_container(deployment):
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "oodgate")
+
+
+def test_deployment_gpu_probes_and_shutdown_budget(objects):
+    deployment = find(objects, "Deployment", "oodgate")
+    pod = deployment["spec"]["template"]["spec"]
+    container = oodgate_container(deployment)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["envFrom"][0]["configMapRef"]["name"] == "oodgate-settings"
+    env = settings(objects)
+    port = int(env["OODGATE_PORT"])
+    assert container["ports"][0]["containerPort"] == port
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    drain = float(env["OODGATE_DRAIN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] >= pause + drain + 5
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_service_and_hpa_point_at_the_deployment(objects):
+    deployment = find(objects, "Deployment", "oodgate")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = find(objects, "Service", "oodgate")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == oodgate_container(deployment)["ports"][0]["name"]
+    hpa = find(objects, "HorizontalPodAutoscaler", "oodgate")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "oodgate"}
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_sidecar_example_is_one_pod_with_loopback_upstream(objects):
+    deployment = find(objects, "Deployment", "fashion-classifier")
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"classifier", "oodgate"}
+    command = containers["classifier"]["command"]
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    env = {e["name"]: e["value"] for e in containers["oodgate"]["env"]}
+    assert env["OODGATE_UPSTREAM"] == f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    assert env["OODGATE_SIDECAR_POLICY"] in {"block", "annotate", "shadow"}
+    assert containers["oodgate"]["ports"][0]["containerPort"] == int(env["OODGATE_PORT"])
+    service = find(objects, "Service", "fashion-classifier")
+    assert service["spec"]["ports"][0]["targetPort"] == containers["oodgate"]["ports"][0]["name"]
+    assert containers["oodgate"]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
