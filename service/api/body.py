@@ -1,0 +1,47 @@
+"""Reading request bodies under the size limit, before anything parses them.
+
+A declared ``Content-Length`` past the limit is refused before one byte is read;
+a chunked body is counted as it streams in and refused as soon as it passes.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from ..errors import ServiceError
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ServiceError(400, "bad_content_length", f"Content-Length {declared!r} is not a number") from None
+        if size > limit:
+            raise ServiceError(413, "body_too_large", f"body of {size} bytes; the limit is {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ServiceError(413, "body_too_large", f"body passes the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def replay(request: Request, body: bytes) -> Request:
+    """A request whose stream yields ``body`` again (for parsers that read the stream themselves)."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -1,0 +1,167 @@
+"""``POST /score`` and ``GET /models``: DESIGN.md's REST contract.
+
+Three body types, all scored the same way: ``multipart/form-data`` with one or
+more ``files`` parts (encoded images), JSON ``{"images": [{"b64": "..."}]}``,
+and ``application/x-npy`` uint8 arrays ``[N,H,W]`` / ``[N,H,W,C]`` (``np.save``;
+``allow_pickle`` is off). A single raw ``image/*`` body is accepted too.
+
+When some images fail inference even alone, the answer is 500 with the first
+failure in ``error`` and every image in ``results`` (failed ones as
+``{"error": ...}``), so the work done for the others is not lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import time
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.formparsers import MultiPartException
+
+from ..dataplane import LEVEL_OUTPUTS, SCALAR_OUTPUTS, DataPlane, Scored, ScoreParams, finite
+from ..errors import ServiceError, bad_request
+from .body import media_type, read_body, replay
+
+router = APIRouter()
+
+
+def dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+@router.get("/models")
+async def models(request: Request) -> dict:
+    repository = dataplane(request).repository
+    try:
+        default = repository.default_name()
+    except ServiceError:
+        default = None
+    return {"default": default, "models": [e.info() for e in repository.all()], "errors": repository.errors}
+
+
+@router.post("/score")
+async def score(
+    request: Request,
+    model: str | None = Query(None, description="Model name (or name/version); default: the server's default."),
+    version: str | None = Query(None, description="Model version; default: the latest."),
+    alpha: float | None = Query(None, description="False-positive bound of the OOD flag; default: the model's."),
+    score: str | None = Query(None, description="Score that decides the flag; default: the model's."),
+    levels: bool = Query(False, description="Also return log_pz and log_det per scale level."),
+    timeout_ms: float | None = Query(None, gt=0, description="Deadline for this request (capped by settings)."),
+) -> JSONResponse:
+    received = time.monotonic()
+    plane = dataplane(request)
+    entry = plane.model(model, version)
+    request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
+    plane.admit(entry)
+    body = await read_body(request, plane.settings.max_request_bytes)
+    if not body:
+        raise bad_request("empty_body", "the request body is empty; send images")
+    params = ScoreParams(alpha=alpha, score=score, timeout_s=None if timeout_ms is None else timeout_ms / 1000)
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        blobs = await multipart_images(replay(request, body), plane)
+        scored = await plane.score_encoded(entry, blobs, params, received)
+    elif kind == "application/json":
+        scored = await plane.score_encoded(entry, json_images(body), params, received)
+    elif kind in ("application/x-npy", "application/npy"):
+        scored = await plane.score_tensor(entry, npy_array(body), params, received)
+    elif kind.startswith("image/"):
+        scored = await plane.score_encoded(entry, [body], params, received)
+    else:
+        raise ServiceError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {kind or '(none)'} is not supported; send multipart/form-data, application/json "
+            "or application/x-npy",
+        )
+    content, status = render(scored, levels)
+    return JSONResponse(content, status_code=status)
+
+
+async def multipart_images(request: Request, plane: DataPlane) -> list[bytes]:
+    limit = plane.settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit, max_fields=limit, max_part_size=plane.settings.max_request_bytes)
+    except MultiPartException as exc:
+        if "Too many files" in exc.message or "Too many fields" in exc.message:
+            raise ServiceError(413, "too_many_images", f"{exc.message} (images per request)") from None
+        raise bad_request("bad_multipart", f"malformed multipart body: {exc.message}") from None
+    blobs = []
+    try:
+        for index, part in enumerate(form.getlist("files")):
+            if isinstance(part, str):
+                raise bad_request("not_a_file", f"part {index} of 'files' has no filename; send it as a file", index)
+            blobs.append(await part.read())
+    finally:
+        await form.close()
+    if not blobs:
+        raise bad_request("no_images", "the multipart body has no 'files' parts")
+    return blobs
+
+
+def json_images(body: bytes) -> list[bytes]:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_json", f"the body is not JSON: {exc}") from None
+    items = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items:
+        raise bad_request("no_images", 'send {"images": [{"b64": "..."}, ...]} with at least one image')
+    blobs = []
+    for index, item in enumerate(items):
+        data = item.get("b64") if isinstance(item, dict) else None
+        if not isinstance(data, str):
+            raise bad_request("bad_json", f'image {index} is not {{"b64": "<base64 string>"}}', index)
+        try:
+            blobs.append(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError):
+            raise bad_request("bad_base64", f"image {index} is not valid base64", index) from None
+    return blobs
+
+
+def npy_array(body: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - anything np.load rejects is a malformed body
+        raise bad_request("bad_npy", f"the body is not a .npy array (pickled arrays are refused): {exc}") from None
+
+
+def render(scored: Scored, levels: bool) -> tuple[dict, int]:
+    """DESIGN.md's response body; status 500 when some image failed inference even alone."""
+    results = []
+    for i, decision in enumerate(scored.decisions):
+        if decision is None:
+            reason = scored.failures.get(i, "no result")
+            results.append({"error": {"code": "inference_failed", "message": reason, "index": i}})
+            continue
+        result = {name: finite(scored.stats[name][i]) for name in SCALAR_OUTPUTS}
+        if levels:
+            for name in LEVEL_OUTPUTS:
+                result[name] = [finite(v) for v in scored.stats[name][i]]
+        result["scores"] = {name: finite(v) for name, v in decision.scores.items()}
+        result["score"] = decision.score
+        result["p_value"] = decision.p_value
+        result["ood"] = decision.ood
+        results.append(result)
+    content = {
+        "model": scored.entry.name,
+        "version": scored.entry.version,
+        "alpha": scored.alpha,
+        "score": scored.score,
+        "results": results,
+    }
+    if scored.failures:
+        first = min(scored.failures)
+        content["error"] = {
+            "code": "inference_failed",
+            "message": f"{len(scored.failures)} of {len(scored)} images failed inference: {scored.failures[first]}",
+            "index": first,
+        }
+        return content, 500
+    return content, 200

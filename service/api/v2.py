@@ -1,0 +1,369 @@
+"""The KServe / Triton Open Inference Protocol v2 (REST) under ``/v2``.
+
+So that existing Triton and KServe clients and tooling work unchanged
+(``tritonclient.http`` drives it in the tests), including Triton's
+binary-tensor-data extension: a request may carry its JSON header followed by
+raw tensor bytes (``Inference-Header-Content-Length`` says where the JSON
+ends), and outputs asked for with ``binary_data`` come back the same way.
+Request bodies compressed with ``Content-Encoding: gzip``/``deflate`` (what
+``tritonclient`` sends with ``request_compression_algorithm``) are inflated
+under the same size limit.
+
+Input: one tensor, either ``UINT8`` pixels ``[N,H,W]`` / ``[N,H,W,C]`` (other
+numeric types are accepted if every value is a whole number in 0..255), or
+``BYTES [N]`` of encoded images (base64 strings in plain JSON). Outputs: the
+artifact's six, plus ``score`` (FP64, the deciding score), and, for calibrated
+models, ``p_value`` (FP64) and ``ood`` (BOOL). Request ``parameters``:
+``alpha``, ``score``, ``timeout_ms``, ``binary_data_output``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+import json
+import math
+import struct
+import time
+import zlib
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..artifact import OUTPUT_NAMES
+from ..dataplane import DataPlane, Scored, ScoreParams
+from ..errors import ServiceError, bad_request
+from ..repository import ModelEntry
+from .body import read_body
+
+router = APIRouter(prefix="/v2")
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+NUMERIC = {
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.bool_): "BOOL"}
+
+
+def dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+def platform(entry: ModelEntry) -> str:
+    backend = getattr(entry.batcher.runtime, "backend", None)
+    return {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}.get(backend, "oodgate")
+
+
+def output_specs(entry: ModelEntry) -> list[dict]:
+    levels = entry.manifest.levels
+    specs = [
+        {"name": n, "datatype": "FP32", "shape": [-1] if "levels" not in n else [-1, levels]} for n in OUTPUT_NAMES
+    ]
+    specs.append({"name": "score", "datatype": "FP64", "shape": [-1]})
+    if entry.detector.fitted:
+        specs += [
+            {"name": "p_value", "datatype": "FP64", "shape": [-1]},
+            {"name": "ood", "datatype": "BOOL", "shape": [-1]},
+        ]
+    return specs
+
+
+def input_spec(entry: ModelEntry) -> dict:
+    c, h, w = entry.manifest.input.shape
+    return {"name": entry.manifest.input.name, "datatype": "UINT8", "shape": [-1, h, w] if c == 1 else [-1, h, w, c]}
+
+
+# ---- health and metadata --------------------------------------------------------------------------
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version("oodgate")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+        return "0"
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    return {"name": "oodgate", "version": server_version(), "extensions": ["binary_tensor_data", "model_configuration"]}
+
+
+@router.get("/health/live")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> Response:
+    plane = dataplane(request)
+    ok = plane.repository.ready and not plane.draining
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
+    plane = dataplane(request)
+    entry = plane.model(name, version)
+    return {
+        "name": entry.name,
+        "versions": plane.repository.versions(entry.name),
+        "platform": platform(entry),
+        "inputs": [input_spec(entry)],
+        "outputs": output_specs(entry),
+    }
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    plane = dataplane(request)
+    entry = plane.model(name, version)
+    ok = entry.ready and not plane.draining
+    return JSONResponse({"name": entry.name, "ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/models/{name}/config")
+@router.get("/models/{name}/versions/{version}/config")
+async def model_config(request: Request, name: str, version: str | None = None) -> dict:
+    plane = dataplane(request)
+    entry = plane.model(name, version)
+    c, h, w = entry.manifest.input.shape
+    dims = [h, w] if c == 1 else [h, w, c]
+    return {
+        "name": entry.name,
+        "platform": platform(entry),
+        "max_batch_size": plane.settings.max_images_per_request,
+        "input": [{"name": entry.manifest.input.name, "data_type": "TYPE_UINT8", "dims": dims}],
+        "output": [
+            {"name": s["name"], "data_type": "TYPE_" + s["datatype"], "dims": s["shape"][1:] or [1]}
+            for s in output_specs(entry)
+        ],
+        "dynamic_batching": {
+            "enabled": plane.settings.dynamic_batching,
+            "preferred_batch_size": [plane.settings.max_batch_size],
+            "max_queue_delay_microseconds": int(plane.settings.max_batch_delay_ms * 1000),
+        },
+    }
+
+
+# ---- inference ------------------------------------------------------------------------------------
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    received = time.monotonic()
+    plane = dataplane(request)
+    entry = plane.model(name, version)
+    request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
+    plane.admit(entry)
+    limit = plane.settings.max_request_bytes
+    body = inflate(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+    header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise bad_request("bad_inputs", "send exactly one input tensor: UINT8 pixels or BYTES encoded images")
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise bad_request("bad_parameters", "'parameters' must be an object")
+    params = ScoreParams(
+        alpha=number(parameters.get("alpha"), "alpha"),
+        score=parameters.get("score"),
+        timeout_s=None
+        if parameters.get("timeout_ms") is None
+        else number(parameters["timeout_ms"], "timeout_ms") / 1000,
+    )
+    tensor = inputs[0]
+    datatype = tensor.get("datatype")
+    raw = tensor_bytes(tensor, binary)
+    if datatype == "BYTES":
+        blobs = bytes_elements(tensor, raw)
+        scored = await plane.score_encoded(entry, blobs, params, received)
+    elif datatype in NUMERIC:
+        scored = await plane.score_tensor(entry, numeric_tensor(tensor, raw, NUMERIC[datatype]), params, received)
+    else:
+        raise bad_request("bad_datatype", f"input datatype {datatype!r}: send UINT8 pixels or BYTES encoded images")
+    if scored.failures:
+        first = min(scored.failures)
+        raise ServiceError(
+            500,
+            "inference_failed",
+            f"{len(scored.failures)} of {len(scored)} images failed inference: {scored.failures[first]}",
+            first,
+        )
+    return respond(entry, header, parameters, scored)
+
+
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ServiceError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad_request("bad_encoding", f"cannot inflate the {encoding} body: {exc}") from None
+    if len(out) > limit:
+        raise ServiceError(413, "body_too_large", f"inflated body passes the limit of {limit} bytes")
+    return out
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    if not body:
+        raise bad_request("empty_body", "the request body is empty")
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise bad_request("bad_header_length", f"{HEADER_LENGTH} {header_length!r} is not a number") from None
+        if not 0 < n <= len(body):
+            raise bad_request("bad_header_length", f"{HEADER_LENGTH} {n} does not fit a {len(body)}-byte body")
+        json_part, binary = body[:n], body[n:]
+    else:
+        json_part, binary = body, b""
+    try:
+        header = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_json", f"the inference request is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise bad_request("bad_json", "the inference request must be a JSON object")
+    return header, binary
+
+
+def number(value, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a number")
+    return float(value)
+
+
+def tensor_bytes(tensor: dict, binary: bytes) -> bytes | None:
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or size < 0 or size > len(binary):
+        raise bad_request("bad_binary_size", f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
+    return binary[:size]
+
+
+def shape_of(tensor: dict) -> list[int]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise bad_request("bad_shape", f"input shape must be a list of non-negative integers, got {shape!r}")
+    return shape
+
+
+def numeric_tensor(tensor: dict, raw: bytes | None, dtype) -> np.ndarray:
+    shape = shape_of(tensor)
+    if raw is not None:
+        itemsize = np.dtype(dtype).itemsize
+        if len(raw) != int(np.prod(shape)) * itemsize:
+            raise bad_request("bad_shape", f"{len(raw)} bytes do not make a {tensor.get('datatype')} tensor {shape}")
+        return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    data = tensor.get("data")
+    if data is None:
+        raise bad_request("no_data", "the input has neither 'data' nor binary data")
+    try:
+        array = np.asarray(data, dtype=np.float64)  # checked for range and NaN before the uint8 cast
+        return array.reshape(shape)
+    except (ValueError, TypeError) as exc:
+        raise bad_request("bad_data", f"input data does not make a tensor of shape {shape}: {exc}") from None
+
+
+def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
+    shape = shape_of(tensor)
+    count = int(np.prod(shape)) if shape else 0
+    if raw is not None:
+        blobs, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise bad_request("bad_bytes", "truncated BYTES element length")
+            (n,) = struct.unpack_from("<I", raw, offset)
+            offset += 4
+            if offset + n > len(raw):
+                raise bad_request("bad_bytes", f"BYTES element {len(blobs)} runs past the binary data", len(blobs))
+            blobs.append(raw[offset : offset + n])
+            offset += n
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise bad_request("no_data", "BYTES input needs 'data' (base64 strings) or binary data")
+        blobs = []
+        for index, item in enumerate(np.asarray(data, dtype=object).reshape(-1).tolist()):
+            try:
+                blobs.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError, TypeError):
+                raise bad_request("bad_base64", f"BYTES element {index} is not a base64 string", index) from None
+    if len(blobs) != count:
+        raise bad_request("bad_shape", f"{len(blobs)} BYTES elements for shape {shape}")
+    return blobs
+
+
+def result_tensors(entry: ModelEntry, scored: Scored) -> dict[str, np.ndarray]:
+    tensors = {name: np.asarray(scored.stats[name], dtype=np.float32) for name in OUTPUT_NAMES}
+    decisions = scored.decisions
+    tensors["score"] = np.array([d.scores[d.score] for d in decisions], dtype=np.float64)
+    if entry.detector.fitted:
+        tensors["p_value"] = np.array([d.p_value for d in decisions], dtype=np.float64)
+        tensors["ood"] = np.array([bool(d.ood) for d in decisions], dtype=np.bool_)
+    return tensors
+
+
+def respond(entry: ModelEntry, header: dict, parameters: dict, scored: Scored) -> Response:
+    tensors = result_tensors(entry, scored)
+    binary_default = bool(parameters.get("binary_data_output", False))
+    requested = header.get("outputs")
+    if requested is None:
+        wanted = [(name, binary_default) for name in tensors]
+    else:
+        if not isinstance(requested, list):
+            raise bad_request("bad_outputs", "'outputs' must be a list")
+        wanted = []
+        for item in requested:
+            name = item.get("name") if isinstance(item, dict) else None
+            if name not in tensors:
+                why = " (this model is not calibrated)" if name in ("p_value", "ood") else ""
+                raise bad_request("unknown_output", f"no output {name!r}{why}; outputs are {list(tensors)}")
+            wanted.append((name, bool((item.get("parameters") or {}).get("binary_data", binary_default))))
+    outputs, blobs = [], []
+    for name, as_binary in wanted:
+        array = tensors[name]
+        spec = {"name": name, "datatype": DATATYPES[array.dtype], "shape": list(array.shape)}
+        if as_binary:
+            blob = np.ascontiguousarray(array).tobytes()
+            spec["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif array.dtype.kind == "f":
+            spec["data"] = [v if math.isfinite(v) else None for v in array.ravel().tolist()]
+        else:
+            spec["data"] = array.ravel().tolist()
+        outputs.append(spec)
+    content = {
+        "model_name": entry.name,
+        "model_version": entry.version,
+        "outputs": outputs,
+        "parameters": {"alpha": scored.alpha, "score": scored.score},
+    }
+    if "id" in header:
+        content["id"] = header["id"]
+    document = json.dumps(content, separators=(",", ":")).encode()
+    if not blobs:
+        return Response(document, media_type="application/json")
+    return Response(
+        document + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(document))},
+    )

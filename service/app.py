@@ -1,0 +1,108 @@
+"""``create_app``: the FastAPI application factory (``uvicorn service.app:create_app --factory``).
+
+Wiring only: settings -> metrics -> model repository -> data plane -> routers.
+Manifests are read and verified here, synchronously, so a broken repository
+fails at start-up; runtimes load and warm up in each model's worker thread
+after start-up, while liveness already answers and readiness says "not yet".
+On shutdown the lifespan refuses new work, lets queued and in-flight requests
+finish (bounded by ``drain_timeout_s``), then stops the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from .api import errors, rest, v2
+from .dataplane import DataPlane
+from .metrics import Metrics
+from .repository import ModelRepository, RuntimeFactory
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: in-flight gauge, request counter and latency histogram per route.
+
+    Pure ASGI (not ``BaseHTTPMiddleware``) to keep the per-request overhead
+    small; it also keeps :attr:`DataPlane.inflight` that graceful shutdown waits on.
+    """
+
+    def __init__(self, app, metrics: Metrics, plane: DataPlane) -> None:
+        self.app, self.metrics, self.plane = app, metrics, plane
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (
+            path == "/score" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+        scope.setdefault("oodgate", {})
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.plane.inflight += 1
+        route_guess = "/score" if path == "/score" else "/v2/models/{name}/infer"
+        gauge = self.metrics.inflight.labels(route_guess)
+        gauge.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.plane.inflight -= 1
+            gauge.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or route_guess
+            model = scope["oodgate"].get("model", ("", ""))
+            self.metrics.requests.labels(endpoint, *model, str(status)).inc()
+            self.metrics.request_duration.labels(endpoint, *model).observe(time.perf_counter() - began)
+
+
+def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    repository = ModelRepository(settings, metrics, runtime_factory)
+    repository.load()
+    plane = DataPlane(settings, repository, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        repository.start()
+        log.info("serving %s from %s", [f"{e.name}/{e.version}" for e in repository.all()], settings.models_root)
+        try:
+            yield
+        finally:
+            plane.begin_drain()
+            await plane.drain(settings.drain_timeout_s)
+            await asyncio.to_thread(plane.close, settings.drain_timeout_s)
+
+    app = FastAPI(
+        title="oodgate",
+        summary="Flow-based out-of-distribution gate for image models",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.dataplane = plane
+    errors.install(app)
+    app.include_router(rest.router)
+    app.include_router(v2.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.add_middleware(RequestMetrics, metrics=metrics, plane=plane)
+    return app

@@ -1,0 +1,98 @@
+"""``oodgate-serve``: run the service under uvicorn with a graceful SIGTERM.
+
+uvicorn's own SIGTERM handling stops listening at once, so a request sent
+during shutdown gets a refused connection and a load balancer that has not yet
+noticed sees errors. Here the first SIGTERM (or Ctrl-C) only turns readiness
+false: new scoring requests get 503 with ``Retry-After`` (so clients retry on
+another replica), queued and in-flight requests finish, bounded by
+``drain_timeout_s``; then uvicorn is told to exit and the process ends with
+status 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings
+
+log = logging.getLogger("service.cli")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app) -> None:
+        super().__init__(config)
+        self.oodgate_app = app
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._draining or self._loop is None:
+            self.should_exit = True
+            self.force_exit = self._draining
+            return
+        self._draining = True
+        plane = self.oodgate_app.state.dataplane
+        timeout = self.oodgate_app.state.settings.drain_timeout_s
+        log.info("signal %s: draining (up to %.0f s), then exiting", signal.Signals(sig).name, timeout)
+        plane.begin_drain()
+
+        async def drain_then_exit():
+            await plane.drain(timeout)
+            self.should_exit = True
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(drain_then_exit()))
+
+
+def serve(app, settings: Settings) -> None:
+    """Serve ``app`` in this (main) thread until SIGTERM/SIGINT, draining first."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        access_log=False,
+    )
+    DrainingServer(config, app).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    fields = Settings.model_fields
+    parser = argparse.ArgumentParser(
+        prog="oodgate-serve",
+        description="Serve oodgate models. Every setting is also read from OODGATE_<NAME> (see service/settings.py).",
+    )
+    parser.add_argument("--host", help=fields["host"].description)
+    parser.add_argument("--port", type=int, help=fields["port"].description)
+    parser.add_argument("--models-root", help=fields["models_root"].description)
+    parser.add_argument("--models", help=fields["models"].description)
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torchscript"], help=fields["runtime"].description)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help=fields["device"].description)
+    parser.add_argument("--max-batch-size", type=int, help=fields["max_batch_size"].description)
+    parser.add_argument("--max-batch-delay-ms", type=float, help=fields["max_batch_delay_ms"].description)
+    parser.add_argument("--log-level", help=fields["log_level"].description)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+        app = create_app(settings)
+    except Exception as exc:  # noqa: BLE001 - a start-up failure is reported, not a traceback
+        print(f"oodgate-serve: {exc}", file=sys.stderr)
+        return 2
+    serve(app, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

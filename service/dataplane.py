@@ -1,0 +1,207 @@
+"""The data plane: everything between "the API parsed a request" and "here are the numbers".
+
+The REST and V2 layers only translate HTTP; this module holds the logic both
+share, so ``POST /score`` and ``POST /v2/models/{name}/infer`` cannot drift
+apart: pick the model, decode and check the pixels, compute PNG complexity when
+the model's scores need it, queue the images on the model's batcher under the
+request's deadline, then turn the graph's statistics into scores, p-values and
+flags with the model's :class:`service.ood.Detector`. CPU-bound steps (decode,
+complexity, decide) run in a small thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull
+from .complexity import complexity_bits
+from .decode import decode_images, tensor_to_images
+from .errors import ServiceError
+from .metrics import Metrics
+from .ood import Decision, UnknownScoreError
+from .repository import ModelEntry, ModelRepository
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")
+LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")
+
+
+@dataclass
+class ScoreParams:
+    alpha: float | None = None
+    score: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass
+class Scored:
+    """One request's answer: per-image stats and decisions; ``failures`` maps index -> reason (500)."""
+
+    entry: ModelEntry
+    alpha: float
+    score: str
+    stats: dict[str, np.ndarray]
+    decisions: list[Decision | None]
+    failures: dict[int, str]
+
+    def __len__(self) -> int:
+        return len(self.decisions)
+
+
+def finite(value) -> float | None:
+    """JSON has no NaN or infinity: such values are sent as null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, repository: ModelRepository, metrics: Metrics) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.draining = False
+        self.inflight = 0
+
+    async def blocking(self, fn, *args, **kwargs):
+        """Run CPU-bound ``fn`` in the decode pool so the event loop keeps serving."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    # ---- admission -----------------------------------------------------------------------------
+
+    def model(self, name: str | None, version: str | None = None) -> ModelEntry:
+        return self.repository.get(name, version)
+
+    def admit(self, entry: ModelEntry | None = None) -> None:
+        """Refuse work at once when draining or not ready (503 + Retry-After)."""
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        if self.draining:
+            raise ServiceError(503, "draining", "the server is shutting down", headers=retry, reason="draining")
+        if entry is not None and not entry.ready:
+            message = entry.batcher.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
+            raise ServiceError(503, "not_ready", message, headers=retry, reason="not_ready")
+
+    def check_params(self, entry: ModelEntry, params: ScoreParams) -> tuple[float, str]:
+        detector = entry.detector
+        alpha = detector.default_alpha if params.alpha is None else params.alpha
+        if not (0.0 < alpha < 1.0) or math.isnan(alpha):
+            raise ServiceError(422, "invalid_alpha", f"alpha must lie strictly between 0 and 1, got {alpha}")
+        score = params.score or detector.default_score
+        if score not in detector.score_names:
+            raise ServiceError(
+                422, "unknown_score", f"model {entry.name} has no score {score!r}; it has {list(detector.score_names)}"
+            )
+        return alpha, score
+
+    def check_count(self, count: int) -> None:
+        if count > self.settings.max_images_per_request:
+            raise ServiceError(
+                413,
+                "too_many_images",
+                f"{count} images in one request; the limit is {self.settings.max_images_per_request}",
+            )
+
+    def deadline(self, received: float, params: ScoreParams) -> float:
+        timeout = self.settings.request_timeout_s
+        if params.timeout_s is not None:
+            timeout = min(timeout, max(0.0, params.timeout_s))
+        return received + timeout
+
+    # ---- scoring -------------------------------------------------------------------------------
+
+    async def score_encoded(
+        self, entry: ModelEntry, blobs: list[bytes], params: ScoreParams, received: float
+    ) -> Scored:
+        self.admit(entry)
+        self.check_count(len(blobs))
+        alpha, score = self.check_params(entry, params)
+        s = self.settings
+        images = await self.blocking(decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize)
+        return await self._score(entry, images, alpha, score, self.deadline(received, params))
+
+    async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
+        self.admit(entry)
+        if array.ndim >= 1:
+            self.check_count(len(array))
+        alpha, score = self.check_params(entry, params)
+        images = await self.blocking(tensor_to_images, array, entry.manifest.input, self.settings.resize)
+        return await self._score(entry, images, alpha, score, self.deadline(received, params))
+
+    async def _score(self, entry: ModelEntry, images: np.ndarray, alpha: float, score: str, deadline: float) -> Scored:
+        self.admit(entry)
+        detector = entry.detector
+        complexity = None
+        if detector.needs_complexity:
+            complexity = await self.blocking(complexity_bits, images)
+        if time.monotonic() >= deadline:
+            raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        try:
+            out = await entry.batcher.submit(images, deadline)
+        except QueueFull as exc:
+            raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
+        except Draining as exc:
+            raise ServiceError(503, "draining", str(exc), headers=retry, reason="draining") from None
+        except NotReady as exc:
+            raise ServiceError(503, "not_ready", str(exc), headers=retry, reason="not_ready") from None
+        except DeadlineExceeded as exc:
+            raise ServiceError(504, "deadline_exceeded", str(exc)) from None
+        count = len(images)
+        ok = np.array([i not in out.failures for i in range(count)], dtype=bool)
+        decisions: list[Decision | None] = [None] * count
+        if ok.any():
+            subset = {k: v[ok] for k, v in out.stats.items()}
+            try:
+                made = await self.blocking(
+                    detector.decide, subset, None if complexity is None else complexity[ok], score, alpha
+                )
+            except UnknownScoreError as exc:
+                raise ServiceError(422, "unknown_score", str(exc)) from None
+            for i, decision in zip(np.flatnonzero(ok), made, strict=True):
+                decisions[int(i)] = decision
+        self._count(entry, decisions, score)
+        return Scored(entry, alpha, score, out.stats, decisions, out.failures)
+
+    def _count(self, entry: ModelEntry, decisions: list[Decision | None], score: str) -> None:
+        labels = (entry.name, entry.version)
+        done = [d for d in decisions if d is not None]
+        self.metrics.images.labels(*labels).inc(len(done))
+        flagged = sum(1 for d in done if d.ood)
+        if flagged:
+            self.metrics.ood_images.labels(*labels, score).inc(flagged)
+        histogram = self.metrics.p_value.labels(*labels, score)
+        for d in done:
+            if d.p_value is not None:
+                histogram.observe(d.p_value)
+
+    # ---- shutdown ------------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """Readiness false and new work refused from now on; what is queued still runs."""
+        self.draining = True
+        self.repository.begin_drain()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight and every queue is empty (at most ``timeout`` s)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.inflight == 0 and self.repository.idle:
+                return True
+            await asyncio.sleep(0.02)
+        log.warning("drain timeout: %d requests still in flight", self.inflight)
+        return False
+
+    def close(self, timeout: float | None = None) -> None:
+        self.repository.stop(timeout)
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,232 @@
+"""Runtimes: run an exported flow graph on a uint8 batch and return its named outputs.
+
+Two backends read the same bundle: ONNX Runtime (CUDA execution provider when a
+GPU is there) and TorchScript (CUDA or CPU). Both take ``images: uint8[B,C,H,W]``
+and return :data:`service.artifact.OUTPUT_NAMES` as float32 numpy arrays; when
+the manifest lists a background graph (``background_onnx`` /
+``background_torchscript``, the likelihood-ratio score's second flow) its
+``bpd`` is added as ``background_bpd``. ``auto`` times every backend that can
+run here on a real batch and keeps the fastest: which one wins depends on the
+model and the machine, so we measure instead of guessing.
+
+A runtime is used by exactly one worker thread (see :mod:`service.batcher`);
+nothing here is called on the event loop. torch is imported only when a
+TorchScript runtime is built, so an ONNX-only service never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .artifact import INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, TORCHSCRIPT_FILE, Manifest
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_KEYS = {"onnx": "background_onnx", "torchscript": "background_torchscript"}
+MAIN_KEYS = {"onnx": "onnx", "torchscript": "torchscript"}
+DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The requested backend or device cannot run here."""
+
+
+class Runtime(Protocol):
+    backend: str
+    device: str
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def cuda_available_onnx() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def cuda_available_torch() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency, but the service could run without it
+        return False
+    return torch.cuda.is_available()
+
+
+def _threads(requested: int) -> int:
+    return requested or (os.cpu_count() or 1)
+
+
+class OnnxGraph:
+    """One ONNX Runtime session."""
+
+    def __init__(self, path: Path, device: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _threads(threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeUnavailable(f"ONNX Runtime could not use CUDA for {path}")
+        self.names = [o.name for o in self.session.get_outputs()]
+        missing = set(OUTPUT_NAMES) - set(self.names)
+        if missing:
+            raise RuntimeUnavailable(f"{path} lacks outputs {sorted(missing)}")
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {INPUT_NAME: images})
+        return dict(zip(self.names, outputs, strict=True))
+
+
+class TorchScriptGraph:
+    """One TorchScript module, on CPU or CUDA."""
+
+    def __init__(self, path: Path, device: str, threads: int) -> None:
+        import torch
+
+        self.torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if device == "cuda" else "cpu")
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+            outputs = self.module(batch)
+        return {name: out.detach().to("cpu").numpy() for name, out in zip(OUTPUT_NAMES, outputs, strict=True)}
+
+    def release_memory(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+GRAPHS = {"onnx": OnnxGraph, "torchscript": TorchScriptGraph}
+
+
+@dataclass
+class FlowRuntime:
+    """The model graph plus, when the bundle has one, the background graph."""
+
+    backend: str
+    device: str
+    main: object
+    background: object | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        stats = self.main(images)
+        if self.background is not None:
+            stats["background_bpd"] = self.background(images)["bpd"]
+        return stats
+
+    def release_memory(self) -> None:
+        """After a failed batch (e.g. CUDA out of memory) give cached memory back before retrying."""
+        for graph in (self.main, self.background):
+            if hasattr(graph, "release_memory"):
+                graph.release_memory()
+
+    def close(self) -> None:
+        self.main = self.background = None
+
+
+def bundle_file(manifest: Manifest, bundle_dir: Path, key: str, default: str | None) -> Path | None:
+    entry = manifest.files.get(key)
+    if entry is not None:
+        return bundle_dir / entry.path
+    if default is not None and (bundle_dir / default).exists():
+        return bundle_dir / default
+    return None
+
+
+def resolve_device(backend: str, device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    has_cuda = cuda_available_onnx() if backend == "onnx" else cuda_available_torch()
+    if device == "cuda" and not has_cuda:
+        raise RuntimeUnavailable(f"{backend}: no CUDA device available")
+    return "cuda" if has_cuda else "cpu"
+
+
+def build_runtime(manifest: Manifest, bundle_dir: Path, backend: str, device: str, threads: int = 0) -> FlowRuntime:
+    """One backend on one device ('auto' device: CUDA when that backend can use it)."""
+    main_path = bundle_file(manifest, bundle_dir, MAIN_KEYS[backend], DEFAULT_FILES[backend])
+    if main_path is None or not main_path.exists():
+        raise RuntimeUnavailable(f"{bundle_dir} has no {backend} graph")
+    resolved = resolve_device(backend, device)
+    graph_cls = GRAPHS[backend]
+    background = None
+    bg_path = bundle_file(manifest, bundle_dir, BACKGROUND_KEYS[backend], None)
+    if bg_path is None and any(k in manifest.files for k in BACKGROUND_KEYS.values()):
+        raise RuntimeUnavailable(f"{bundle_dir}: the background graph has no {backend} file")
+    if bg_path is not None:
+        background = graph_cls(bg_path, resolved, threads)
+    return FlowRuntime(
+        backend=backend, device=resolved, main=graph_cls(main_path, resolved, threads), background=background
+    )
+
+
+def _time_runtime(runtime: FlowRuntime, batch: np.ndarray, repeats: int = 3) -> float:
+    runtime.run(batch)  # first call pays one-off costs (allocation, kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runtime.run(batch)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def load_runtime(
+    manifest: Manifest,
+    bundle_dir: Path,
+    backend: str = "auto",
+    device: str = "auto",
+    threads: int = 0,
+    probe_batch: int = 8,
+) -> FlowRuntime:
+    """Build the requested backend; for ``auto`` build every one that works and keep the fastest."""
+    if backend != "auto":
+        return build_runtime(manifest, bundle_dir, backend, device, threads)
+    candidates: list[FlowRuntime] = []
+    errors = []
+    for name in ("onnx", "torchscript"):
+        try:
+            candidates.append(build_runtime(manifest, bundle_dir, name, device, threads))
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot load simply does not compete
+            errors.append(f"{name}: {exc}")
+    if not candidates:
+        raise RuntimeUnavailable(f"no runtime can run {bundle_dir}: {'; '.join(errors)}")
+    if len(candidates) == 1:
+        return candidates[0]
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, size=(probe_batch, *manifest.input.shape), dtype=np.uint8)
+    timings = {f"{rt.backend}/{rt.device}": _time_runtime(rt, batch) for rt in candidates}
+    best = min(candidates, key=lambda rt: timings[f"{rt.backend}/{rt.device}"])
+    for rt in candidates:
+        if rt is not best:
+            rt.close()
+    best.timings = {k: round(v, 6) for k, v in timings.items()}
+    log.info(
+        "%s/%s: runtime auto chose %s/%s (batch of %d: %s)",
+        manifest.name,
+        manifest.version,
+        best.backend,
+        best.device,
+        probe_batch,
+        best.timings,
+    )
+    return best

@@ -1,0 +1,97 @@
+"""Every knob of the scoring service, in one place, read from ``OODGATE_*`` environment variables.
+
+pydantic-settings gives one typed, documented definition per knob: ``make serve``
+with ``OODGATE_MAX_BATCH_SIZE=8`` does what it says, ``oodgate-serve --help``
+and ``GET /v2`` show the same names, and a typo in a value fails at start-up
+instead of in the middle of a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OODGATE_", extra="ignore")
+
+    # --- network -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to listen on; loopback unless you mean to expose it.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and of uvicorn."
+    )
+
+    # --- model repository --------------------------------------------------------------------
+    models_root: Path = Field(Path("models"), description="Model repository: models/<name>/<version>/manifest.json.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bundles to load, as 'name' (every version) or 'name/version', comma-separated; empty loads all.",
+    )
+    default_model: str | None = Field(
+        None, description="Model used when a request names none; default: the only model, else an error (400)."
+    )
+    verify_files: bool = Field(True, description="Check every model file's sha256 against its manifest on load.")
+
+    # --- runtimes ------------------------------------------------------------------------------
+    runtime: Literal["auto", "onnx", "torchscript"] = Field(
+        "auto", description="Inference runtime; 'auto' times every available one at load and keeps the fastest."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when a GPU is there.")
+    intra_op_threads: int = Field(0, ge=0, description="Threads one batch may use (ONNX Runtime / torch); 0 = cores.")
+    warmup: bool = Field(True, description="Run every batch-size bucket once before reporting ready.")
+
+    # --- batching ------------------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, description="Most images the model runs at once.")
+    max_batch_delay_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a queued image waits for a batch to fill once the worker is free. A lone request "
+        "reaching an idle worker never waits: it runs at once.",
+    )
+    dynamic_batching: bool = Field(
+        True, description="Merge images of concurrent requests into one batch; false runs each request on its own."
+    )
+    max_queue_images: int = Field(
+        1024, ge=1, description="Bound of each model's queue, in images; past it requests get 503 at once."
+    )
+
+    # --- requests ------------------------------------------------------------------------------
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of a request; past it the request gets 504 and its queued images are dropped."
+    )
+    max_images_per_request: int = Field(256, ge=1, description="More images than this in one request get 413.")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Larger request bodies get 413.")
+    max_image_pixels: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Decompression-bomb guard: an encoded image declaring more pixels gets 413 before decoding.",
+    )
+    resize: bool = Field(
+        False,
+        description="Convert color mode and resize images that do not match the model (bilinear); "
+        "false answers such images with 422.",
+    )
+    decode_threads: int = Field(2, ge=1, description="Threads that decode images and compute PNG complexity.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+
+    # --- shutdown ------------------------------------------------------------------------------
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: longest wait for queued and in-flight requests before exiting."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_models(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("models"), str):
+            data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_images_per_request > self.max_queue_images:
+            raise ValueError("max_images_per_request must not exceed max_queue_images (such a request could never run)")
+        return self
