@@ -25,10 +25,24 @@ status, ``reason``/``score`` from fixed sets.
 | ``oodgate_queue_images`` | gauge | model, version | images waiting in the queue |
 | ``oodgate_model_ready`` | gauge | model, version | 1 once loaded and warm, 0 before and while draining |
 | ``oodgate_model_info`` | gauge | model, version, backend, device | always 1; carries the runtime in labels |
+| ``oodgate_queue_capacity_images`` | gauge | model, version | bound of the queue (max_queue_images) |
+| ``oodgate_drift_window_images`` | gauge | model, version | images in the drift window (service/drift.py) |
+| ``oodgate_drift_ood_rate`` | gauge | model, version | share of the window with p <= the model's default alpha |
+| ``oodgate_drift_mean_p_value`` | gauge | model, version | mean p-value of the window |
+| ``oodgate_drift_mean_bpd`` | gauge | model, version | mean bits/dim of the window |
+| ``oodgate_drift_calibration_mean_bpd`` | gauge | model, version | mean bits/dim of the calibration set |
+| ``oodgate_drift_typicality_p_value`` | gauge | model, version | typicality test of the window mean bpd |
+| ``oodgate_drift_alpha`` | gauge | model, version | the model's default alpha (the OOD-rate alert's yardstick) |
+| ``oodgate_sidecar_requests_total`` | counter | policy, outcome | sidecar requests, by outcome (below) |
+| ``oodgate_sidecar_upstream_duration_seconds`` | histogram | - | time the upstream took to answer |
 
 Rejection reasons: ``bad_request`` (400), ``unknown_model`` (404), ``too_large`` (413),
 ``unsupported_media_type`` (415), ``unprocessable`` (422), ``queue_full``, ``draining``,
 ``not_ready`` (503), ``deadline`` (504).
+
+Sidecar outcomes: ``forwarded``, ``blocked`` (OOD, 422), ``unscored`` (no image to score),
+``refused`` (oodgate refused the images, e.g. 400), ``upstream_unreachable`` (502),
+``upstream_timeout`` (504).
 
 Each app gets its own :class:`Metrics` on its own registry, so several apps can
 live in one process (the tests do) without clashing; ``GET /metrics`` exposes it.
@@ -126,6 +140,36 @@ class Metrics:
             "oodgate_model_info",
             "Loaded models; always 1, the runtime is in the labels.",
             (*MODEL, "backend", "device"),
+            registry=r,
+        )
+        self.queue_capacity = Gauge(
+            "oodgate_queue_capacity_images", "Queue bound in images; past it requests get 503.", MODEL, registry=r
+        )
+        # drift (service/drift.py): the last window of each model's images; NaN until it holds enough
+        self.drift_window_images = Gauge("oodgate_drift_window_images", "Images in the window.", MODEL, registry=r)
+        self.drift_ood_rate = Gauge(
+            "oodgate_drift_ood_rate", "Share of the window's images with p <= the default alpha.", MODEL, registry=r
+        )
+        self.drift_mean_p_value = Gauge("oodgate_drift_mean_p_value", "Mean p-value of the window.", MODEL, registry=r)
+        self.drift_mean_bpd = Gauge("oodgate_drift_mean_bpd", "Mean bits/dim of the window.", MODEL, registry=r)
+        self.drift_calibration_mean_bpd = Gauge(
+            "oodgate_drift_calibration_mean_bpd", "Mean bits/dim of the calibration set.", MODEL, registry=r
+        )
+        self.drift_typicality_p_value = Gauge(
+            "oodgate_drift_typicality_p_value",
+            "Typicality test p-value of the window mean bpd (resampled calibration windows).",
+            MODEL,
+            registry=r,
+        )
+        self.drift_alpha = Gauge("oodgate_drift_alpha", "The model's default alpha.", MODEL, registry=r)
+        # sidecar mode (service/sidecar.py)
+        self.sidecar_requests = Counter(
+            "oodgate_sidecar_requests", "Sidecar requests, by policy and outcome.", ("policy", "outcome"), registry=r
+        )
+        self.sidecar_upstream_duration = Histogram(
+            "oodgate_sidecar_upstream_duration_seconds",
+            "Time the upstream took to answer a forwarded request.",
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
 
