@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -83,12 +83,59 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM: longest wait for queued and in-flight requests before exiting."
     )
 
+    # --- drift monitoring (service/drift.py) ---------------------------------------------------
+    drift_window: int = Field(
+        500, ge=1, description="Images in each model's drift window (OOD rate, mean p-value, typicality test)."
+    )
+
+    # --- sidecar mode (service/sidecar.py) -------------------------------------------------------
+    upstream: str | None = Field(
+        None,
+        description="URL of the service to guard (e.g. http://127.0.0.1:9000). Set, oodgate also becomes a "
+        "reverse proxy: requests to the proxied paths are scored, then blocked, annotated or forwarded.",
+    )
+    sidecar_policy: Literal["block", "annotate", "shadow"] = Field(
+        "block",
+        description="block: OOD requests get 422 and never reach the upstream; annotate: forward with X-OOD and "
+        "X-OOD-P-Value headers on request and response; shadow: forward always, only count.",
+    )
+    sidecar_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxied paths as glob patterns (e.g. /predict,/v1/*), comma-separated; empty: every path "
+        "except oodgate's own endpoints.",
+    )
+    sidecar_json_path: str = Field(
+        "image",
+        description="Where a JSON body holds base64 images: dotted keys, '*' for every item of a list "
+        "(e.g. instances.*.b64).",
+    )
+    upstream_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the upstream's answer (then 504).")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to connect to the upstream.")
+    upstream_max_connections: int = Field(100, ge=1, description="Size of the pooled upstream connection pool.")
+
     @model_validator(mode="before")
     @classmethod
     def _split_models(cls, data):
         if isinstance(data, dict) and isinstance(data.get("models"), str):
             data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
         return data
+
+    @field_validator("sidecar_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value):
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
