@@ -164,3 +164,37 @@ def publish(metrics, model: str, version: str, snapshot: DriftSnapshot) -> None:
     metrics.drift_calibration_mean_bpd.labels(**labels).set(snapshot.calibration_mean_bpd)
     metrics.drift_typicality_p_value.labels(**labels).set(snapshot.typicality_p_value)
     metrics.drift_alpha.labels(**labels).set(snapshot.alpha)
+
+
+class DriftTracker:
+    """One :class:`DriftMonitor` per loaded model, fed by the data plane, published as gauges.
+
+    :meth:`attach` runs at start-up so that every model's gauges exist (as NaN)
+    before the first image, and sets the queue bound the queue alert divides by.
+    """
+
+    def __init__(self, metrics, window: int = DEFAULT_WINDOW, resamples: int = DEFAULT_RESAMPLES) -> None:
+        self.metrics = metrics
+        self.window = window
+        self.resamples = resamples
+        self.monitors: dict[tuple[str, str], DriftMonitor] = {}
+
+    def attach(self, entries: Iterable, queue_capacity: int | None = None) -> None:
+        for entry in entries:
+            key = (entry.name, entry.version)
+            self.monitors[key] = monitor_for(entry.detector, self.window, self.resamples)
+            publish(self.metrics, *key, self.monitors[key].snapshot())
+            if queue_capacity is not None:
+                self.metrics.queue_capacity.labels(*key).set(queue_capacity)
+
+    def observe(self, entry, bpd, decisions) -> None:
+        """Add one request's scored images (``decisions[i] is None``: failed, left out) and republish."""
+        key = (entry.name, entry.version)
+        monitor = self.monitors.get(key)
+        if monitor is None:
+            return
+        done = [i for i, d in enumerate(decisions) if d is not None]
+        if not done:
+            return
+        monitor.observe((bpd[i] for i in done), (decisions[i].p_value for i in done))
+        publish(self.metrics, *key, monitor.snapshot())

@@ -86,3 +86,32 @@ def test_shift_in_either_direction_is_atypical(calibration):
     monitor.reset()
     monitor.observe(np.random.default_rng(4).normal(3.0, 0.2, size=100), [0.5] * 100)
     assert monitor.snapshot().typicality_p_value > 0.05
+
+
+def gauge(metrics, name: str, model: str = "m", version: str = "1") -> float:
+    return metrics.registry.get_sample_value(name, {"model": model, "version": version})
+
+
+def test_tracker_publishes_gauges(calibration):
+    from types import SimpleNamespace
+
+    from service.drift import DriftTracker
+    from service.metrics import Metrics
+    from service.ood import Decision
+
+    metrics = Metrics(process=False)
+    detector = SimpleNamespace(calibration={"bpd": calibration}, default_alpha=0.1)
+    entry = SimpleNamespace(name="m", version="1", detector=detector)
+    tracker = DriftTracker(metrics, window=50, resamples=200)
+    tracker.attach([entry], queue_capacity=64)
+    assert gauge(metrics, "oodgate_queue_capacity_images") == 64
+    assert gauge(metrics, "oodgate_drift_window_images") == 0
+    assert math.isnan(gauge(metrics, "oodgate_drift_typicality_p_value"))
+    assert gauge(metrics, "oodgate_drift_alpha") == 0.1
+    decisions = [Decision({}, "bpd", p, p <= 0.1) for p in np.linspace(0.01, 1.0, 40)] + [None]
+    tracker.observe(entry, np.full(41, 2.0), decisions)  # the failed image (None) is left out
+    assert gauge(metrics, "oodgate_drift_window_images") == 40
+    assert gauge(metrics, "oodgate_drift_mean_bpd") == pytest.approx(2.0)
+    assert gauge(metrics, "oodgate_drift_ood_rate") == pytest.approx(np.mean(np.linspace(0.01, 1.0, 40) <= 0.1))
+    assert gauge(metrics, "oodgate_drift_calibration_mean_bpd") == pytest.approx(calibration.mean())
+    assert gauge(metrics, "oodgate_drift_typicality_p_value") == pytest.approx(1 / 201)  # 2.0 is far from 3.0
