@@ -24,6 +24,7 @@ import numpy as np
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull
 from .complexity import complexity_bits
 from .decode import decode_images, tensor_to_images
+from .drift import DriftTracker
 from .errors import ServiceError
 from .metrics import Metrics
 from .ood import Decision, UnknownScoreError
@@ -72,6 +73,9 @@ class DataPlane:
         self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.draining = False
         self.inflight = 0
+        # sliding-window drift gauges per model (issue 5)
+        self.drift = DriftTracker(metrics, settings.drift_window)
+        self.drift.attach(repository.all(), settings.max_queue_images)
 
     async def blocking(self, fn, *args, **kwargs):
         """Run CPU-bound ``fn`` in the decode pool so the event loop keeps serving."""
@@ -171,6 +175,7 @@ class DataPlane:
             for i, decision in zip(np.flatnonzero(ok), made, strict=True):
                 decisions[int(i)] = decision
         self._count(entry, decisions, score)
+        self.drift.observe(entry, out.stats["bpd"], decisions)
         return Scored(entry, alpha, score, out.stats, decisions, out.failures)
 
     def _count(self, entry: ModelEntry, decisions: list[Decision | None], score: str) -> None:
