@@ -1,0 +1,419 @@
+"""Sidecar mode: oodgate as a reverse proxy in front of an image classifier.
+
+Most users meet oodgate this way: they already run a classifier, and put
+oodgate in front of it (``oodgate-serve --upstream URL``, ``OODGATE_UPSTREAM``).
+oodgate's own endpoints (``/score``, ``/v2/...``, ``/metrics``, ...) keep
+working; every other request on a proxied path (``sidecar_paths``; default:
+all) is searched for images, which are scored in-process through the same data
+plane and batcher as ``POST /score``, and then handled by ``sidecar_policy``:
+
+``block``     any OOD image: 422 with the scores and p-values, and the request
+              never reaches the classifier. Images oodgate cannot read are
+              refused too (fail closed: a gate that waves through what it cannot
+              parse is no gate).
+``annotate``  forward, adding ``X-OOD``, ``X-OOD-P-Value`` (the smallest of the
+              request's images), ``X-OOD-Score`` and ``X-OOD-Model`` to the
+              forwarded request and to the response.
+``shadow``    forward always, score alongside (concurrently, so the classifier's
+              latency is not added to), only count.
+
+Where images are looked for: every file part of a ``multipart/form-data`` body
+whose type is an image, ``application/octet-stream`` or unset; a raw body of an
+``image/*`` or ``application/octet-stream`` type; base64 strings (optionally
+``data:`` URLs) at ``sidecar_json_path`` of a JSON body. A request with none is
+forwarded unscored (``outcome="unscored"``).
+
+Forwarding uses one pooled ``httpx.AsyncClient`` for the life of the app:
+method, path (raw, as sent), query, body and end-to-end headers go through;
+hop-by-hop headers (RFC 9110 7.6.1, plus any the ``Connection`` header names)
+are dropped both ways; ``X-Forwarded-*`` are added; ``X-OOD*`` headers from
+the client are removed, so they can be trusted downstream. The upstream's
+status, headers and body bytes come back untouched (``Date``/``Server`` are
+set by our own server). Upstream unreachable gives 502, upstream too slow 504,
+each a JSON error naming which. No cookie jar: the client never carries one
+caller's cookies to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import fnmatch
+import http.cookiejar
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.routing import Match
+
+from .api.body import media_type, read_body, replay
+from .api.rest import render
+from .dataplane import DataPlane, Scored, ScoreParams
+from .errors import ServiceError, bad_request
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "sidecar"
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# recomputed for the new message, or set by our own server
+REQUEST_DROP = frozenset({"host", "content-length"})
+RESPONSE_DROP = frozenset({"content-length", "date", "server"})
+OOD_HEADER_PREFIX = "x-ood"
+IMAGE_PART_TYPES = ("image/", "application/octet-stream")
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing: a shared proxy client must not replay one caller's cookies to the next."""
+
+    def set_cookie(self, cookie) -> None:  # noqa: D102
+        return None
+
+    def extract_cookies(self, response, request) -> None:  # noqa: D102
+        return None
+
+
+@dataclass
+class Verdict:
+    """What scoring said about a request's images, for policy and headers."""
+
+    ood: bool | None  # None: the model is not calibrated (no flag is made up)
+    p_value: float | None  # the smallest p-value of the request's images
+    scored: Scored | None = None
+    error: ServiceError | None = None
+
+    @property
+    def header(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "unknown" if self.ood is None else str(bool(self.ood)).lower()
+
+
+def hop_by_hop(headers: list[tuple[bytes, bytes]]) -> set[str]:
+    """The fixed hop-by-hop set plus every header the ``Connection`` header names."""
+    names = set(HOP_BY_HOP)
+    for key, value in headers:
+        if key.lower() == b"connection":
+            names.update(token.strip().lower() for token in value.decode("latin-1").split(",") if token.strip())
+    return names
+
+
+def json_lookup(document, path: str) -> list:
+    """Values at a dotted ``path`` of ``document``; ``*`` fans out over a list (or dict values)."""
+    nodes = [document]
+    for key in [k for k in path.split(".") if k]:
+        found = []
+        for node in nodes:
+            if key == "*":
+                if isinstance(node, list):
+                    found.extend(node)
+                elif isinstance(node, dict):
+                    found.extend(node.values())
+            elif isinstance(node, dict) and key in node:
+                found.append(node[key])
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                found.append(node[int(key)])
+        nodes = found
+    return nodes
+
+
+def decode_base64_image(value, index: int) -> bytes:
+    if not isinstance(value, str):
+        raise bad_request("bad_json_image", f"image {index} at the JSON path is not a base64 string", index)
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("bad_base64", f"image {index} at the JSON path is not valid base64", index) from None
+
+
+def json_images(body: bytes, path: str) -> list[bytes]:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_json", f"the body is declared JSON but does not parse: {exc}") from None
+    return [decode_base64_image(value, i) for i, value in enumerate(json_lookup(document, path))]
+
+
+class SidecarProxy:
+    """The catch-all route's handler: find images, score them, apply the policy, forward."""
+
+    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics, own_routes: list) -> None:
+        if not settings.upstream:
+            raise ValueError("sidecar mode needs settings.upstream")
+        self.settings = settings
+        self.plane = plane
+        self.metrics = metrics
+        self.policy = settings.sidecar_policy
+        self.own_routes = own_routes
+        self.upstream = httpx.URL(settings.upstream)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=settings.upstream_max_connections,
+                max_keepalive_connections=settings.upstream_max_connections,
+            ),
+            cookies=httpx.Cookies(_NoCookies()),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.client.headers.clear()  # no default Accept-Encoding/User-Agent: send what the client sent
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # ---- routing ---------------------------------------------------------------------------------
+
+    def proxied(self, path: str) -> bool:
+        patterns = self.settings.sidecar_paths
+        return not patterns or any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+    def own_path(self, request: Request) -> bool:
+        """A path one of oodgate's own routes serves (with another method): never proxied."""
+        return any(route.matches(request.scope)[0] != Match.NONE for route in self.own_routes)
+
+    # ---- the request ---------------------------------------------------------------------------
+
+    async def __call__(self, request: Request) -> Response:
+        received = time.monotonic()
+        began = time.perf_counter()
+        status = 500
+        self.plane.inflight += 1
+        inflight = self.metrics.inflight.labels(ENDPOINT)
+        inflight.inc()
+        try:
+            response = await self.handle(request, received)
+            status = response.status_code
+            return response
+        except ServiceError as exc:
+            status = exc.status
+            if exc.status not in (404, 405):
+                self.count("refused")
+            raise
+        finally:
+            self.plane.inflight -= 1
+            inflight.dec()
+            model = request.scope.get("oodgate", {}).get("model", ("", ""))
+            self.metrics.requests.labels(ENDPOINT, *model, str(status)).inc()
+            self.metrics.request_duration.labels(ENDPOINT, *model).observe(time.perf_counter() - began)
+
+    async def handle(self, request: Request, received: float) -> Response:
+        if self.own_path(request):
+            raise ServiceError(405, "method_not_allowed", f"{request.method} {request.url.path} is oodgate's own")
+        if not self.proxied(request.url.path):
+            raise ServiceError(404, "not_proxied", f"{request.url.path} is not one of the proxied paths")
+        self.plane.admit()
+        body = await read_body(request, self.settings.max_request_bytes)
+        blobs = await self.images(request, body)
+        if not blobs:
+            self.count("unscored")
+            return await self.forward(request, body, None)
+        if self.policy == "shadow":
+            scoring = asyncio.ensure_future(self.verdict(request, blobs, received))
+            try:
+                response = await self.forward(request, body, None)
+            finally:
+                await scoring  # never raises; the scores land in the metrics
+            return response
+        verdict = await self.verdict(request, blobs, received)
+        if self.policy == "block":
+            if verdict.error is not None:
+                raise verdict.error
+            if verdict.ood:
+                self.count("blocked")
+                return self.blocked(verdict.scored)
+        return await self.forward(request, body, verdict if self.policy == "annotate" else None)
+
+    async def images(self, request: Request, body: bytes) -> list[bytes]:
+        """The encoded images in the request (empty: nothing to score); malformed ones raise 400."""
+        if not body:
+            return []
+        kind = media_type(request)
+        try:
+            if kind == "multipart/form-data":
+                return await self.multipart_images(replay(request, body))
+            if kind.startswith("image/") or kind == "application/octet-stream":
+                return [body]
+            if kind == "application/json" or kind.endswith("+json"):
+                return json_images(body, self.settings.sidecar_json_path)
+        except ServiceError as exc:
+            if self.policy == "block":
+                raise
+            log.info("sidecar: cannot read the images of %s: %s", request.url.path, exc.message)
+            return []
+        return []
+
+    async def multipart_images(self, request: Request) -> list[bytes]:
+        limit = self.settings.max_images_per_request
+        try:
+            form = await request.form(max_files=limit, max_fields=1000, max_part_size=self.settings.max_request_bytes)
+        except (MultiPartException, HTTPException) as exc:  # starlette wraps parser errors in a 400
+            message = str(getattr(exc, "message", None) or getattr(exc, "detail", exc))
+            raise bad_request("bad_multipart", f"malformed multipart body: {message}") from None
+        blobs = []
+        try:
+            for _, part in form.multi_items():
+                if isinstance(part, str):
+                    continue
+                part_type = (part.content_type or "").split(";")[0].strip().lower()
+                if not part_type or part_type.startswith(IMAGE_PART_TYPES):
+                    blobs.append(await part.read())
+        finally:
+            await form.close()
+        return blobs
+
+    async def verdict(self, request: Request, blobs: list[bytes], received: float) -> Verdict:
+        """Score the images with the default model; errors become a verdict, never an exception."""
+        try:
+            entry = self.plane.model(None)
+            request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
+            scored = await self.plane.score_encoded(entry, blobs, ScoreParams(), received)
+        except ServiceError as exc:
+            return Verdict(None, None, error=exc)
+        if scored.failures:
+            first = min(scored.failures)
+            error = ServiceError(500, "inference_failed", scored.failures[first], index=first)
+            return Verdict(None, None, scored, error)
+        flags = [d.ood for d in scored.decisions]
+        p_values = [d.p_value for d in scored.decisions if d.p_value is not None]
+        ood = None if any(flag is None for flag in flags) else any(flags)
+        return Verdict(ood, min(p_values) if p_values else None, scored)
+
+    def blocked(self, scored: Scored) -> JSONResponse:
+        content, _ = render(scored, levels=False)
+        flagged = [i for i, d in enumerate(scored.decisions) if d is not None and d.ood]
+        first = flagged[0]
+        p = scored.decisions[first].p_value
+        content["error"] = {
+            "code": "out_of_distribution",
+            "message": (
+                f"{len(flagged)} of {len(scored)} images are out of distribution for "
+                f"{scored.entry.name}/{scored.entry.version} (image {first}: {scored.score} p-value {p:.4g} <= "
+                f"alpha {scored.alpha}); the request was not forwarded"
+            ),
+            "index": first,
+        }
+        content = {"error": content.pop("error"), **content}
+        return JSONResponse(content, status_code=422)
+
+    # ---- forwarding --------------------------------------------------------------------------
+
+    def ood_headers(self, verdict: Verdict) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-ood", verdict.header.encode())]
+        if verdict.p_value is not None:
+            headers.append((b"x-ood-p-value", f"{verdict.p_value:.6g}".encode()))
+        if verdict.scored is not None:
+            headers.append((b"x-ood-score", verdict.scored.score.encode()))
+            headers.append((b"x-ood-model", f"{verdict.scored.entry.name}/{verdict.scored.entry.version}".encode()))
+        if verdict.error is not None:
+            headers.append((b"x-ood-error", verdict.error.code.encode()))
+        return headers
+
+    def upstream_url(self, request: Request) -> httpx.URL:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"")
+        prefix = self.upstream.raw_path.split(b"?")[0].rstrip(b"/")
+        return self.upstream.copy_with(raw_path=prefix + raw_path + (b"?" + query if query else b""))
+
+    def request_headers(self, request: Request, verdict: Verdict | None) -> list[tuple[bytes, bytes]]:
+        raw = request.headers.raw
+        drop = hop_by_hop(raw) | REQUEST_DROP
+        headers = [
+            (k, v) for k, v in raw if k.lower().decode("latin-1") not in drop and not k.lower().startswith(b"x-ood")
+        ]
+        client = request.client.host if request.client else ""
+        previous = request.headers.get("x-forwarded-for")
+        headers = [(k, v) for k, v in headers if k.lower() not in (b"x-forwarded-for",)]
+        headers.append((b"x-forwarded-for", (f"{previous}, {client}" if previous else client).encode("latin-1")))
+        if "x-forwarded-proto" not in request.headers:
+            headers.append((b"x-forwarded-proto", request.url.scheme.encode()))
+        if "x-forwarded-host" not in request.headers and "host" in request.headers:
+            headers.append((b"x-forwarded-host", request.headers["host"].encode("latin-1")))
+        if verdict is not None:
+            headers.extend(self.ood_headers(verdict))
+        return headers
+
+    async def forward(self, request: Request, body: bytes, verdict: Verdict | None) -> Response:
+        outgoing = self.client.build_request(
+            request.method, self.upstream_url(request), headers=self.request_headers(request, verdict), content=body
+        )
+        began = time.perf_counter()
+        try:
+            upstream = await self.client.send(outgoing, stream=True)
+            try:
+                content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+            finally:
+                await upstream.aclose()
+        except httpx.TimeoutException as exc:
+            self.count("upstream_timeout")
+            return self.upstream_error(
+                504, "upstream_timeout", f"the upstream {self.settings.upstream} did not answer in time ({exc!r})"
+            )
+        except httpx.TransportError as exc:
+            self.count("upstream_unreachable")
+            return self.upstream_error(
+                502, "upstream_unreachable", f"cannot reach the upstream {self.settings.upstream}: {exc!r}"
+            )
+        self.metrics.sidecar_upstream_duration.observe(time.perf_counter() - began)
+        self.count("forwarded")
+        drop = hop_by_hop(upstream.headers.raw) | RESPONSE_DROP
+        response = Response(content=content, status_code=upstream.status_code)
+        response.raw_headers = [h for h in response.raw_headers if h[0] == b"content-length"] + [
+            (k.lower(), v) for k, v in upstream.headers.raw if k.lower().decode("latin-1") not in drop
+        ]
+        if verdict is not None:
+            response.raw_headers.extend(self.ood_headers(verdict))
+        return response
+
+    @staticmethod
+    def upstream_error(status: int, code: str, message: str) -> JSONResponse:
+        log.warning("sidecar: %s", message)
+        return JSONResponse({"error": {"code": code, "message": message, "index": None}}, status_code=status)
+
+    def count(self, outcome: str) -> None:
+        self.metrics.sidecar_requests.labels(self.policy, outcome).inc()
+
+
+def install(app: FastAPI) -> SidecarProxy:
+    """Add the catch-all proxy route after oodgate's own routes, and close the client after the drain."""
+    settings: Settings = app.state.settings
+    proxy = SidecarProxy(settings, app.state.dataplane, app.state.metrics, list(app.router.routes))
+    app.state.sidecar = proxy
+    app.add_api_route("/{path:path}", proxy, methods=METHODS, include_in_schema=False)
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application):
+        try:
+            async with inner(application) as state:
+                yield state
+        finally:
+            await proxy.aclose()  # after the app's own drain, which waits for in-flight proxied requests
+
+    app.router.lifespan_context = lifespan
+    paths = settings.sidecar_paths or "every path"
+    log.info("sidecar mode: %s -> %s (policy %s)", paths, settings.upstream, proxy.policy)
+    return proxy
