@@ -104,5 +104,9 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     async def prometheus_metrics(request: Request) -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    if settings.upstream:  # sidecar mode (issue 5): a catch-all proxy route after every own route
+        from .sidecar import install as install_sidecar
+
+        install_sidecar(app)
     app.add_middleware(RequestMetrics, metrics=metrics, plane=plane)
     return app
