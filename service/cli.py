@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, help=fields["max_batch_size"].description)
     parser.add_argument("--max-batch-delay-ms", type=float, help=fields["max_batch_delay_ms"].description)
     parser.add_argument("--log-level", help=fields["log_level"].description)
+    parser.add_argument("--upstream", help=fields["upstream"].description)
+    parser.add_argument(
+        "--sidecar-policy", choices=["block", "annotate", "shadow"], help=fields["sidecar_policy"].description
+    )
+    parser.add_argument("--sidecar-paths", help=fields["sidecar_paths"].description)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
