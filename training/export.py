@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import logging
 import platform
 import sys
 import warnings
@@ -81,6 +82,8 @@ def export_torchscript(graph: ScoringGraph, example: torch.Tensor, path: Path) -
 
 def export_onnx(graph: ScoringGraph, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=65536)
+    # The exporter logs a warning per torchvision op it cannot register; we use none.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
