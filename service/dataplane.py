@@ -136,7 +136,7 @@ class DataPlane:
 
     async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
         self.admit(entry)
-        if array.ndim >= 1:
+        if array.ndim in (3, 4):
             self.check_count(len(array))
         alpha, score = self.check_params(entry, params)
         images = await self.blocking(tensor_to_images, array, entry.manifest.input, self.settings.resize)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from ..dataplane import LEVEL_OUTPUTS, SCALAR_OUTPUTS, DataPlane, Scored, ScoreParams, finite
@@ -88,10 +89,11 @@ async def multipart_images(request: Request, plane: DataPlane) -> list[bytes]:
     limit = plane.settings.max_images_per_request
     try:
         form = await request.form(max_files=limit, max_fields=limit, max_part_size=plane.settings.max_request_bytes)
-    except MultiPartException as exc:
-        if "Too many files" in exc.message or "Too many fields" in exc.message:
-            raise ServiceError(413, "too_many_images", f"{exc.message} (images per request)") from None
-        raise bad_request("bad_multipart", f"malformed multipart body: {exc.message}") from None
+    except (MultiPartException, HTTPException) as exc:  # starlette wraps parser errors in a 400 HTTPException
+        message = str(getattr(exc, "message", None) or getattr(exc, "detail", exc))
+        if "Too many files" in message or "Too many fields" in message:
+            raise ServiceError(413, "too_many_images", f"{message} (images per request)") from None
+        raise bad_request("bad_multipart", f"malformed multipart body: {message}") from None
     blobs = []
     try:
         for index, part in enumerate(form.getlist("files")):
