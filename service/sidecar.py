@@ -176,11 +176,11 @@ class SidecarProxy:
                 max_connections=settings.upstream_max_connections,
                 max_keepalive_connections=settings.upstream_max_connections,
             ),
-            cookies=httpx.Cookies(_NoCookies()),
             follow_redirects=False,
             trust_env=False,
         )
         self.client.headers.clear()  # no default Accept-Encoding/User-Agent: send what the client sent
+        self.client.cookies.jar = _NoCookies()  # (the constructor would copy a jar into a normal one)
 
     async def aclose(self) -> None:
         await self.client.aclose()
