@@ -1,0 +1,229 @@
+"""oodgate as the sidecar of the real demo classifier (examples/classifier), both on loopback.
+
+With the committed, calibrated default model the gate must do its job: MNIST digits
+are blocked (422, never reaching the classifier) and FashionMNIST items come back with
+the classifier's own answer. Before that model exists, a tiny calibrated flow stands in
+and every test still checks the plumbing: the gate's decision for each image is exactly
+what ``POST /score`` says about it, and what passes is byte-for-byte the classifier's.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+from service.settings import Settings
+from tests.sidecar.servers import (
+    LiveServer,
+    classifier_app,
+    default_model_calibrated,
+    default_models_root,
+    images,
+)
+
+REAL = default_model_calibrated()
+needs_real_model = pytest.mark.skipif(not REAL, reason="models/fashion-glow/1 is not committed and calibrated yet")
+
+
+class Counting:
+    """ASGI wrapper counting the HTTP requests that reach the classifier."""
+
+    def __init__(self, app) -> None:
+        self.app, self.count = app, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.count += 1
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    counting = Counting(classifier_app())
+    server = LiveServer(counting).start(health="/health")
+    server.counting = counting
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory, request):
+    if REAL:
+        return default_models_root(tmp_path_factory.mktemp("default"))
+    return request.getfixturevalue("calibrated_tiny")
+
+
+@pytest.fixture(scope="module")
+def gate(classifier, models_root):
+    settings = Settings(
+        models_root=models_root,
+        runtime="onnx",
+        log_level="warning",
+        decode_threads=1,
+        max_batch_size=8,
+        upstream=classifier.url,
+        sidecar_policy="block",
+        sidecar_paths="/predict,/nope",
+    )
+    server = LiveServer(create_app(settings)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def policy(gate):
+    """Switch the running gate's policy for one test, then back to block."""
+    proxy = gate.app.state.sidecar
+
+    def set_policy(name: str) -> None:
+        proxy.policy = name
+
+    yield set_policy
+    proxy.policy = "block"
+
+
+def verdict(gate, png: bytes) -> dict:
+    """What POST /score says about one image (the reference the sidecar must agree with)."""
+    response = httpx.post(f"{gate.url}/score", files={"files": ("x.png", png, "image/png")}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["results"][0]
+
+
+def via_gate(gate, png: bytes, path: str = "/predict") -> httpx.Response:
+    return httpx.post(f"{gate.url}{path}", files={"file": ("x.png", png, "image/png")}, timeout=60)
+
+
+def direct(classifier, png: bytes, path: str = "/predict") -> httpx.Response:
+    return httpx.post(f"{classifier.url}{path}", files={"file": ("x.png", png, "image/png")}, timeout=60)
+
+
+def sidecar_counts(gate) -> dict[tuple[str, str], float]:
+    text = httpx.get(f"{gate.url}/metrics").text
+    counts = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "oodgate_sidecar_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["policy"], sample.labels["outcome"])] = sample.value
+    return counts
+
+
+def test_fashion_items_get_the_classifiers_answer(gate, classifier):
+    passed = 0
+    for name, png in images("fashion_"):
+        expected = verdict(gate, png)
+        response = via_gate(gate, png)
+        if expected["ood"]:
+            assert response.status_code == 422, name
+            continue
+        passed += 1
+        reference = direct(classifier, png)
+        assert response.status_code == 200, (name, response.text)
+        assert response.content == reference.content  # the classifier's body, byte for byte
+        assert response.json()["label"].lower().replace("/", "-").replace(" ", "-") in name
+    if REAL:
+        assert passed == len(images("fashion_")), "an in-distribution test item was blocked"
+
+
+def test_mnist_digits_are_blocked_before_the_classifier(gate, classifier):
+    blocked = 0
+    for name, png in images("mnist_"):
+        expected = verdict(gate, png)
+        before = classifier.counting.count
+        response = via_gate(gate, png)
+        if not expected["ood"]:
+            assert response.status_code == 200, name
+            continue
+        blocked += 1
+        assert response.status_code == 422, (name, response.text)
+        assert classifier.counting.count == before, "a blocked request reached the classifier"
+        body = response.json()
+        assert body["error"]["code"] == "out_of_distribution"
+        assert body["error"]["index"] == 0
+        result = body["results"][0]
+        assert result["p_value"] == pytest.approx(expected["p_value"])
+        assert result["p_value"] <= body["alpha"]
+        assert result["ood"] is True and result["score"] == body["score"]
+        assert body["model"] in ("fashion-glow", "tiny")
+    if REAL:
+        assert blocked == len(images("mnist_")), "an MNIST digit reached the classifier"
+
+
+@needs_real_model
+def test_raw_and_base64_bodies_are_gated_too(gate):
+    (_, digit), (_, item) = images("mnist_")[0], images("fashion_")[0]
+    raw = httpx.post(f"{gate.url}/predict", content=digit, headers={"content-type": "image/png"}, timeout=60)
+    assert raw.status_code == 422
+    as_json = httpx.post(f"{gate.url}/predict", json={"image": base64.b64encode(digit).decode()}, timeout=60)
+    assert as_json.status_code == 422
+    ok = httpx.post(f"{gate.url}/predict", json={"image": base64.b64encode(item).decode()}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["label"] == "Ankle boot"
+
+
+def passing_image(gate, policy) -> bytes:
+    """An image the gate forwards: an unflagged FashionMNIST item, else (stand-in model) shadow mode."""
+    for _, png in images("fashion_"):
+        if not verdict(gate, png)["ood"]:
+            return png
+    assert not REAL, "the default model flags every FashionMNIST sample"
+    policy("shadow")
+    return images("fashion_")[0][1]
+
+
+def test_classifier_errors_pass_through_untouched(gate, classifier, policy):
+    png = passing_image(gate, policy)
+    response = httpx.post(f"{gate.url}/predict?top_k=abc", files={"file": ("x.png", png, "image/png")}, timeout=60)
+    reference = httpx.post(f"{classifier.url}/predict?top_k=abc", files={"file": ("x.png", png, "image/png")})
+    assert response.status_code == reference.status_code == 422
+    assert response.content == reference.content
+    assert response.json()["error"]["code"] == "bad_top_k"
+    missing = httpx.get(f"{gate.url}/nope")  # no image: forwarded unscored, the classifier's 404 comes back
+    assert missing.status_code == 404
+    assert missing.content == httpx.get(f"{classifier.url}/nope").content
+
+
+def test_annotate_forwards_with_the_verdict(gate, policy):
+    policy("annotate")
+    for _, png in images("mnist_")[:2] + images("fashion_")[:2]:
+        expected = verdict(gate, png)
+        response = via_gate(gate, png)
+        assert response.status_code == 200
+        assert "label" in response.json()
+        assert response.headers["x-ood"] == str(expected["ood"]).lower()
+        assert float(response.headers["x-ood-p-value"]) == pytest.approx(expected["p_value"], rel=1e-5)
+
+
+def test_shadow_forwards_everything_and_only_counts(gate, policy):
+    policy("shadow")
+    before = sidecar_counts(gate).get(("shadow", "forwarded"), 0)
+    for _, png in images("mnist_")[:3]:
+        response = via_gate(gate, png)
+        assert response.status_code == 200
+        assert "label" in response.json()
+        assert not any(key.startswith("x-ood") for key in response.headers)
+    assert sidecar_counts(gate)[("shadow", "forwarded")] == before + 3
+
+
+def test_metrics_count_what_the_gate_did(gate):
+    counts = sidecar_counts(gate)
+    blocked = counts.get(("block", "blocked"), 0)
+    mnist_flagged = sum(1 for _, png in images("mnist_") if verdict(gate, png)["ood"])
+    fashion_flagged = sum(1 for _, png in images("fashion_") if verdict(gate, png)["ood"])
+    # blocked by the two block-mode tests above, plus the two raw/base64 digits with the real model
+    assert blocked == mnist_flagged + fashion_flagged + (2 if REAL else 0)
+
+
+def test_stopped_classifier_gives_502(gate, classifier, policy):
+    """Last in the module: it stops the classifier for good."""
+    png = passing_image(gate, policy)
+    classifier.stop()
+    response = via_gate(gate, png)
+    assert response.status_code == 502
+    body = response.json()
+    assert body["error"]["code"] == "upstream_unreachable"
+    assert classifier.url in body["error"]["message"]
+    assert sidecar_counts(gate)[(gate.app.state.sidecar.policy, "upstream_unreachable")] == 1
