@@ -188,8 +188,12 @@ class Batcher:
     # ---- the loop's side -------------------------------------------------------------------------
 
     async def submit(self, images: np.ndarray, deadline: float) -> BatchOutput:
-        """Queue ``images`` (uint8 ``[N,C,H,W]``) and wait for their outputs until ``deadline`` (monotonic)."""
-        if self._draining:
+        """Queue ``images`` (uint8 ``[N,C,H,W]``) and wait for their outputs until ``deadline`` (monotonic).
+
+        While draining, work already admitted by the data plane is still taken (it was accepted before
+        the drain began); only a stopped worker refuses.
+        """
+        if self._stopping:
             raise Draining("the server is shutting down")
         if not self._ready:
             raise NotReady(self.load_error or f"model {self.name}/{self.version} is still loading")
@@ -249,7 +253,7 @@ class Batcher:
             log.exception("%s", self.load_error)
             self._loaded.set()
             return
-        self._ready = not self._draining
+        self._ready = True
         self._m_ready.set(1 if self.ready else 0)
         self._loaded.set()
         while True:

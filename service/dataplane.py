@@ -143,7 +143,7 @@ class DataPlane:
         return await self._score(entry, images, alpha, score, self.deadline(received, params))
 
     async def _score(self, entry: ModelEntry, images: np.ndarray, alpha: float, score: str, deadline: float) -> Scored:
-        self.admit(entry)
+        # admitted already: a request accepted before a drain began runs to its end
         detector = entry.detector
         complexity = None
         if detector.needs_complexity:

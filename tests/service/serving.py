@@ -151,3 +151,8 @@ def calibrated_root(tmp_root: Path, tiny_root: Path) -> Path:
     detector.fit(stats, complexity_bits(holdout), seed=0)
     detector.save(bundle, manifest)
     return tmp_root
+
+
+def multipart_files(images: np.ndarray) -> list:
+    """httpx ``files=`` for a stack of uint8 images, each sent as a PNG part named ``files``."""
+    return [("files", (f"{i}.png", png(x), "image/png")) for i, x in enumerate(images)]

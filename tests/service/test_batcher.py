@@ -1,0 +1,300 @@
+"""The dynamic batcher, in-process and through HTTP: order, splitting, merging, backpressure, deadlines, halving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, DeadlineExceeded, QueueFull, warmup_sizes
+from service.metrics import Metrics
+
+from .serving import LiveServer, controlled_app, multipart_files, random_images, reference_stats
+
+SHAPE = (1, 2, 2)
+
+
+class FakeRuntime:
+    """bpd = mean pixel (so each image's answer is known); can be held at a gate; fails on all-255 images."""
+
+    backend, device = "fake", "cpu"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def run(self, images):
+        self.entered.set()
+        assert self.gate.wait(30)
+        flat = images.reshape(len(images), -1)
+        if (flat == 255).all(axis=1).any():
+            raise MemoryError("poisoned image")
+        self.batches.append(len(images))
+        mean = flat.mean(axis=1).astype(np.float32)
+        return {"bpd": mean, "log_pz_levels": np.stack([mean, -mean], axis=1)}
+
+
+def make_batcher(runtime, **kwargs) -> Batcher:
+    options = {"max_batch_size": 4, "max_batch_delay_s": 0.0, "max_queue_images": 64, "warmup": False, **kwargs}
+    batcher = Batcher("fake", "1", lambda: runtime, SHAPE, Metrics(process=False), **options)
+    batcher.start()
+    assert batcher.wait_loaded(10) and batcher.ready
+    return batcher
+
+
+def images_with_means(means) -> np.ndarray:
+    return np.stack([np.full(SHAPE, m, dtype=np.uint8) for m in means])
+
+
+def later(seconds: float = 10.0) -> float:
+    return time.monotonic() + seconds
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition never became true"
+        await asyncio.sleep(0.005)
+
+
+def test_a_big_request_is_split_and_reassembled_in_order():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime)
+    means = list(range(10, 20))
+    out = asyncio.run(batcher.submit(images_with_means(means), later()))
+    assert runtime.batches == [4, 4, 2]
+    assert out.stats["bpd"].tolist() == means and out.failures == {}
+    assert out.stats["log_pz_levels"][:, 1].tolist() == [-m for m in means]
+    batcher.stop(5)
+
+
+def test_concurrent_requests_share_batches_and_keep_their_own_answers():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime)
+
+    async def scenario():
+        runtime.gate.clear()
+        first = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)  # the lone request went to the idle worker at once
+        others = [asyncio.create_task(batcher.submit(images_with_means([m, m + 1]), later())) for m in (10, 20, 30)]
+        await wait_for(lambda: batcher.queued_images == 6)
+        runtime.gate.set()
+        return await first, await asyncio.gather(*others)
+
+    first, others = asyncio.run(scenario())
+    assert runtime.batches == [1, 4, 2]  # 6 queued images: one full batch, then the rest
+    assert first.stats["bpd"].tolist() == [1]
+    assert [o.stats["bpd"].tolist() for o in others] == [[10, 11], [20, 21], [30, 31]]
+    batcher.stop(5)
+
+
+def test_batching_disabled_never_mixes_requests():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime, dynamic=False)
+
+    async def scenario():
+        runtime.gate.clear()
+        first = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)
+        others = [asyncio.create_task(batcher.submit(images_with_means([m]), later())) for m in (2, 3, 4)]
+        await wait_for(lambda: batcher.queued_images == 3)
+        runtime.gate.set()
+        await asyncio.gather(first, *others)
+
+    asyncio.run(scenario())
+    assert runtime.batches == [1, 1, 1, 1]
+    batcher.stop(5)
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    """With an hour of batch delay, a lone request still runs: it reached an idle worker and an empty queue."""
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime, max_batch_delay_s=3600.0)
+    out = asyncio.run(batcher.submit(images_with_means([5]), later(20)))
+    assert out.stats["bpd"].tolist() == [5] and runtime.batches == [1]
+    batcher.stop(5)
+
+
+def test_images_queued_behind_a_busy_worker_wait_at_most_the_delay():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime, max_batch_delay_s=0.05)
+
+    async def scenario():
+        runtime.gate.clear()
+        first = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)
+        second = asyncio.create_task(batcher.submit(images_with_means([2]), later()))
+        await wait_for(lambda: batcher.queued_images == 1)
+        runtime.gate.set()
+        return await first, await second  # the second is alone once the worker frees up: it runs after the delay
+
+    first, second = asyncio.run(scenario())
+    assert runtime.batches == [1, 1] and second.stats["bpd"].tolist() == [2]
+    batcher.stop(5)
+
+
+def test_a_full_queue_refuses_at_once():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime, max_queue_images=4)
+
+    async def scenario():
+        runtime.gate.clear()
+        running = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)
+        queued = asyncio.create_task(batcher.submit(images_with_means([2, 3, 4]), later()))
+        await wait_for(lambda: batcher.queued_images == 3)
+        with pytest.raises(QueueFull):
+            await batcher.submit(images_with_means([5, 6]), later())
+        fits = asyncio.create_task(batcher.submit(images_with_means([7]), later()))
+        await wait_for(lambda: batcher.queued_images == 4)
+        runtime.gate.set()
+        return await asyncio.gather(running, queued, fits)
+
+    results = asyncio.run(scenario())
+    assert [r.stats["bpd"].tolist() for r in results] == [[1], [2, 3, 4], [7]]
+    batcher.stop(5)
+
+
+def test_past_the_deadline_images_leave_the_queue_unrun():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime)
+
+    async def scenario():
+        runtime.gate.clear()
+        running = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(images_with_means([2, 3, 4, 5, 6]), time.monotonic() + 0.05)
+        assert batcher.queued_images == 0
+        runtime.gate.set()
+        await running
+        return await batcher.submit(images_with_means([9]), later())
+
+    last = asyncio.run(scenario())
+    assert runtime.batches == [1, 1] and last.stats["bpd"].tolist() == [9]  # the 5 expired images never ran
+    batcher.stop(5)
+
+
+def test_a_failing_batch_is_retried_in_halves_and_only_poisoned_images_fail():
+    runtime = FakeRuntime()
+    metrics = Metrics(process=False)
+    batcher = Batcher("fake", "1", lambda: runtime, SHAPE, metrics, max_batch_size=8, warmup=False)
+    batcher.start()
+    batcher.wait_loaded(10)
+    means = [10, 11, 255, 13, 14, 255, 16, 17]
+    out = asyncio.run(batcher.submit(images_with_means(means), later()))
+    assert sorted(out.failures) == [2, 5] and "poisoned image" in out.failures[2]
+    good = [i for i in range(8) if i not in (2, 5)]
+    assert out.stats["bpd"][good].tolist() == [means[i] for i in good]
+    assert np.isnan(out.stats["bpd"][[2, 5]]).all()
+    assert metrics.image_failures.labels("fake", "1")._value.get() == 2
+    # the worker survives and keeps serving
+    assert asyncio.run(batcher.submit(images_with_means([3]), later())).stats["bpd"].tolist() == [3]
+    batcher.stop(5)
+
+
+def test_warmup_buckets_and_readiness():
+    assert (
+        warmup_sizes(1) == [1] and warmup_sizes(32) == [1, 2, 4, 8, 16, 32] and warmup_sizes(24) == [1, 2, 4, 8, 16, 24]
+    )
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = Batcher("fake", "1", lambda: runtime, SHAPE, Metrics(process=False), max_batch_size=6, warmup=True)
+    batcher.start()
+    assert runtime.entered.wait(10) and not batcher.ready  # not ready while warming up
+    runtime.gate.set()
+    batcher.wait_loaded(10)
+    assert batcher.ready and runtime.batches == [1, 2, 4, 6]
+    batcher.stop(5)
+
+
+def test_a_model_that_fails_to_load_is_not_ready_and_says_why():
+    def broken():
+        raise FileNotFoundError("model.onnx is gone")
+
+    batcher = Batcher("fake", "1", broken, SHAPE, Metrics(process=False), warmup=False)
+    batcher.start()
+    batcher.wait_loaded(10)
+    assert not batcher.ready and "model.onnx is gone" in batcher.load_error
+    batcher.stop(1)
+
+
+# ---- the same behaviour seen through HTTP -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def controlled(tiny_models_root):
+    app, runtimes = controlled_app(
+        tiny_models_root, max_batch_size=4, max_queue_images=4, max_images_per_request=4, retry_after_s=2
+    )
+    with LiveServer(app) as live:
+        yield live, runtimes[0]
+
+
+def post_async(url: str, files, results: list, **params) -> threading.Thread:
+    def go():
+        results.append(httpx.post(f"{url}/score", files=files, params=params, timeout=30))
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread
+
+
+def queued(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("oodgate_queue_images{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_http_backpressure_503_and_deadline_504(controlled):
+    server, runtime = controlled
+    url = server.url
+    runtime.gate.clear()
+    runtime.entered.clear()
+    runtime.batches.clear()
+    results: list[httpx.Response] = []
+    try:
+        first = post_async(url, multipart_files(random_images(1, seed=1)), results)
+        assert runtime.entered.wait(10)
+        late = httpx.post(f"{url}/score", files=multipart_files(random_images(2, seed=2)), params={"timeout_ms": 200})
+        assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+        filler = post_async(url, multipart_files(random_images(4, seed=3)), results)
+        end = time.monotonic() + 10
+        while queued(url) < 4 and time.monotonic() < end:
+            time.sleep(0.01)
+        refused = httpx.post(f"{url}/score", files=multipart_files(random_images(1, seed=4)))
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert refused.json()["error"]["code"] == "queue_full"
+    finally:
+        runtime.gate.set()
+    first.join(30)
+    filler.join(30)
+    assert sorted(r.status_code for r in results) == [200, 200]
+    assert runtime.batches == [1, 4]  # the 504's two images were dropped, never run
+    text = httpx.get(f"{url}/metrics").text
+    assert 'oodgate_rejections_total{model="tiny",reason="queue_full",version="1"} 1.0' in text
+    assert 'oodgate_rejections_total{model="tiny",reason="deadline",version="1"} 1.0' in text
+
+
+def test_http_poisoned_image_gets_500_and_the_others_their_answers(controlled, tiny_models_root):
+    server, _ = controlled
+    images = random_images(4, seed=5)
+    images[1] = 255
+    response = httpx.post(f"{server.url}/score", files=multipart_files(images))
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"]["code"] == "inference_failed" and body["error"]["index"] == 1
+    assert "poisoned" in body["error"]["message"]
+    results = body["results"]
+    assert results[1] == {"error": {"code": "inference_failed", "message": results[1]["error"]["message"], "index": 1}}
+    expected = reference_stats(tiny_models_root, images[[0, 2, 3]])["bpd"]
+    assert [results[i]["bpd"] for i in (0, 2, 3)] == pytest.approx(expected.tolist(), rel=1e-5)
+    ok = httpx.post(f"{server.url}/score", files=multipart_files(random_images(2, seed=6)))
+    assert ok.status_code == 200  # the server keeps serving
