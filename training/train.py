@@ -282,11 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     parser.add_argument("--out-dir", help="override the config's run directory")
+    parser.add_argument("--threads", type=int, help="override the config's torch CPU threads (1 on a shared machine)")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
     if args.out_dir:
         config.out_dir = args.out_dir
+    if args.threads:
+        config.train.threads = args.threads
     try:
         images = load_training_images(config)
     except DatasetError as exc:
