@@ -223,15 +223,17 @@ def test_paths_outside_the_proxied_set_get_404(upstream, calibrated_tiny):
         models_root=calibrated_tiny,
         runtime="onnx",
         log_level="warning",
-        warmup=False,
         upstream=upstream.url,
         sidecar_paths="/predict,/v1/*",
     )
-    from fastapi.testclient import TestClient
-
-    with TestClient(create_app(settings)) as local:
-        assert local.get("/elsewhere").status_code == 404
-        assert local.get("/elsewhere").json()["error"]["code"] == "not_proxied"
+    server = LiveServer(create_app(settings)).start()
+    try:
+        response = httpx.get(f"{server.url}/elsewhere", timeout=30)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_proxied"
+        assert httpx.get(f"{server.url}/v1/models/x", timeout=30).json()["raw_path"] == "/v1/models/x"
+    finally:
+        server.stop()
 
 
 def test_unreachable_upstream_is_502(calibrated_tiny):
