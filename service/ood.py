@@ -14,8 +14,10 @@ Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
 ``typicality``        ``|bpd - mean held-out bpd|`` (Nalisnick et al. 2019)
 ``complexity``        ``bpd - L(x)/D`` with ``L(x)`` in bits (Serrà et al. 2020)
 ``dose``              ``-log`` density of the statistics vector (per-level log p(z),
-                      per-level log-det, ``L(x)/D``) under densities fitted on
-                      held-out data (Morningstar et al. 2021)
+                      per-level log-det, ``L(x)/D``) under a density fitted on
+                      held-out data (Morningstar et al. 2021): a Gaussian
+                      mixture (default), one Gaussian, or the paper's
+                      per-feature KDE
 ``likelihood_ratio``  ``bpd - background bpd``, the background flow trained on
                       noise-perturbed data (Ren et al. 2019); only for bundles
                       that ship a background graph
@@ -58,7 +60,7 @@ NEEDS_COMPLEXITY = frozenset({"complexity", "dose"})
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
 DEFAULT_ALPHA = 0.05
 DEFAULT_FIT_FRACTION = 0.4
-DOSE_DENSITIES = ("kde", "gaussian")
+DOSE_DENSITIES = ("kde", "gaussian", "gmm")
 
 
 class UnknownScoreError(ValueError):
@@ -180,16 +182,96 @@ class GaussianDensity:
         return cls(arrays["mean"], arrays["precision_cholesky"], float(arrays["log_norm"]))
 
 
-def fit_density(kind: str, x: np.ndarray) -> ProductKDE | GaussianDensity:
-    if kind == "kde":
-        return ProductKDE.fit(x)
-    if kind == "gaussian":
-        return GaussianDensity.fit(x)
-    raise ValueError(f"unknown dose density {kind!r}; choose one of {DOSE_DENSITIES}")
+class GaussianMixture:
+    """A mixture of full-covariance Gaussians on standardized features, fitted by EM.
+
+    In-distribution statistics are multi-modal (sandals and coats sit far apart
+    in complexity and likelihood); a mixture follows those modes where a single
+    Gaussian would spread its mass between them. Deterministic: k-means++ start
+    from a fixed seed, a fixed number of EM steps at most.
+    """
+
+    kind = "gmm"
+
+    def __init__(self, center, scale, weights, means, precision_cholesky) -> None:
+        self.center = np.asarray(center, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.means = np.asarray(means, dtype=np.float64)
+        self.precision_cholesky = np.asarray(precision_cholesky, dtype=np.float64)
+
+    @staticmethod
+    def _component_log_densities(z, means, precision_cholesky) -> np.ndarray:
+        out = np.empty((len(z), len(means)))
+        for j, (mean, chol) in enumerate(zip(means, precision_cholesky, strict=True)):
+            y = (z - mean) @ chol
+            out[:, j] = np.sum(np.log(np.diag(chol))) - 0.5 * np.sum(y * y, axis=1)
+        return out - 0.5 * z.shape[1] * np.log(2 * np.pi)
+
+    @staticmethod
+    def _precision_cholesky(cov: np.ndarray) -> np.ndarray:
+        return np.linalg.cholesky(np.linalg.inv(cov))
+
+    @classmethod
+    def fit(cls, x: np.ndarray, components: int = 8, seed: int = 0, steps: int = 300, reg: float = 1e-3):
+        x = np.asarray(x, dtype=np.float64)
+        center, scale = x.mean(axis=0), _robust_scale(x)
+        z = (x - center) / scale
+        n, f = z.shape
+        k = max(1, min(components, n // (5 * (f + 1))))
+        rng = np.random.default_rng(seed)
+        means = [z[rng.integers(n)]]
+        for _ in range(k - 1):  # k-means++ seeding
+            d2 = np.min(((z[:, None, :] - np.array(means)[None]) ** 2).sum(-1), axis=1)
+            means.append(z[rng.choice(n, p=d2 / d2.sum())] if d2.sum() > 0 else z[rng.integers(n)])
+        means = np.array(means)
+        chols = np.array([np.eye(f)] * k)
+        weights = np.full(k, 1.0 / k)
+        previous = -np.inf
+        for _ in range(steps):
+            log_p = cls._component_log_densities(z, means, chols) + np.log(weights)
+            total = _logsumexp(log_p, axis=1)
+            resp = np.exp(log_p - total[:, None])
+            nk = resp.sum(axis=0) + 1e-10
+            weights, means = nk / n, (resp.T @ z) / nk[:, None]
+            for j in range(k):
+                d = z - means[j]
+                chols[j] = cls._precision_cholesky((resp[:, j, None] * d).T @ d / nk[j] + reg * np.eye(f))
+            if total.mean() - previous < 1e-7:
+                break
+            previous = total.mean()
+        return cls(center, scale, weights, means, chols)
+
+    def log_density(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
+        log_p = self._component_log_densities(z, self.means, self.precision_cholesky) + np.log(self.weights)
+        return _logsumexp(log_p, axis=1) - np.sum(np.log(self.scale))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "center": self.center,
+            "scale": self.scale,
+            "weights": self.weights,
+            "means": self.means,
+            "precision_cholesky": self.precision_cholesky,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> GaussianMixture:
+        return cls(arrays["center"], arrays["scale"], arrays["weights"], arrays["means"], arrays["precision_cholesky"])
 
 
-def density_from_arrays(kind: str, arrays: Mapping[str, np.ndarray]) -> ProductKDE | GaussianDensity:
-    return {"kde": ProductKDE, "gaussian": GaussianDensity}[kind].from_arrays(arrays)
+DENSITIES = {"kde": ProductKDE, "gaussian": GaussianDensity, "gmm": GaussianMixture}
+
+
+def fit_density(kind: str, x: np.ndarray):
+    if kind not in DENSITIES:
+        raise ValueError(f"unknown dose density {kind!r}; choose one of {DOSE_DENSITIES}")
+    return DENSITIES[kind].fit(x)
+
+
+def density_from_arrays(kind: str, arrays: Mapping[str, np.ndarray]):
+    return DENSITIES[kind].from_arrays(arrays)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -244,7 +326,7 @@ class Detector:
         levels: int,
         *,
         background: bool = False,
-        dose_density: str = "kde",
+        dose_density: str = "gmm",
         default_score: str | None = None,
         default_alpha: float = DEFAULT_ALPHA,
     ) -> None:
@@ -257,7 +339,7 @@ class Detector:
         self.default_alpha = check_alpha(default_alpha)
         self._default_score = default_score
         self.mean_bpd: float | None = None
-        self.density: ProductKDE | GaussianDensity | None = None
+        self.density = None
         self.calibration: dict[str, np.ndarray] = {}  # score name -> sorted calibration scores
         self.info: dict[str, Any] = {}
 

@@ -92,7 +92,7 @@ def test_complexity_catches_simple_images_that_the_flow_explains_too_badly():
     assert result["complexity"] > 0.99
 
 
-@pytest.mark.parametrize("density", ["kde", "gaussian"])
+@pytest.mark.parametrize("density", ["kde", "gaussian", "gmm"])
 def test_dose_sees_a_shift_that_leaves_bpd_and_complexity_unchanged(density):
     rng = np.random.default_rng(3)
     result = aurocs(fitted(rng, density=density), rng, det_shift=0.1)  # log-det up, log p(z) down, same log p(x)

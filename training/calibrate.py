@@ -1,0 +1,128 @@
+"""``oodgate-calibrate BUNDLE_DIR``: fit the bundle's OOD detector on its held-out slice and store it in the bundle.
+
+The held-out slice is the part of the training split the flow never saw (its
+positions and sha256 are in the manifest, written at export). Its images go
+through the same runtime the service uses, the :class:`service.ood.Detector`
+is fitted on them, and ``calibration.npz`` plus ``manifest.calibration`` are
+written into the bundle, with the manifest's sha256 entries kept in step. A new
+model version therefore always brings its own calibration. The test split is
+never touched here: it is only for measuring (``oodgate-eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.artifact import ArtifactError, Manifest
+from service.ood import DEFAULT_ALPHA, DEFAULT_FIT_FRACTION, DOSE_DENSITIES, SCORE_NAMES, CalibrationError, Detector
+from training.data import DatasetError, load_fashion_mnist, load_image_folder, load_npz, sha256_array
+from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
+
+
+def load_holdout(manifest: Manifest) -> np.ndarray:
+    """The held-out images the manifest records, checked against their recorded sha256."""
+    data = manifest.data
+    if data is None or "holdout" not in data.slices:
+        raise DatasetError("the manifest records no held-out slice; pass --holdout IMAGES.npz")
+    if data.source == "fashion-mnist":
+        images, _ = load_fashion_mnist(data.split, data.path)
+    elif data.source == "npz":
+        images = load_npz(data.path)
+    elif data.source == "folder":
+        images = load_image_folder(data.path, channels=manifest.input.shape[0])
+    else:
+        raise DatasetError(f"unknown training data source {data.source!r}")
+    start, stop = data.slices["holdout"]
+    holdout = images[start:stop]
+    digest = sha256_array(holdout)
+    if digest != data.holdout_sha256:
+        raise DatasetError(
+            f"held-out images from {data.path} [{start}:{stop}] have sha256 {digest[:12]}..., the manifest "
+            f"recorded {data.holdout_sha256[:12]}...: this is not the data the model was trained against"
+        )
+    return holdout
+
+
+def calibrate_bundle(
+    bundle: Bundle,
+    holdout: np.ndarray,
+    *,
+    density: str = "gmm",
+    fit_fraction: float = DEFAULT_FIT_FRACTION,
+    seed: int = 0,
+    default_score: str | None = None,
+    default_alpha: float = DEFAULT_ALPHA,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Detector:
+    """Score ``holdout`` through the bundle's runtime, fit, and write the calibration into the bundle."""
+    manifest = bundle.manifest
+    stats = run_statistics(bundle, holdout, batch_size=batch_size, desc="held-out slice", progress=progress)
+    complexity = run_complexity(holdout, progress=progress)
+    detector = Detector(
+        manifest.input.dims,
+        manifest.levels,
+        background=bundle.runtime.background is not None,
+        dose_density=density,
+        default_alpha=default_alpha,
+    )
+    detector.fit(stats, complexity, fit_fraction=fit_fraction, seed=seed)
+    if default_score is not None:
+        detector.default_score = default_score
+    extra = {
+        "holdout_sha256": sha256_array(holdout),
+        "runtime": f"{bundle.runtime.backend} {importlib.metadata.version('onnxruntime')}",
+    }
+    bundle.manifest = detector.save(bundle.directory, manifest, extra=extra)
+    return detector
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oodgate-calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", help="models/<name>/<version>/")
+    parser.add_argument("--holdout", help=".npz of held-out in-distribution images (default: the manifest's slice)")
+    parser.add_argument("--density", choices=DOSE_DENSITIES, default="gmm", help="dose density (default: gmm)")
+    parser.add_argument("--fit-fraction", type=float, default=DEFAULT_FIT_FRACTION, help="share fitted on (0.4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fit/calibration cut")
+    parser.add_argument("--default-score", choices=SCORE_NAMES, help="score that decides by default (see oodgate-eval)")
+    parser.add_argument("--default-alpha", type=float, default=DEFAULT_ALPHA, help="alpha when a request gives none")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    try:
+        bundle = open_bundle(args.bundle, threads=args.threads)
+        holdout = load_npz(args.holdout) if args.holdout else load_holdout(bundle.manifest)
+        detector = calibrate_bundle(
+            bundle,
+            holdout,
+            density=args.density,
+            fit_fraction=args.fit_fraction,
+            seed=args.seed,
+            default_score=args.default_score,
+            default_alpha=args.default_alpha,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    except (ArtifactError, DatasetError, CalibrationError, ValueError) as exc:
+        print(f"oodgate-calibrate: {exc}", file=sys.stderr)
+        return 2
+    info = detector.calibration_summary()
+    print(
+        f"calibrated {Path(args.bundle)} on {info['n_holdout']} held-out images "
+        f"({info['n_fit']} fit, calibration sets {info['n_calibration']}); scores {info['scores']}, "
+        f"default {info['default_score']} at alpha {info['default_alpha']}; {time.monotonic() - started:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

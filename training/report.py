@@ -1,0 +1,300 @@
+"""The evaluation report folder: markdown tables, histograms, example images, per-image CSV.
+
+Written so a reader can check every headline number: the command that produced
+it is at the top, the raw per-image scores are next to the tables, and the naive
+``bpd`` row stands beside the fixed scores so the failure and the fix are seen
+side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from service.artifact import sha256_file
+
+TARGET_SETS_FLAGGED = ("constant", "noise", "vflip", "inverted")
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _row(rows: list[dict], set_name: str, score: str) -> dict | None:
+    return next((r for r in rows if r["set"] == set_name and r["score"] == score), None)
+
+
+def target_checks(result, score: str) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets, each as (target, met, measured); ``None`` when the set was not measured."""
+    rows, checks = result.rows, []
+    mnist = _row(rows, "mnist", score)
+    if mnist:
+        met = mnist["auroc"] >= 0.99 and mnist["fpr95"] <= 0.05
+        checks.append(
+            ("MNIST: AUROC >= 0.99 and FPR95 <= 0.05", met, f"AUROC {mnist['auroc']:.4f}, FPR95 {mnist['fpr95']:.4f}")
+        )
+    for name in TARGET_SETS_FLAGGED:
+        row = _row(rows, name, score)
+        if row and "flag@0.05" in row:
+            checks.append(
+                (
+                    f"{name}: >= 99% flagged at alpha 0.05",
+                    row["flag@0.05"] >= 0.99,
+                    f"{100 * row['flag@0.05']:.1f}% flagged",
+                )
+            )
+    in_row = _row(rows, result.in_set.name, score)
+    for alpha in result.alphas:
+        rate = in_row.get(f"flag@{alpha:g}")
+        if rate is None:
+            continue
+        if math.isclose(alpha, 0.01):
+            met, band = rate <= 2 * alpha, f"<= {2 * alpha:g}"
+        else:
+            met, band = 0.8 * alpha <= rate <= 1.2 * alpha, f"in [{0.8 * alpha:.3g}, {1.2 * alpha:.3g}]"
+        checks.append((f"realized FPR at alpha {alpha:g} {band}", met, f"{rate:.4f}"))
+    return checks
+
+
+def headline_table(result, score: str) -> str:
+    """bpd beside the default score, one row per set: the table the README shows."""
+    alpha = 0.05 if 0.05 in result.alphas else result.alphas[0]
+    lines = [
+        f"| set | n | AUROC `bpd` | AUROC `{score}` | FPR95 `{score}` | flagged at α={alpha:g} (`{score}`) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for scored in result.sets:
+        b, s = _row(result.rows, scored.name, "bpd"), _row(result.rows, scored.name, score)
+        label = scored.name if scored.kind != "invariant" else f"{scored.name} (should pass)"
+        if scored.kind == "in":
+            label = f"{scored.name} test (false positives)"
+        lines.append(
+            f"| {label} | {scored.n} | {_fmt(b['auroc'])} | {_fmt(s['auroc'])} | {_fmt(s['fpr95'])} | "
+            f"{100 * s[f'flag@{alpha:g}']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def full_table(result, kind: str) -> str:
+    alphas = result.alphas
+    head = "| set | score | AUROC | FPR95 | " + " | ".join(f"flag α={a:g}" for a in alphas) + " |"
+    lines = [head, "|---|---|---:|---:|" + "---:|" * len(alphas)]
+    for scored in [s for s in result.sets if s.kind == kind]:
+        for name in result.detector.score_names:
+            r = _row(result.rows, scored.name, name)
+            flags = " | ".join(f"{100 * r[f'flag@{a:g}']:.1f}%" for a in alphas)
+            lines.append(f"| {scored.name} | `{name}` | {_fmt(r['auroc'])} | {_fmt(r['fpr95'])} | {flags} |")
+    return "\n".join(lines)
+
+
+def realized_fpr_table(result) -> str:
+    lines = [
+        "| score | " + " | ".join(f"α={a:g}" for a in result.alphas) + " |",
+        "|---|" + "---:|" * len(result.alphas),
+    ]
+    for name in result.detector.score_names:
+        r = _row(result.rows, result.in_set.name, name)
+        lines.append(f"| `{name}` | " + " | ".join(f"{r[f'flag@{a:g}']:.4f}" for a in result.alphas) + " |")
+    return "\n".join(lines)
+
+
+def worst_table(result) -> str:
+    lines = ["| score | worst AUROC over OOD sets | on set | mean AUROC |", "|---|---:|---|---:|"]
+    for name, (value, where) in sorted(result.worst.items(), key=lambda kv: -kv[1][0]):
+        mean = np.mean([r["auroc"] for r in result.rows if r["score"] == name and r["kind"] == "ood"])
+        mark = " **(recommended)**" if name == result.recommended else ""
+        lines.append(f"| `{name}`{mark} | {value:.4f} | {where} | {mean:.4f} |")
+    return "\n".join(lines)
+
+
+def write_markdown(result, out: Path, plots: bool) -> None:
+    manifest, detector = result.bundle.manifest, result.detector
+    score = detector.default_score
+    cal = manifest.calibration or {}
+    checks = target_checks(result, score)
+    onnx_sha = sha256_file(result.bundle.directory / "model.onnx")
+    lines = [
+        f"# OOD report: {manifest.name}/{manifest.version}",
+        "",
+        "Produced by",
+        "",
+        "```bash",
+        result.command,
+        "```",
+        "",
+        f"- bundle: `{result.bundle.directory}`, `model.onnx` sha256 `{onnx_sha[:16]}…`,"
+        f" test bpd {manifest.metrics.get('test_bpd', float('nan')):.4f}",
+        f"- calibration: {cal.get('method')} on {cal.get('n_holdout')} held-out training images "
+        f"({cal.get('n_fit')} fit the densities, calibration sets {cal.get('n_calibration')}), dose density "
+        f"`{detector.dose_density}`, fitted {cal.get('fitted')}",
+        f"- in-distribution: {result.in_set.description}, {result.in_set.n} images",
+        f"- runtime: {cal.get('runtime')} on the exported graph, the service's own; code at commit `{_git_commit()}`;"
+        f" {result.seconds:.0f} s; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
+        f"- default score of the bundle: **`{score}`**; recommended by worst AUROC over the OOD sets: "
+        f"**`{result.recommended}`**",
+        "",
+        "Scores: higher = more OOD. AUROC and FPR95 (false-positive rate at 95% true-positive rate) compare each set "
+        "with the in-distribution test set; flag rates are `p_value <= alpha` with the bundle's conformal calibration.",
+        "",
+        f"## Headline: naive `bpd` against the default score `{score}`",
+        "",
+        headline_table(result, score),
+        "",
+        f"## Targets (default score `{score}`)",
+        "",
+        "| target | met | measured |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {'yes' if m else 'NO'} | {v} |" for t, m, v in checks]
+    lines += [
+        "",
+        "## Choosing the default score: worst AUROC over every OOD set",
+        "",
+        worst_table(result),
+        "",
+        "## Realized false-positive rate on the in-distribution test set",
+        "",
+        realized_fpr_table(result),
+        "",
+        "## Every score on every OOD set",
+        "",
+        full_table(result, "ood"),
+        "",
+        "## Semantic-invariant transformations (should not be flagged)",
+        "",
+        "AUROC here is how well the score *separates* the transformed images from the originals: 0.5 is ideal.",
+        "",
+        full_table(result, "invariant"),
+        "",
+        "## Sets",
+        "",
+        "| set | kind | n | what |",
+        "|---|---|---:|---|",
+    ]
+    lines += [f"| {s.name} | {s.kind} | {s.n} | {s.description} |" for s in result.sets]
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `metrics.csv`, `metrics.json`: the tables above, machine-readable",
+        "- `scores.csv`: every image's statistics, scores and p-values",
+    ]
+    if plots:
+        lines += [
+            "- `examples.png`: eight images of every set",
+            "- `hist_<score>.png`: the score's histogram per set (the papers' Figure 2, for each score)",
+        ]
+        lines += ["", "![examples](examples.png)", ""]
+        lines += [f"![{name}](hist_{name}.png)" for name in detector.score_names]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def write_csvs(result, out: Path) -> None:
+    fields = list(result.rows[0])
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in result.rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    summary = {
+        "command": result.command,
+        "default_score": result.detector.default_score,
+        "recommended": result.recommended,
+        "worst_auroc": {k: {"auroc": v[0], "set": v[1]} for k, v in result.worst.items()},
+        "targets": [
+            {"target": t, "met": m, "measured": v} for t, m, v in target_checks(result, result.detector.default_score)
+        ],
+        "rows": [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in result.rows
+        ],
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    names = list(result.detector.score_names)
+    stat_names = [n for n in ("bpd", "log_pz", "log_det", "background_bpd") if n in result.in_set.stats]
+    header = [
+        "set",
+        "kind",
+        "index",
+        *stat_names,
+        "complexity_bpd",
+        *[f"score_{n}" for n in names],
+        *[f"p_{n}" for n in names],
+    ]
+    dims = result.bundle.manifest.input.dims
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for scored in result.sets:
+            columns = [scored.stats[n] for n in stat_names] + [scored.complexity / dims]
+            columns += [scored.scores[n] for n in names] + [scored.p_values[n] for n in names]
+            matrix = np.stack([np.asarray(c, dtype=np.float64) for c in columns], axis=1)
+            for i, values in enumerate(matrix):
+                writer.writerow([scored.name, scored.kind, i, *(f"{v:.6g}" for v in values)])
+
+
+def write_plots(result, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = result.sets
+    fig, axes = plt.subplots(len(sets), 8, figsize=(8, 1.05 * len(sets)), squeeze=False)
+    for r, scored in enumerate(sets):
+        for c in range(8):
+            ax = axes[r, c]
+            ax.axis("off")
+            if scored.n:
+                image = scored.images[(c * scored.n) // 8]
+                ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+        axes[r, 0].set_title(f"{scored.name} ({scored.kind})", fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(out / "examples.png", dpi=90)
+    plt.close(fig)
+
+    colors = plt.get_cmap("tab20").colors
+    for name in result.detector.score_names:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=False)
+        everything = np.concatenate([s.scores[name][np.isfinite(s.scores[name])] for s in sets])
+        lo, hi = np.percentile(everything, [0.5, 99.5])
+        if not hi > lo:
+            lo, hi = lo - 1, hi + 1
+        bins = np.linspace(lo, hi, 80)
+        for ax, kinds, title in ((axes[0], ("in", "ood"), "OOD sets"), (axes[1], ("in", "invariant"), "should pass")):
+            for i, scored in enumerate(s for s in sets if s.kind in kinds):
+                values = np.clip(scored.scores[name], lo, hi)
+                style = {"linewidth": 2.2, "color": "black"} if scored.kind == "in" else {"color": colors[i % 20]}
+                ax.hist(values, bins=bins, density=True, histtype="step", label=scored.name, **style)
+            ax.set_title(f"{name}: {title}")
+            ax.set_xlabel(f"{name} (clipped to the 0.5-99.5 percentile range)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"hist_{name}.png", dpi=90)
+        plt.close(fig)
+
+
+def write_report(result, out: Path, plots: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    write_csvs(result, out)
+    if plots:
+        write_plots(result, out)
+    write_markdown(result, out, plots)
+    return out
