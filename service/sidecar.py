@@ -17,6 +17,9 @@ plane and batcher as ``POST /score``, and then handled by ``sidecar_policy``:
 ``shadow``    forward always, score alongside (concurrently, so the classifier's
               latency is not added to), only count.
 
+A model without calibration has no flags (``X-OOD: unknown``): ``block`` then
+forwards, since it has nothing to block on.
+
 Where images are looked for: every file part of a ``multipart/form-data`` body
 whose type is an image, ``application/octet-stream`` or unset; a raw body of an
 ``image/*`` or ``application/octet-stream`` type; base64 strings (optionally
@@ -29,7 +32,8 @@ hop-by-hop headers (RFC 9110 7.6.1, plus any the ``Connection`` header names)
 are dropped both ways; ``X-Forwarded-*`` are added; ``X-OOD*`` headers from
 the client are removed, so they can be trusted downstream. The upstream's
 status, headers and body bytes come back untouched (``Date``/``Server`` are
-set by our own server). Upstream unreachable gives 502, upstream too slow 504,
+set by our own server; the body is buffered, fine for classifier answers).
+Upstream unreachable gives 502, upstream too slow 504,
 each a JSON error naming which. No cookie jar: the client never carries one
 caller's cookies to another.
 """
@@ -79,9 +83,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 # recomputed for the new message, or set by our own server
-REQUEST_DROP = frozenset({"host", "content-length"})
+# (``expect``: the body is already read here, a 100-continue handshake upstream would only stall)
+REQUEST_DROP = frozenset({"host", "content-length", "expect"})
 RESPONSE_DROP = frozenset({"content-length", "date", "server"})
-OOD_HEADER_PREFIX = "x-ood"
 IMAGE_PART_TYPES = ("image/", "application/octet-stream")
 
 
@@ -118,6 +122,11 @@ def hop_by_hop(headers: list[tuple[bytes, bytes]]) -> set[str]:
         if key.lower() == b"connection":
             names.update(token.strip().lower() for token in value.decode("latin-1").split(",") if token.strip())
     return names
+
+
+def is_ood_header(name: bytes) -> bool:
+    name = name.lower()
+    return name == b"x-ood" or name.startswith(b"x-ood-")
 
 
 def json_lookup(document, path: str) -> list:
@@ -236,7 +245,10 @@ class SidecarProxy:
             try:
                 response = await self.forward(request, body, None)
             finally:
-                await scoring  # never raises; the scores land in the metrics
+                try:
+                    await scoring  # the scores land in the metrics; shadow never changes the answer
+                except Exception:  # noqa: BLE001
+                    log.exception("sidecar: shadow scoring failed")
             return response
         verdict = await self.verdict(request, blobs, received)
         if self.policy == "block":
@@ -341,9 +353,7 @@ class SidecarProxy:
     def request_headers(self, request: Request, verdict: Verdict | None) -> list[tuple[bytes, bytes]]:
         raw = request.headers.raw
         drop = hop_by_hop(raw) | REQUEST_DROP
-        headers = [
-            (k, v) for k, v in raw if k.lower().decode("latin-1") not in drop and not k.lower().startswith(b"x-ood")
-        ]
+        headers = [(k, v) for k, v in raw if k.lower().decode("latin-1") not in drop and not is_ood_header(k)]
         client = request.client.host if request.client else ""
         previous = request.headers.get("x-forwarded-for")
         headers = [(k, v) for k, v in headers if k.lower() not in (b"x-forwarded-for",)]
