@@ -227,3 +227,34 @@ def test_stopped_classifier_gives_502(gate, classifier, policy):
     assert body["error"]["code"] == "upstream_unreachable"
     assert classifier.url in body["error"]["message"]
     assert sidecar_counts(gate)[(gate.app.state.sidecar.policy, "upstream_unreachable")] == 1
+
+
+@needs_real_model
+def test_digit_traffic_moves_the_drift_gauges(tmp_path):
+    """A fresh gate, a window of MNIST digits only: OOD rate 1 and the typicality test rejects."""
+    settings = Settings(
+        models_root=default_models_root(tmp_path),
+        runtime="onnx",
+        log_level="warning",
+        decode_threads=1,
+        max_batch_size=8,
+    )
+    server = LiveServer(create_app(settings)).start()
+    try:
+        digits = [png for _, png in images("mnist_")] * 4  # 24 images: past the 20-image minimum
+        files = [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(digits)]
+        results = httpx.post(f"{server.url}/score", files=files, timeout=120).json()["results"]
+        text = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    gauges = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("oodgate_drift_")
+    }
+    assert gauges["oodgate_drift_window_images"] == len(digits)
+    assert gauges["oodgate_drift_ood_rate"] == pytest.approx(sum(r["ood"] for r in results) / len(digits))
+    assert gauges["oodgate_drift_ood_rate"] == 1.0
+    assert gauges["oodgate_drift_mean_bpd"] == pytest.approx(sum(r["bpd"] for r in results) / len(digits))
+    assert gauges["oodgate_drift_typicality_p_value"] < 0.01
