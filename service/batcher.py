@@ -271,7 +271,7 @@ class Batcher:
 
     def _fill_wait(self) -> None:
         """Wait (lock held) for more images, up to the delay counted from the oldest's arrival."""
-        if self.max_batch_delay_s <= 0 or self._queue[0].immediate:
+        if self.max_batch_delay_s <= 0 or not self.dynamic or self._queue[0].immediate:
             return
         deadline = self._queue[0].enqueued + self.max_batch_delay_s
         while self._queue and self._queued_images < self.max_batch_size and not self._stopping:
@@ -310,6 +310,10 @@ class Batcher:
         results: list[tuple[int, dict[str, np.ndarray]]] = []
         failures: dict[int, str] = {}
         self._run_range(images, 0, len(images), results, failures)
+        # Idle from here on: a request sent in reaction to these answers must find the worker idle, or it
+        # would wait for company (and on a loaded machine this thread may be descheduled for a while).
+        with self._cond:
+            self._busy = bool(self._queue)
         offset = 0
         for pending, start, stop in parts:
             count = stop - start

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")
 LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")
+INLINE_DECIDE_IMAGES = 4
 
 
 @dataclass
@@ -131,23 +132,32 @@ class DataPlane:
         self.check_count(len(blobs))
         alpha, score = self.check_params(entry, params)
         s = self.settings
-        images = await self.blocking(decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize)
-        return await self._score(entry, images, alpha, score, self.deadline(received, params))
+        images, complexity = await self.blocking(
+            self._prepare, entry, decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize
+        )
+        return await self._score(entry, images, complexity, alpha, score, self.deadline(received, params))
 
     async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
         self.admit(entry)
         if array.ndim in (3, 4):
             self.check_count(len(array))
         alpha, score = self.check_params(entry, params)
-        images = await self.blocking(tensor_to_images, array, entry.manifest.input, self.settings.resize)
-        return await self._score(entry, images, alpha, score, self.deadline(received, params))
+        images, complexity = await self.blocking(
+            self._prepare, entry, tensor_to_images, array, entry.manifest.input, self.settings.resize
+        )
+        return await self._score(entry, images, complexity, alpha, score, self.deadline(received, params))
 
-    async def _score(self, entry: ModelEntry, images: np.ndarray, alpha: float, score: str, deadline: float) -> Scored:
+    @staticmethod
+    def _prepare(entry: ModelEntry, convert, *args) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixels and, when a score needs it, PNG complexity: one trip to the pool instead of two."""
+        images = convert(*args)
+        return images, complexity_bits(images) if entry.detector.needs_complexity else None
+
+    async def _score(
+        self, entry: ModelEntry, images: np.ndarray, complexity, alpha: float, score: str, deadline: float
+    ) -> Scored:
         # admitted already: a request accepted before a drain began runs to its end
         detector = entry.detector
-        complexity = None
-        if detector.needs_complexity:
-            complexity = await self.blocking(complexity_bits, images)
         if time.monotonic() >= deadline:
             raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
         retry = {"Retry-After": str(self.settings.retry_after_s)}
@@ -166,10 +176,13 @@ class DataPlane:
         decisions: list[Decision | None] = [None] * count
         if ok.any():
             subset = {k: v[ok] for k, v in out.stats.items()}
+            args = (subset, None if complexity is None else complexity[ok], score, alpha)
             try:
-                made = await self.blocking(
-                    detector.decide, subset, None if complexity is None else complexity[ok], score, alpha
-                )
+                # a few images take microseconds, less than a trip to the pool; more go off the loop
+                if len(images) <= INLINE_DECIDE_IMAGES:
+                    made = detector.decide(*args)
+                else:
+                    made = await self.blocking(detector.decide, *args)
             except UnknownScoreError as exc:
                 raise ServiceError(422, "unknown_score", str(exc)) from None
             for i, decision in zip(np.flatnonzero(ok), made, strict=True):

@@ -75,6 +75,9 @@ class OnnxGraph:
         options.intra_op_num_threads = _threads(threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads spinning for work would steal the CPU the event loop and the decode
+        # threads need between batches; on a few cores that costs more than the wake-up latency.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
