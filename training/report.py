@@ -217,6 +217,7 @@ def write_csvs(result, out: Path) -> None:
         "command": result.command,
         "default_score": result.detector.default_score,
         "recommended": result.recommended,
+        "notes": result.notes,
         "worst_auroc": {k: {"auroc": v[0], "set": v[1]} for k, v in result.worst.items()},
         "targets": [
             {"target": t, "met": m, "measured": v} for t, m, v in target_checks(result, result.detector.default_score)

