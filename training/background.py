@@ -1,0 +1,193 @@
+"""The background flow of the likelihood-ratio score (Ren et al. 2019): train it, put it in a bundle.
+
+A flow's likelihood is dominated by population-level "background" statistics
+(smooth regions, dark borders) that OOD images share with the training data.
+Ren et al. train a second, *background* model on the same data with a fraction
+of the pixels replaced by uniform noise (and L2 regularization), so that it
+learns those background statistics but not the semantics; the score
+``bpd - background bpd`` cancels what the two share.
+
+``oodgate-background train CONFIG`` trains it with the ordinary training loop
+(same architecture config format, plus a ``background:`` block);
+``oodgate-background attach CHECKPOINT BUNDLE_DIR`` exports it, parity-checked,
+as ``background.onnx`` / ``background.pt`` into an existing bundle (manifest
+``files`` keys ``background_onnx`` / ``background_torchscript``). Attaching
+changes which scores the bundle has, so any calibration is dropped and must be
+redone with ``oodgate-calibrate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.artifact import ONNX_FILE, TORCHSCRIPT_FILE, file_entry, load_manifest, write_manifest
+from service.ood import BACKGROUND_ONNX_KEY, BACKGROUND_TORCHSCRIPT_KEY, CALIBRATION_KEY
+from training.architectures import MultiScaleFlow, build_flow
+from training.config import RunConfig
+from training.data import Slices
+from training.flows import all_actnorms_initialized
+from training.train import Trainer, load_checkpoint
+
+BACKGROUND_ONNX_FILE = "background.onnx"
+BACKGROUND_TORCHSCRIPT_FILE = "background.pt"
+
+
+class BackgroundSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mutation_rate: float = Field(0.15, ge=0.0, le=1.0, description="share of pixels replaced by uniform noise")
+    weight_decay: float = Field(1e-4, ge=0.0, description="L2 penalty on the weights (Ren et al.'s lambda)")
+
+
+class BackgroundRunConfig(RunConfig):
+    background: BackgroundSpec = BackgroundSpec()
+
+
+def perturb(pixels: torch.Tensor, rate: float, generator: np.random.Generator) -> torch.Tensor:
+    """Replace each pixel with probability ``rate`` by a uniform draw from 0..255 (Ren et al.'s mutation)."""
+    array = pixels.numpy().copy()
+    mask = generator.random(array.shape) < rate
+    array[mask] = generator.integers(0, 256, size=int(mask.sum()), dtype=np.uint8)
+    return torch.from_numpy(array)
+
+
+class BackgroundTrainer(Trainer):
+    """The ordinary training loop on mutated batches, with L2 regularization; checkpoints as usual."""
+
+    def __init__(self, config: BackgroundRunConfig, slices: Slices, resume: Path | None = None) -> None:
+        super().__init__(config, slices, resume=None)
+        self.spec = config.background
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, weight_decay=self.spec.weight_decay)
+        warmup = self.tc.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        if resume is not None:
+            self._resume(resume)
+
+    def _batches(self, epoch: int):
+        # seeded by epoch like the shuffle, so a resumed run sees the same noise
+        generator = np.random.default_rng([self.tc.seed, epoch, 7919])
+        for pixels in super()._batches(epoch):
+            yield perturb(pixels, self.spec.mutation_rate, generator)
+
+
+def background_from_checkpoint(path: str | Path) -> tuple[MultiScaleFlow, BackgroundRunConfig, dict]:
+    checkpoint = load_checkpoint(path)
+    config = BackgroundRunConfig.model_validate(checkpoint["config"])
+    flow = build_flow(config.model, tuple(checkpoint["input_shape"]), seed=config.train.seed)
+    flow.load_state_dict(checkpoint["model"])
+    if not all_actnorms_initialized(flow):
+        raise SystemExit(f"{path}: ActNorm layers are not initialised; not a trained checkpoint")
+    return flow.eval(), config, checkpoint
+
+
+def attach_background(
+    flow: MultiScaleFlow, bundle_dir: str | Path, info: dict | None = None, real_images: np.ndarray | None = None
+) -> None:
+    """Export ``flow`` into the bundle as its background graph; parity-checked like the main graph."""
+    from training.export import check_parity, export_onnx, export_torchscript, parity_images, prepare_for_export
+
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir, verify=True)
+    shape = tuple(int(s) for s in flow.input_shape)
+    if shape != tuple(manifest.input.shape):
+        raise ValueError(f"background flow takes {shape}, the bundle's model {tuple(manifest.input.shape)}")
+    graph = prepare_for_export(flow)
+    example = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    with tempfile.TemporaryDirectory(dir=bundle_dir.parent) as scratch:
+        scratch = Path(scratch)
+        export_torchscript(graph, example, scratch / TORCHSCRIPT_FILE)
+        export_onnx(graph, example, scratch / ONNX_FILE)
+        parity = check_parity(graph, scratch, parity_images(shape, real_images))
+        shutil.move(scratch / ONNX_FILE, bundle_dir / BACKGROUND_ONNX_FILE)
+        shutil.move(scratch / TORCHSCRIPT_FILE, bundle_dir / BACKGROUND_TORCHSCRIPT_FILE)
+    files = {k: v for k, v in manifest.files.items() if k != CALIBRATION_KEY}
+    files[BACKGROUND_ONNX_KEY] = file_entry(bundle_dir, BACKGROUND_ONNX_FILE)
+    files[BACKGROUND_TORCHSCRIPT_KEY] = file_entry(bundle_dir, BACKGROUND_TORCHSCRIPT_FILE)
+    training = {**manifest.training, "background": {**(info or {}), "export_parity": parity}}
+    write_manifest(bundle_dir, manifest.model_copy(update={"files": files, "training": training, "calibration": None}))
+    stale = bundle_dir / "calibration.npz"
+    if stale.exists():
+        stale.unlink()
+
+
+def _train(args) -> int:
+    from training.data import DatasetError, split_training_set
+    from training.train import load_training_images
+
+    config = _load_background_config(args.config)
+    if args.out_dir:
+        config.out_dir = args.out_dir
+    try:
+        images = load_training_images(config)
+    except DatasetError as exc:
+        print(f"oodgate-background: {exc}", file=sys.stderr)
+        return 2
+    slices = split_training_set(images, config.data.slices)
+    resume = None
+    if args.resume:
+        resume = config.run_dir / "last.pt"
+        resume = resume if resume.exists() else None
+    trainer = BackgroundTrainer(config, slices, resume=resume)
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    progress = trainer.fit(max_minutes=args.max_minutes)
+    print(f"background flow: stopped at step {progress.step}; best validation bpd {progress.best_val_bpd:.4f}")
+    return 0
+
+
+def _load_background_config(path: str) -> BackgroundRunConfig:
+    import tomllib
+
+    import yaml
+
+    text = Path(path).read_text()
+    raw = tomllib.loads(text) if path.endswith(".toml") else yaml.safe_load(text)
+    return BackgroundRunConfig.model_validate(raw or {})
+
+
+def _attach(args) -> int:
+    flow, config, checkpoint = background_from_checkpoint(args.checkpoint)
+    info = {
+        "checkpoint": Path(args.checkpoint).name,
+        "steps": checkpoint.get("step"),
+        "best_validation_bpd": checkpoint.get("best_val_bpd"),
+        "architecture": config.model.model_dump(mode="json"),
+        **config.background.model_dump(),
+    }
+    attach_background(flow, args.bundle, info)
+    print(f"attached background flow to {args.bundle}; calibration dropped: run oodgate-calibrate {args.bundle}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oodgate-background", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the background flow from a config with a background: block")
+    train.add_argument("config")
+    train.add_argument("--resume", action="store_true", help="resume from <run dir>/last.pt if there is one")
+    train.add_argument("--max-minutes", type=float)
+    train.add_argument("--out-dir")
+    attach = sub.add_parser("attach", help="export a background checkpoint into a bundle")
+    attach.add_argument("checkpoint")
+    attach.add_argument("bundle")
+    args = parser.parse_args(argv)
+    return _train(args) if args.command == "train" else _attach(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
