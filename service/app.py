@@ -35,6 +35,7 @@ class RequestMetrics:
 
     def __init__(self, app, metrics: Metrics, plane: DataPlane) -> None:
         self.app, self.metrics, self.plane = app, metrics, plane
+        self.children: dict[tuple, tuple] = {}
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
@@ -65,8 +66,16 @@ class RequestMetrics:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or route_guess
             model = scope["oodgate"].get("model", ("", ""))
-            self.metrics.requests.labels(endpoint, *model, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint, *model).observe(time.perf_counter() - began)
+            key = (endpoint, *model, status)
+            children = self.children.get(key)
+            if children is None:  # labels are few (routes x models x codes): cache the children
+                children = (
+                    self.metrics.requests.labels(endpoint, *model, str(status)),
+                    self.metrics.request_duration.labels(endpoint, *model),
+                )
+                self.children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - began)
 
 
 def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory | None = None) -> FastAPI:

@@ -74,6 +74,7 @@ class DataPlane:
         self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.draining = False
         self.inflight = 0
+        self._children: dict[tuple[str, str, str], tuple] = {}
         # sliding-window drift gauges per model (issue 5)
         self.drift = DriftTracker(metrics, settings.drift_window)
         self.drift.attach(repository.all(), settings.max_queue_images)
@@ -172,11 +173,15 @@ class DataPlane:
         except DeadlineExceeded as exc:
             raise ServiceError(504, "deadline_exceeded", str(exc)) from None
         count = len(images)
-        ok = np.array([i not in out.failures for i in range(count)], dtype=bool)
+        ok = np.ones(count, dtype=bool)
+        ok[list(out.failures)] = False
         decisions: list[Decision | None] = [None] * count
         if ok.any():
-            subset = {k: v[ok] for k, v in out.stats.items()}
-            args = (subset, None if complexity is None else complexity[ok], score, alpha)
+            if out.failures:
+                subset = {k: v[ok] for k, v in out.stats.items()}
+                args = (subset, None if complexity is None else complexity[ok], score, alpha)
+            else:  # the common case: no copies
+                args = (out.stats, complexity, score, alpha)
             try:
                 # a few images take microseconds, less than a trip to the pool; more go off the loop
                 if len(images) <= INLINE_DECIDE_IMAGES:
@@ -192,13 +197,22 @@ class DataPlane:
         return Scored(entry, alpha, score, out.stats, decisions, out.failures)
 
     def _count(self, entry: ModelEntry, decisions: list[Decision | None], score: str) -> None:
-        labels = (entry.name, entry.version)
+        key = (entry.name, entry.version, score)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a key; per request that adds up
+            labels = (entry.name, entry.version)
+            children = (
+                self.metrics.images.labels(*labels),
+                self.metrics.ood_images.labels(*labels, score),
+                self.metrics.p_value.labels(*labels, score),
+            )
+            self._children[key] = children
+        images, ood_images, histogram = children
         done = [d for d in decisions if d is not None]
-        self.metrics.images.labels(*labels).inc(len(done))
+        images.inc(len(done))
         flagged = sum(1 for d in done if d.ood)
         if flagged:
-            self.metrics.ood_images.labels(*labels, score).inc(flagged)
-        histogram = self.metrics.p_value.labels(*labels, score)
+            ood_images.inc(flagged)
         for d in done:
             if d.p_value is not None:
                 histogram.observe(d.p_value)
