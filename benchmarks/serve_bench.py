@@ -1,16 +1,18 @@
 """Benchmark the scoring service against its two ceilings and write ``docs/benchmarks.md``.
 
-What it measures, all on this machine, one after the other (never in parallel,
-so nothing competes for the CPU):
+What it measures, all on this machine, one load at a time (never two loads in
+parallel, so nothing competes for the CPU):
 
 1. **Model ceiling**: the same runtime the server picks (``service.runtimes``),
    in-process, scoring batches of ``max_batch_size`` images (and of 1) in a loop.
 2. **HTTP ceiling**: a trivial FastAPI endpoint (``benchmarks/trivial_app.py``)
    taking the same request bodies, under the same uvicorn, driven by ``hey``.
-3. **The service**: ``oodgate-serve`` with dynamic batching, then with batching
-   disabled, driven by ``hey`` as a closed loop (each of ``c`` workers sends its
-   next request when the previous answer arrives) for each concurrency in the
-   sweep, with 1-image and 32-image ``application/x-npy`` requests.
+3. **The service**: ``oodgate-serve`` with dynamic batching and a second one with
+   batching disabled (both started, points interleaved), driven by ``hey`` as a closed
+   loop (each of ``c`` workers sends its next request when the previous answer
+   arrives) for each concurrency in the sweep, with 1-image and 32-image
+   ``application/x-npy`` requests. Run it on a quiet machine: a background job
+   (training!) makes every number, and every comparison, meaningless.
 
 Per point: throughput (images/s), p50/p95/p99 latency from hey's per-request
 CSV, average batch size (from the server's ``oodgate_batch_size`` histogram,
@@ -226,16 +228,15 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-def sweep_service(args, env_extra: dict, bodies: dict[int, Path], label: str) -> tuple[dict, dict]:
+def start_service(args, env_extra: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {
         **os.environ,
         "OODGATE_MODELS_ROOT": str(args.models_root),
         "OODGATE_MODELS": args.model,
         "OODGATE_PORT": str(port),
-        "OODGATE_RUNTIME": args.runtime,
         "OODGATE_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "OODGATE_MAX_QUEUE_IMAGES": str(max(4096, 64 * 32 * 2)),
+        "OODGATE_MAX_QUEUE_IMAGES": str(4096),
         "OODGATE_LOG_LEVEL": "warning",
         **env_extra,
     }
@@ -247,30 +248,53 @@ def sweep_service(args, env_extra: dict, bodies: dict[int, Path], label: str) ->
         stderr=subprocess.STDOUT,
         text=True,
     )
-    results: dict[tuple[int, int], dict] = {}
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    return proc, url
+
+
+def measure(url: str, body: Path, n: int, c: int, seconds: float) -> dict:
+    """One sweep point against a running service, with the average batch size from its metrics."""
+    before = httpx.get(f"{url}/metrics").text
+    run = hey(f"{url}/score", body, c, seconds)
+    after = httpx.get(f"{url}/metrics").text
+    batches = metric_sum(after, "oodgate_batch_size_count") - metric_sum(before, "oodgate_batch_size_count")
+    images = metric_sum(after, "oodgate_batch_size_sum") - metric_sum(before, "oodgate_batch_size_sum")
+    run["avg_batch"] = images / batches if batches else float("nan")
+    run["images_per_s"] = run["rps"] * n
+    return run
+
+
+def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict, dict]:
+    """Both services up at once (an idle one costs nothing); each point runs on one, then at once on the other.
+
+    Interleaving keeps slow drifts of the machine (thermal, other tenants) from favouring whichever
+    mode would otherwise have run first.
+    """
+    procs = {}
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
-        info = httpx.get(f"{url}/models").json()["models"][0]
+        for mode, flag in (("dynamic", "true"), ("disabled", "false")):
+            procs[mode] = start_service(args, {**common, "OODGATE_DYNAMIC_BATCHING": flag})
+        info = httpx.get(f"{procs['dynamic'][1]}/models").json()["models"][0]
+        results: dict[str, dict] = {"dynamic": {}, "disabled": {}}
         for n, body in bodies.items():
-            hey(f"{url}/score", body, 2, 1)  # warm-up
-            for c in args.concurrency:
-                before = httpx.get(f"{url}/metrics").text
-                run = hey(f"{url}/score", body, c, args.duration)
-                after = httpx.get(f"{url}/metrics").text
-                batches = metric_sum(after, "oodgate_batch_size_count") - metric_sum(before, "oodgate_batch_size_count")
-                images = metric_sum(after, "oodgate_batch_size_sum") - metric_sum(before, "oodgate_batch_size_sum")
-                run["avg_batch"] = images / batches if batches else float("nan")
-                run["images_per_s"] = run["rps"] * n
-                results[(n, c)] = run
-                print(
-                    f"  {label:8s} n={n:2d} c={c:2d}: {run['images_per_s']:8.0f} img/s  p50 {run['p50'] * 1000:7.1f} ms"
-                    f"  p99 {run['p99'] * 1000:7.1f} ms  batch {run['avg_batch']:5.1f}  errors {run['errors']}",
-                    flush=True,
-                )
+            for _, url in procs.values():
+                hey(f"{url}/score", body, 2, 1)  # warm-up
+            for i, c in enumerate(args.concurrency):
+                order = list(procs.items())
+                for mode, (_, url) in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
+                    run = measure(url, body, n, c, args.duration)
+                    results[mode][(n, c)] = run
+                    print(
+                        f"  {mode:8s} n={n:2d} c={c:2d}: {run['images_per_s']:8.0f} img/s"
+                        f"  p50 {run['p50'] * 1000:7.1f} ms"
+                        f"  p99 {run['p99'] * 1000:7.1f} ms  batch {run['avg_batch']:5.1f}  errors {run['errors']}",
+                        flush=True,
+                    )
     finally:
-        stop(proc)
-    return results, info
+        for proc, _ in procs.values():
+            stop(proc)
+    return results["dynamic"], results["disabled"], info
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -410,15 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  batch {b}: {rate:.0f} images/s", flush=True)
     print("HTTP ceiling (trivial FastAPI endpoint)...", flush=True)
     http_ceil = http_ceiling(bodies, args.concurrency, args.duration)
-    print("service, dynamic batching...", flush=True)
+    print("service, dynamic batching and batching disabled, interleaved...", flush=True)
     common = {
         "OODGATE_DEVICE": args.device,
         "OODGATE_RUNTIME": backend,
         "OODGATE_MAX_BATCH_DELAY_MS": str(args.max_batch_delay_ms),
     }
-    dynamic, info = sweep_service(args, {**common, "OODGATE_DYNAMIC_BATCHING": "true"}, bodies, "dynamic")
-    print("service, batching disabled...", flush=True)
-    disabled, _ = sweep_service(args, {**common, "OODGATE_DYNAMIC_BATCHING": "false"}, bodies, "disabled")
+    dynamic, disabled, info = sweep(args, common, bodies)
 
     text = report(args, info, host, model_ceil, http_ceil, dynamic, disabled, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
