@@ -309,6 +309,7 @@ def report(args, info, host, model_ceil, http_ceil, dynamic, disabled, command) 
         f"- model: `{info['name']}/{info['version']}`, input {info['input']['shape']}, "
         f"runtime {info['backend']} on {info['device']}",
         f"- service: max_batch_size {args.max_batch_size}, max_batch_delay_ms {args.max_batch_delay_ms}, "
+        f"intra_op_threads {args.intra_op_threads or 'all cores'}, "
         f"one uvicorn worker process, `application/x-npy` bodies",
         "",
         "## Commands",
@@ -390,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-batch-delay-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="threads per batch, for the service and the model ceiling (0: cores)",
+    )
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     parser.add_argument("--shapes", default="1,32", help="images per request")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
@@ -424,11 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         bodies[n].write_bytes(npy_body(test_images(n, manifest.input.shape, seed=n)))
 
     print("model ceiling (in-process runtime)...", flush=True)
-    probe = load_runtime(manifest, bundle, args.runtime, args.device)  # the same choice the server makes
+    probe = load_runtime(manifest, bundle, args.runtime, args.device, args.intra_op_threads)  # the server's choice
     backend, device = probe.backend, probe.device
     del probe
     model_ceil = {
-        b: model_ceiling(bundle, backend, device, 0, b, args.duration) for b in sorted({1, args.max_batch_size})
+        b: model_ceiling(bundle, backend, device, args.intra_op_threads, b, args.duration)
+        for b in sorted({1, args.max_batch_size})
     }
     for b, rate in model_ceil.items():
         print(f"  batch {b}: {rate:.0f} images/s", flush=True)
@@ -439,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "OODGATE_DEVICE": args.device,
         "OODGATE_RUNTIME": backend,
         "OODGATE_MAX_BATCH_DELAY_MS": str(args.max_batch_delay_ms),
+        "OODGATE_INTRA_OP_THREADS": str(args.intra_op_threads),
     }
     dynamic, disabled, info = sweep(args, common, bodies)
 
