@@ -220,7 +220,9 @@ class Batcher:
             self._m_depth.set(self._queued_images)
             self._cond.notify()
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout=max(0.0, deadline - time.monotonic()))
+            # asyncio's clock is the monotonic clock; a timeout context is lighter than wait_for + shield
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await pending.future
         except (TimeoutError, asyncio.CancelledError) as exc:
             self._withdraw(pending)
             if isinstance(exc, TimeoutError):
