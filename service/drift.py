@@ -22,8 +22,9 @@ seed) and kept as running sums, so the null distribution for any window size up
 to ``window`` costs one column read: the test runs on every update, in
 microseconds, without touching the hot path's latency.
 
-This module only computes. :func:`publish` writes a snapshot to the
-``oodgate_drift_*`` gauges of :class:`service.metrics.Metrics`.
+:class:`DriftTracker` keeps one monitor per model and backs the
+``oodgate_drift_*`` gauges of :class:`service.metrics.Metrics` with callbacks,
+so the statistics are computed at scrape time, not on the request path.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class DriftMonitor:
         if calibration_bpd is not None and len(calibration_bpd) >= 2:
             self.test = TypicalityTest(calibration_bpd, self.window, resamples, seed)
         self._lock = threading.Lock()
+        self.generation = 0  # bumped by every observe/reset: lets readers cache snapshots
         self._bpd: deque[float] = deque(maxlen=self.window)
         self._p: deque[float] = deque(maxlen=self.window)  # nan for images without a p-value
 
@@ -118,11 +120,13 @@ class DriftMonitor:
         with self._lock:
             self._bpd.extend(bpd)
             self._p.extend(ps)
+            self.generation += 1
 
     def reset(self) -> None:
         with self._lock:
             self._bpd.clear()
             self._p.clear()
+            self.generation += 1
 
     def snapshot(self) -> DriftSnapshot:
         with self._lock:
@@ -154,47 +158,58 @@ def monitor_for(
     return DriftMonitor(calibration.get("bpd"), detector.default_alpha, window=window, resamples=resamples, seed=seed)
 
 
-def publish(metrics, model: str, version: str, snapshot: DriftSnapshot) -> None:
-    """Write a snapshot to the ``oodgate_drift_*`` gauges (``nan`` reads as "no data" in Grafana)."""
-    labels = {"model": model, "version": version}
-    metrics.drift_window_images.labels(**labels).set(snapshot.images)
-    metrics.drift_ood_rate.labels(**labels).set(snapshot.ood_rate)
-    metrics.drift_mean_p_value.labels(**labels).set(snapshot.mean_p_value)
-    metrics.drift_mean_bpd.labels(**labels).set(snapshot.mean_bpd)
-    metrics.drift_calibration_mean_bpd.labels(**labels).set(snapshot.calibration_mean_bpd)
-    metrics.drift_typicality_p_value.labels(**labels).set(snapshot.typicality_p_value)
-    metrics.drift_alpha.labels(**labels).set(snapshot.alpha)
-
-
 class DriftTracker:
-    """One :class:`DriftMonitor` per loaded model, fed by the data plane, published as gauges.
+    """One :class:`DriftMonitor` per loaded model, fed by the data plane, read by the drift gauges.
 
-    :meth:`attach` runs at start-up so that every model's gauges exist (as NaN)
-    before the first image, and sets the queue bound the queue alert divides by.
+    Feeding costs a deque append per image; the window statistics and the
+    typicality test are computed when ``/metrics`` is scraped (gauge callbacks,
+    cached until the window changes), so the request path never pays for them.
+    :meth:`attach` runs at start-up so every model's gauges exist (NaN until the
+    window holds enough), and sets the queue bound the queue alert divides by.
     """
+
+    FIELDS = {
+        "drift_window_images": "images",
+        "drift_ood_rate": "ood_rate",
+        "drift_mean_p_value": "mean_p_value",
+        "drift_mean_bpd": "mean_bpd",
+        "drift_calibration_mean_bpd": "calibration_mean_bpd",
+        "drift_typicality_p_value": "typicality_p_value",
+        "drift_alpha": "alpha",
+    }
 
     def __init__(self, metrics, window: int = DEFAULT_WINDOW, resamples: int = DEFAULT_RESAMPLES) -> None:
         self.metrics = metrics
         self.window = window
         self.resamples = resamples
         self.monitors: dict[tuple[str, str], DriftMonitor] = {}
+        self._cache: dict[tuple[str, str], tuple[int, DriftSnapshot]] = {}
 
     def attach(self, entries: Iterable, queue_capacity: int | None = None) -> None:
         for entry in entries:
             key = (entry.name, entry.version)
             self.monitors[key] = monitor_for(entry.detector, self.window, self.resamples)
-            publish(self.metrics, *key, self.monitors[key].snapshot())
+            for attribute, field in self.FIELDS.items():
+                gauge = getattr(self.metrics, attribute).labels(*key)
+                gauge.set_function(lambda key=key, field=field: getattr(self.snapshot(key), field))
             if queue_capacity is not None:
                 self.metrics.queue_capacity.labels(*key).set(queue_capacity)
 
+    def snapshot(self, key: tuple[str, str]) -> DriftSnapshot:
+        """The model's window statistics, recomputed only when images arrived since the last call."""
+        monitor = self.monitors[key]
+        generation = monitor.generation
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != generation:
+            cached = (generation, monitor.snapshot())
+            self._cache[key] = cached
+        return cached[1]
+
     def observe(self, entry, bpd, decisions) -> None:
-        """Add one request's scored images (``decisions[i] is None``: failed, left out) and republish."""
-        key = (entry.name, entry.version)
-        monitor = self.monitors.get(key)
+        """Add one request's scored images (``decisions[i] is None``: failed, left out)."""
+        monitor = self.monitors.get((entry.name, entry.version))
         if monitor is None:
             return
         done = [i for i, d in enumerate(decisions) if d is not None]
-        if not done:
-            return
-        monitor.observe((bpd[i] for i in done), (decisions[i].p_value for i in done))
-        publish(self.metrics, *key, monitor.snapshot())
+        if done:
+            monitor.observe([bpd[i] for i in done], [decisions[i].p_value for i in done])
