@@ -98,6 +98,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     best_val_bpd: float = float("inf")
+    seconds: float = 0.0  # training wall time, summed over every resumed segment
 
 
 class Trainer:
@@ -120,6 +121,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stop_requested = False
+        self._segment_start: float | None = None  # set while fit() runs
         if resume is not None:
             self._resume(resume)
 
@@ -132,6 +134,7 @@ class Trainer:
             "step": self.progress.step,
             "epoch": self.progress.epoch,
             "best_val_bpd": self.progress.best_val_bpd,
+            "seconds": self._elapsed(),
             "config": self.config.model_dump(mode="json"),
             "input_shape": list(self.input_shape),
             "slices": {k: list(v) for k, v in self.slices.ranges.items()},
@@ -143,7 +146,9 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.progress = Progress(checkpoint["step"], checkpoint["epoch"], checkpoint["best_val_bpd"])
+        self.progress = Progress(
+            checkpoint["step"], checkpoint["epoch"], checkpoint["best_val_bpd"], checkpoint.get("seconds", 0.0)
+        )
         self.history = list(checkpoint.get("history", []))
         print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch + 1})", file=sys.stderr)
 
@@ -152,6 +157,10 @@ class Trainer:
         save_checkpoint(self.run_dir / "last.pt", state)
         if best:
             save_checkpoint(self.run_dir / "best.pt", state)
+
+    def _elapsed(self) -> float:
+        running = time.monotonic() - self._segment_start if self._segment_start is not None else 0.0
+        return self.progress.seconds + running
 
     # -- training ----------------------------------------------------------
     def _batches(self, epoch: int):
@@ -190,7 +199,7 @@ class Trainer:
         tc = self.tc
         steps_per_epoch = len(self.slices.train) // tc.batch_size
         total_steps = tc.max_steps or steps_per_epoch * tc.epochs
-        started = time.monotonic()
+        self._segment_start = started = time.monotonic()
         bar = tqdm(
             total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True
         )
@@ -234,7 +243,7 @@ class Trainer:
                     bar.update(1)
                     step = self.progress.step
                     if step % tc.val_every == 0:
-                        self._validate_and_checkpoint(bar, ema_bpd, started)
+                        self._validate_and_checkpoint(bar, ema_bpd)
                     elif step % tc.checkpoint_every == 0:
                         self._checkpoint()
                     out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
@@ -243,16 +252,18 @@ class Trainer:
                         break
                 else:
                     self.progress.epoch += 1
-                    self._validate_and_checkpoint(bar, ema_bpd, started)
+                    self._validate_and_checkpoint(bar, ema_bpd)
                     continue
                 break
         finally:
             bar.close()
         if self.progress.step % tc.val_every:
-            self._validate_and_checkpoint(None, ema_bpd, started)
+            self._validate_and_checkpoint(None, ema_bpd)
+        self.progress.seconds = self._elapsed()
+        self._segment_start = None
         return self.progress
 
-    def _validate_and_checkpoint(self, bar, train_bpd: float | None, started: float) -> None:
+    def _validate_and_checkpoint(self, bar, train_bpd: float | None) -> None:
         val_bpd = self.validate()
         best = val_bpd < self.progress.best_val_bpd
         if best:
@@ -263,7 +274,7 @@ class Trainer:
                 "epoch": self.progress.epoch,
                 "train_bpd": train_bpd,
                 "val_bpd": val_bpd,
-                "seconds": time.monotonic() - started,
+                "seconds": self._elapsed(),
             }
         )
         self._checkpoint(best=best)

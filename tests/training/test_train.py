@@ -65,8 +65,11 @@ def test_resume_continues_where_it_stopped(tmp_path):
     first.fit()
     resumed = Trainer(tiny_config(tmp_path, max_steps=6), slices, resume=tmp_path / "run" / "last.pt")
     assert resumed.progress.step == 3
+    assert resumed.progress.seconds > 0  # wall time carries over resumes
     torch.testing.assert_close(resumed.model.state_dict(), first.model.state_dict())
-    assert resumed.fit().step == 6
+    first_seconds = resumed.progress.seconds
+    progress = resumed.fit()
+    assert progress.step == 6 and progress.seconds > first_seconds
 
 
 def test_non_finite_loss_stops_without_writing_a_checkpoint(tmp_path):
