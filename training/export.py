@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": checkpoint["step"],
         "epochs_completed": checkpoint["epoch"],
         "best_validation_bpd": checkpoint["best_val_bpd"],
-        "seconds": history[-1]["seconds"] if history else None,
+        "seconds": checkpoint.get("seconds", history[-1]["seconds"] if history else None),
         "checkpoint": Path(args.checkpoint).name,
     }
     try:
