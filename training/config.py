@@ -28,6 +28,9 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(500, ge=0, description="linear learning-rate warm-up from 0")
     grad_clip: float = Field(50.0, gt=0, description="max global gradient norm")
+    decay_start: int | None = Field(
+        None, ge=0, description="from this step, decay lr linearly to 0 at the last step (a pure function of the step)"
+    )
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     val_every: int = Field(500, ge=1, description="validation bpd every N steps (and at each epoch end)")

@@ -112,10 +112,7 @@ class Trainer:
         self.input_shape = tuple(int(s) for s in slices.train.shape[1:])
         self.model = build_flow(config.model, self.input_shape, seed=self.tc.seed).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
-        warmup = self.tc.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.progress = Progress()
         self.history: list[dict] = []
         self.run_dir = config.run_dir
@@ -124,6 +121,19 @@ class Trainer:
         self._segment_start: float | None = None  # set while fit() runs
         if resume is not None:
             self._resume(resume)
+
+    @property
+    def total_steps(self) -> int:
+        steps_per_epoch = len(self.slices.train) // self.tc.batch_size
+        return self.tc.max_steps or steps_per_epoch * self.tc.epochs
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, constant, then an optional linear decay to 0; depends on the step alone."""
+        factor = min(1.0, (step + 1) / self.tc.warmup_steps) if self.tc.warmup_steps else 1.0
+        start = self.tc.decay_start
+        if start is not None and step >= start:
+            factor *= max(0.0, (self.total_steps - step) / max(1, self.total_steps - start))
+        return factor
 
     # -- checkpoints -------------------------------------------------------
     def _state(self) -> dict:
@@ -198,7 +208,7 @@ class Trainer:
         self.model.train()
         tc = self.tc
         steps_per_epoch = len(self.slices.train) // tc.batch_size
-        total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+        total_steps = self.total_steps
         self._segment_start = started = time.monotonic()
         bar = tqdm(
             total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True

@@ -102,3 +102,11 @@ def test_training_step_on_cuda_with_mixed_precision(tmp_path):
     assert trainer.device.type == "cuda"
     progress = trainer.fit()
     assert progress.step == 4 and np.isfinite(progress.best_val_bpd)
+
+
+def test_learning_rate_warms_up_holds_then_decays_to_zero(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, warmup_steps=4, max_steps=20, decay_start=10), blob_slices())
+    factors = [trainer._lr_factor(step) for step in range(20)]
+    assert factors[0] == 0.25 and factors[3] == 1.0 and factors[9] == 1.0
+    assert factors[10] == 1.0 and factors[15] == 0.5 and factors[19] == 0.1
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False))
