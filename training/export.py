@@ -223,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"oodgate-export: {bundle_dir} exists; pass --force to overwrite", file=sys.stderr)
         return 2
 
-    data_record, real, metrics = None, None, {}
+    data_record, real, metrics, train_images = None, None, {}, None
     try:
         images = load_training_images(config)
         slices = split_training_set(images, config.data.slices)
         real = slices.validation
+        train_images = len(slices.train)
         data_record = TrainingData(
             source=config.data.source,
             split="train",
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     training = {
         "config": config.train.model_dump(mode="json"),
         "steps": checkpoint["step"],
-        "epochs_completed": checkpoint["epoch"],
+        # the epoch counter only moves at an epoch's end; a run that stops on its last step never gets there
+        "epochs": round(checkpoint["step"] * config.train.batch_size / train_images, 3) if train_images else None,
         "best_validation_bpd": checkpoint["best_val_bpd"],
         "seconds": checkpoint.get("seconds", history[-1]["seconds"] if history else None),
         "checkpoint": Path(args.checkpoint).name,
