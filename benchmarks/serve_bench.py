@@ -130,16 +130,38 @@ def npy_body(images: np.ndarray) -> bytes:
 
 
 def model_ceiling(bundle: Path, backend: str, device: str, threads: int, batch: int, seconds: float) -> float:
+    """Best of three runs of ``seconds / 3``: the ceiling is what the runtime can do, so noise only lowers it."""
     manifest = load_manifest(bundle)
     runtime = load_runtime(manifest, bundle, backend, device, threads)
     images = test_images(batch, manifest.input.shape, seed=1)
     for _ in range(3):
         runtime.run(images)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runtime.run(images)
-        done += batch
-    return done / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(3):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            runtime.run(images)
+            done += batch
+        best = max(best, done / (time.perf_counter() - start))
+    return best
+
+
+def pick_runtime(bundle: Path, runtime: str, device: str, threads: int) -> tuple[str, str]:
+    """The backend and device the server will pick, decided in a child process so that this one
+    loads only that backend (an ``auto`` probe would leave torch's thread pool in this process)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+        "from service.artifact import load_manifest; from service.runtimes import load_runtime; "
+        "b = Path(sys.argv[2]); r = load_runtime(load_manifest(b), b, sys.argv[3], sys.argv[4], int(sys.argv[5])); "
+        "print(r.backend, r.device)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO), str(bundle), runtime, device, str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return out[-2], out[-1]
 
 
 def hey(url: str, body_file: Path, concurrency: int, seconds: float) -> dict:
@@ -327,7 +349,8 @@ def report(args, info, host, model_ceil, http_ceil, dynamic, disabled, command) 
     ]
     for batch, rate in model_ceil.items():
         lines.append(
-            f"| model, batch {batch} | `{info['backend']}` runtime in-process, loop for {args.duration} s "
+            f"| model, batch {batch} | `{info['backend']}` runtime in-process, "
+            f"best of 3 loops of {args.duration / 3:.1f} s "
             f"| {rate:.0f} images/s |"
         )
     for n, best in http_ceil.items():
@@ -431,9 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         bodies[n].write_bytes(npy_body(test_images(n, manifest.input.shape, seed=n)))
 
     print("model ceiling (in-process runtime)...", flush=True)
-    probe = load_runtime(manifest, bundle, args.runtime, args.device, args.intra_op_threads)  # the server's choice
-    backend, device = probe.backend, probe.device
-    del probe
+    backend, device = pick_runtime(bundle, args.runtime, args.device, args.intra_op_threads)
     model_ceil = {
         b: model_ceiling(bundle, backend, device, args.intra_op_threads, b, args.duration)
         for b in sorted({1, args.max_batch_size})
