@@ -18,6 +18,11 @@ Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
                       held-out data (Morningstar et al. 2021): a Gaussian
                       mixture (default), one Gaussian, or the paper's
                       per-feature KDE
+``combined``          ``dose`` and ``complexity`` together: each turned into tail
+                      evidence ``-log p`` against its distribution on the fit part,
+                      the larger taken (``complexity`` sees MNIST-like images that
+                      are too complex for their likelihood, ``dose`` everything
+                      else); opt-in at fit time, calibrated like every score
 ``likelihood_ratio``  ``bpd - background bpd``, the background flow trained on
                       noise-perturbed data (Ren et al. 2019); only for bundles
                       that ship a background graph
@@ -54,9 +59,10 @@ BACKGROUND_ONNX_KEY = "background_onnx"
 BACKGROUND_TORCHSCRIPT_KEY = "background_torchscript"
 BACKGROUND_BPD = "background_bpd"
 
-SCORE_NAMES = ("bpd", "typicality", "complexity", "dose", "likelihood_ratio")
-NEEDS_FIT = frozenset({"typicality", "dose"})
-NEEDS_COMPLEXITY = frozenset({"complexity", "dose"})
+SCORE_NAMES = ("bpd", "typicality", "complexity", "dose", "combined", "likelihood_ratio")
+NEEDS_FIT = frozenset({"typicality", "dose", "combined"})
+NEEDS_COMPLEXITY = frozenset({"complexity", "dose", "combined"})
+COMBINED_PARTS = ("dose", "complexity")
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
 DEFAULT_ALPHA = 0.05
 DEFAULT_FIT_FRACTION = 0.4
@@ -300,6 +306,23 @@ def _finite_or_inf(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scores), scores, np.inf)
 
 
+def tail_evidence(reference_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``-log`` of the empirical upper-tail probability of each score under a reference sample.
+
+    Past the reference's maximum it keeps growing by the excess in units of the
+    reference's interquartile range, so extreme images stay ordered instead of tying.
+    """
+    m = len(reference_sorted)
+    # the rank interpolated between reference points: a continuous score, so conformal p-values see no ties
+    rank = np.interp(scores, reference_sorted, np.arange(1.0, m + 1.0), left=0.0, right=float(m))
+    q75, q25 = np.percentile(reference_sorted, [75, 25])
+    spread = q75 - q25 if q75 > q25 else 1.0
+    with np.errstate(invalid="ignore"):
+        beyond = np.maximum(scores - reference_sorted[-1], 0.0) / spread
+    evidence = -np.log((m + 1.0 - rank) / (m + 1.0)) + beyond
+    return np.where(np.isnan(scores), np.inf, evidence)
+
+
 def conformal_p_values(calibration_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """``(1 + #{cal >= s}) / (n + 1)`` for each score, against sorted calibration scores."""
     n = len(calibration_sorted)
@@ -341,6 +364,7 @@ class Detector:
         self.mean_bpd: float | None = None
         self.density = None
         self.calibration: dict[str, np.ndarray] = {}  # score name -> sorted calibration scores
+        self.reference: dict[str, np.ndarray] = {}  # combined's parts -> sorted fit-part scores
         self.info: dict[str, Any] = {}
 
     # -- what this detector offers ---------------------------------------------
@@ -350,14 +374,9 @@ class Detector:
 
     @property
     def score_names(self) -> tuple[str, ...]:
-        names = []
-        for name in SCORE_NAMES:
-            if name in NEEDS_BACKGROUND and not self.background:
-                continue
-            if name in NEEDS_FIT and not self.fitted:
-                continue
-            names.append(name)
-        return tuple(names)
+        if self.fitted:
+            return tuple(name for name in SCORE_NAMES if name in self.calibration)
+        return tuple(n for n in SCORE_NAMES if n not in NEEDS_FIT and (self.background or n not in NEEDS_BACKGROUND))
 
     @property
     def default_score(self) -> str:
@@ -384,7 +403,7 @@ class Detector:
         if name in NEEDS_BACKGROUND and name in SCORE_NAMES:
             why = "this model has no background flow"
         elif name in NEEDS_FIT and name in SCORE_NAMES:
-            why = "this model carries no calibration"
+            why = "this model's calibration has no such score" if self.fitted else "this model carries no calibration"
         else:
             why = "no such score"
         raise UnknownScoreError(f"score {name!r} is not available ({why}); choose one of {list(self.score_names)}")
@@ -410,7 +429,15 @@ class Detector:
         if name == "complexity":
             return bpd - np.asarray(complexity, dtype=np.float64) / self.dims
         if name == "dose":
-            return -self.density.log_density(dose_features(stats, complexity, self.dims))
+            features = dose_features(stats, complexity, self.dims)
+            finite = np.all(np.isfinite(features), axis=1)
+            out = np.full(len(features), np.inf)
+            if finite.any():
+                out[finite] = -self.density.log_density(features[finite])
+            return out
+        if name == "combined":
+            parts = [tail_evidence(self.reference[p], self._raw_score(p, stats, complexity)) for p in COMBINED_PARTS]
+            return np.max(np.stack(parts), axis=0)
         if name == "likelihood_ratio":
             return bpd - np.asarray(stats[BACKGROUND_BPD], dtype=np.float64)
         raise UnknownScoreError(name)
@@ -477,11 +504,13 @@ class Detector:
         *,
         fit_fraction: float = DEFAULT_FIT_FRACTION,
         seed: int = 0,
+        combined: bool = False,
     ) -> Detector:
         """Fit on held-out in-distribution images (never trained on, never the test split).
 
         A seeded permutation cuts the images into a fit part (``fit_fraction``)
         and a calibration part; scores that need no fit calibrate on all of them.
+        ``combined`` adds the ``combined`` score (its references come from the fit part).
         """
         n = self._check_inputs(stats, complexity, ("complexity",) + (("likelihood_ratio",) if self.background else ()))
         if not 0.0 < fit_fraction < 1.0:
@@ -498,9 +527,16 @@ class Detector:
 
         self.mean_bpd = float(bpd[fit_idx].mean())
         self.density = fit_density(self.dose_density, features[fit_idx])
+        fit_stats = {key: np.asarray(value)[fit_idx] for key, value in stats.items()}
+        self.reference = {}
+        if combined:
+            for part in COMBINED_PARTS:
+                self.reference[part] = np.sort(_finite_or_inf(self._raw_score(part, fit_stats, complexity[fit_idx])))
         self.calibration = {}
         for name in SCORE_NAMES:
             if name in NEEDS_BACKGROUND and not self.background:
+                continue
+            if name == "combined" and not combined:
                 continue
             scores = _finite_or_inf(self._raw_score(name, stats, complexity))
             self.calibration[name] = np.sort(scores[cal_idx] if name in NEEDS_FIT else scores)
@@ -524,6 +560,7 @@ class Detector:
         arrays = {f"cal__{name}": values for name, values in self.calibration.items()}
         arrays.update({f"dose__{key}": value for key, value in self.density.arrays().items()})
         arrays["typicality__mean_bpd"] = np.array(self.mean_bpd)
+        arrays.update({f"ref__{name}": values for name, values in self.reference.items()})
         summary = {
             "method": CALIBRATION_METHOD,
             "format": CALIBRATION_FORMAT,
@@ -562,6 +599,9 @@ class Detector:
             detector.dose_density, {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
         )
         detector.calibration = {k[len("cal__") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("cal__")}
+        detector.reference = {k[len("ref__") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("ref__")}
+        if "combined" in detector.calibration and set(detector.reference) != set(COMBINED_PARTS):
+            raise ArtifactError("calibration has the combined score but not its references")
         missing = {name for name in summary.get("scores", []) if name not in detector.calibration}
         if missing:
             raise ArtifactError(f"calibration file lacks calibration scores for {sorted(missing)}")

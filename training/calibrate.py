@@ -58,6 +58,7 @@ def calibrate_bundle(
     seed: int = 0,
     default_score: str | None = None,
     default_alpha: float = DEFAULT_ALPHA,
+    combined: bool = True,
     batch_size: int = 256,
     progress: bool = True,
 ) -> Detector:
@@ -72,7 +73,7 @@ def calibrate_bundle(
         dose_density=density,
         default_alpha=default_alpha,
     )
-    detector.fit(stats, complexity, fit_fraction=fit_fraction, seed=seed)
+    detector.fit(stats, complexity, fit_fraction=fit_fraction, seed=seed, combined=combined)
     if default_score is not None:
         detector.default_score = default_score
     extra = {
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit/calibration cut")
     parser.add_argument("--default-score", choices=SCORE_NAMES, help="score that decides by default (see oodgate-eval)")
     parser.add_argument("--default-alpha", type=float, default=DEFAULT_ALPHA, help="alpha when a request gives none")
+    parser.add_argument("--no-combined", action="store_true", help="leave out the combined (dose + complexity) score")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             default_score=args.default_score,
             default_alpha=args.default_alpha,
+            combined=not args.no_combined,
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )

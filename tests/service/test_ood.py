@@ -61,7 +61,8 @@ def make_stats(
 
 def fitted(rng, n=2000, background=True, density="kde") -> Detector:
     stats, complexity = make_stats(n, rng)
-    return Detector(D, 2, background=background, dose_density=density).fit(stats, complexity, seed=1)
+    detector = Detector(D, 2, background=background, dose_density=density)
+    return detector.fit(stats, complexity, seed=1, combined=True)
 
 
 def aurocs(detector, rng, **ood_kwargs) -> dict[str, float]:
@@ -101,6 +102,15 @@ def test_dose_sees_a_shift_that_leaves_bpd_and_complexity_unchanged(density):
     assert result["dose"] > 0.99
 
 
+def test_combined_keeps_what_complexity_and_dose_each_catch():
+    rng = np.random.default_rng(12)
+    detector = fitted(rng, density="gaussian")
+    simple = aurocs(detector, rng, complexity_bpd=2.5, gap=-0.3)  # complexity's case
+    shifted = aurocs(detector, rng, det_shift=0.1)  # dose's case
+    assert simple["combined"] > 0.99 and shifted["combined"] > 0.99
+    assert simple["bpd"] < 0.1 and 0.4 < shifted["complexity"] < 0.6
+
+
 def test_likelihood_ratio_catches_what_the_background_model_explains_as_well():
     rng = np.random.default_rng(4)
     result = aurocs(fitted(rng), rng, background_gap=0.5)
@@ -120,13 +130,14 @@ def test_p_values_are_uniform_on_exchangeable_data():
     for _ in range(trials):
         stats, complexity = make_stats(n + 1, rng)
         holdout = {k: v[:n] for k, v in stats.items()}
-        detector = Detector(D, 2, background=True).fit(holdout, complexity[:n], seed=int(rng.integers(1 << 30)))
+        detector = Detector(D, 2, background=True)
+        detector.fit(holdout, complexity[:n], seed=int(rng.integers(1 << 30)), combined=True)
         new = {k: v[n:] for k, v in stats.items()}
         for name in detector.score_names:
             ranks.setdefault(name, []).append(float(detector.p_value(new, complexity[n:], name)[0]))
     for name, p in ranks.items():
         p = np.array(p)
-        n_cal = 60 if name in ("typicality", "dose") else 100
+        n_cal = 60 if name in ("typicality", "dose", "combined") else 100
         levels = np.rint(p * (n_cal + 1)).astype(int)  # 1..n_cal+1, uniform
         counts = np.bincount(np.minimum((levels - 1) * 10 // (n_cal + 1), 9), minlength=10)
         expected = np.array([np.sum(((np.arange(1, n_cal + 2) - 1) * 10 // (n_cal + 1)) == b) for b in range(10)])
@@ -197,7 +208,7 @@ def test_decide_checks_alpha_and_inputs():
         detector.decide(no_background, complexity, None, 0.05)
     decisions = detector.decide(stats, complexity, "typicality", 0.5)
     assert [d.score for d in decisions] == ["typicality"] * 4
-    assert set(decisions[0].scores) == {"bpd", "typicality", "complexity", "dose", "likelihood_ratio"}
+    assert set(decisions[0].scores) == {"bpd", "typicality", "complexity", "dose", "combined", "likelihood_ratio"}
     assert all(d.ood == (d.p_value <= 0.5) for d in decisions)
     json.dumps([d.__dict__ for d in decisions])  # plain Python types, ready for a response
 
@@ -219,16 +230,17 @@ def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
     rng = np.random.default_rng(11)
     stats, complexity = make_stats(400, rng)
     stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
-    detector = Detector(D, 2, dose_density="gaussian").fit(stats, complexity, seed=3)
+    detector = Detector(D, 2, dose_density="gaussian").fit(stats, complexity, seed=3, combined=True)
     detector.default_score = "complexity"
     detector.save(bundle, load_manifest(bundle), extra={"holdout_sha256": "abc"})
 
     manifest = load_manifest(bundle)  # verifies calibration.npz's sha256 too
     assert manifest.files["calibration"].path == CALIBRATION_FILE
     assert manifest.calibration["default_score"] == "complexity"
-    assert manifest.calibration["n_calibration"] == {"bpd": 400, "typicality": 240, "complexity": 400, "dose": 240}
+    expected = {"bpd": 400, "typicality": 240, "complexity": 400, "dose": 240, "combined": 240}
+    assert manifest.calibration["n_calibration"] == expected
     loaded = Detector.from_bundle(manifest, bundle)
-    assert loaded.score_names == ("bpd", "typicality", "complexity", "dose")
+    assert loaded.score_names == ("bpd", "typicality", "complexity", "dose", "combined")
     assert loaded.default_score == "complexity" and not loaded.needs_background
     new, new_complexity = make_stats(50, rng)
     for name in detector.score_names:
