@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import shutil
 
 import httpx
@@ -39,7 +40,7 @@ def test_service_flags_equal_eval_flags(tmp_path, calibrated):
         "--no-progress", "--no-plots", "--threads", "1",
     ]  # fmt: skip
     assert eval_main(argv) == 0
-    with open(tmp_path / "report" / "scores.csv") as handle:
+    with gzip.open(tmp_path / "report" / "scores.csv.gz", "rt") as handle:
         rows = [r for r in csv.DictReader(handle) if r["set"] == "probe"]
     assert len(rows) == len(images)
 

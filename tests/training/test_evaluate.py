@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import shutil
 
@@ -54,6 +55,17 @@ def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
     ]
     best, worst = recommend(rows, ("complexity", "dose"))
     assert best == "dose" and worst["dose"] == (0.90, "photos") and worst["complexity"] == (0.10, "photos")
+
+
+def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
+    rows = [
+        {"set": "vflip", "kind": "ood", "score": "dose", "auroc": 0.691},
+        {"set": "digits", "kind": "ood", "score": "dose", "auroc": 0.693},
+        {"set": "vflip", "kind": "ood", "score": "combined", "auroc": 0.682},
+        {"set": "digits", "kind": "ood", "score": "combined", "auroc": 0.876},
+    ]
+    assert recommend(rows, ("dose", "combined"))[0] == "combined"
+    assert recommend(rows, ("dose", "combined"), tie=0.0)[0] == "dose"  # the strict rule
 
 
 def test_every_builtin_set_is_uint8_of_the_model_shape_and_reproducible():
@@ -145,13 +157,13 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
 
     readme = (out / "README.md").read_text()
     assert "oodgate-eval " + str(calibrated_bundle) in readme and "## Targets" in readme
-    for name in ("examples.png", "metrics.csv", "metrics.json", "scores.csv", "hist_bpd.png", "hist_dose.png"):
+    for name in ("examples.png", "metrics.csv", "metrics.json", "scores.csv.gz", "hist_bpd.png", "hist_dose.png"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "metrics.json").read_text())
     sets = {row["set"] for row in summary["rows"]}
     assert sets == {"in-distribution", "constant", "noise", "vflip", "latent_zeroed", "shift1", "extra", "mine"}
     assert "latent_zeroed" not in " ".join(summary.get("notes", []))
-    with open(out / "scores.csv") as handle:
+    with gzip.open(out / "scores.csv.gz", "rt") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 150 + 256 + 20 + 20 + 20 + 20 + 7 + 3
     assert {"score_dose", "p_dose", "complexity_bpd"} <= set(rows[0])
