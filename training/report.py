@@ -143,7 +143,7 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         f" test bpd {manifest.metrics.get('test_bpd', float('nan')):.4f}",
         f"- calibration: {cal.get('method')} on {cal.get('n_holdout')} held-out training images "
         f"({cal.get('n_fit')} fit the densities, calibration sets {cal.get('n_calibration')}), dose density "
-        f"`{detector.dose_density}`, fitted {cal.get('fitted')}",
+        f"`{detector.dose_density}`, fitted {cal.get('fitted')} by `oodgate-calibrate {result.bundle.directory}`",
         f"- in-distribution: {result.in_set.description}, {result.in_set.n} images",
         f"- runtime: {cal.get('runtime')} on the exported graph, the service's own; code at commit `{_git_commit()}`;"
         f" {result.seconds:.0f} s; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
