@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a system tool the tests drive for real.
+
+    Missing on a developer's machine, the test is skipped with the install hint;
+    missing under CI (``CI=true``), it fails, because ``make test`` installs it
+    there and a skip would hide a broken install step.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found: install the Debian package {package} (make system-deps does, as root)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def make_tiny_flow(seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE, levels: int = 2):

@@ -8,7 +8,6 @@ that number. Every wait is bounded; both processes are stopped whatever happens.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import require_tool
 from tests.deploy.conftest import ROOT
 from tests.sidecar.servers import free_port, images, wait_for
 
@@ -56,9 +56,7 @@ def oodgate(tiny_models_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prometheus(oodgate, tmp_path_factory):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (make system-deps installs the Debian package)")
+    binary = require_tool("prometheus", "prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

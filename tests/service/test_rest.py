@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 import subprocess
 import zlib
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from service.artifact import bits_per_dim
 from service.complexity import complexity_bits
+from tests.conftest import require_tool
 
 from .serving import LiveServer, create_app, npy, png, random_images, reference_stats, settings, smooth_images
 
@@ -263,9 +263,7 @@ def test_metrics_count_and_pass_promtool(client):
         "oodgate_inference_duration_seconds_bucket",
     ):
         assert name in after
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian package prometheus) is not installed")
+    promtool = require_tool("promtool", "prometheus")
     checked = subprocess.run([promtool, "check", "metrics"], input=after.encode(), capture_output=True)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 
