@@ -31,11 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.artifact import ONNX_FILE, TORCHSCRIPT_FILE, file_entry, load_manifest, write_manifest
 from service.ood import BACKGROUND_ONNX_KEY, BACKGROUND_TORCHSCRIPT_KEY, CALIBRATION_KEY
-from training.architectures import MultiScaleFlow, build_flow
+from training.architectures import MultiScaleFlow
 from training.config import RunConfig
 from training.data import Slices
-from training.flows import all_actnorms_initialized
-from training.train import Trainer, load_checkpoint
+from training.train import Trainer, model_from_checkpoint
 
 BACKGROUND_ONNX_FILE = "background.onnx"
 BACKGROUND_TORCHSCRIPT_FILE = "background.pt"
@@ -82,13 +81,7 @@ class BackgroundTrainer(Trainer):
 
 
 def background_from_checkpoint(path: str | Path) -> tuple[MultiScaleFlow, BackgroundRunConfig, dict]:
-    checkpoint = load_checkpoint(path)
-    config = BackgroundRunConfig.model_validate(checkpoint["config"])
-    flow = build_flow(config.model, tuple(checkpoint["input_shape"]), seed=config.train.seed)
-    flow.load_state_dict(checkpoint["model"])
-    if not all_actnorms_initialized(flow):
-        raise SystemExit(f"{path}: ActNorm layers are not initialised; not a trained checkpoint")
-    return flow.eval(), config, checkpoint
+    return model_from_checkpoint(path, BackgroundRunConfig)
 
 
 def attach_background(

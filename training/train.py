@@ -83,9 +83,12 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[MultiScaleFlow, RunConfig, dict]:
+def model_from_checkpoint(
+    path: str | Path, config_type: type[RunConfig] = RunConfig
+) -> tuple[MultiScaleFlow, RunConfig, dict]:
+    """The trained flow (eval mode), its run config as ``config_type`` and the raw checkpoint."""
     checkpoint = load_checkpoint(path)
-    config = RunConfig.model_validate(checkpoint["config"])
+    config = config_type.model_validate(checkpoint["config"])
     model = build_flow(config.model, tuple(checkpoint["input_shape"]), seed=config.train.seed)
     model.load_state_dict(checkpoint["model"])
     if not all_actnorms_initialized(model):

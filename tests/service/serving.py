@@ -32,7 +32,11 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A real uvicorn server for ``app`` on 127.0.0.1 and a free port, in a background thread."""
+    """A real uvicorn server for ``app`` on 127.0.0.1 and a free port, in a background thread.
+
+    Use as a context manager, or ``start(health=...)`` / ``stop()`` for servers
+    that outlive one block (module fixtures) or answer health on another path.
+    """
 
     def __init__(self, app) -> None:
         self.app = app
@@ -44,29 +48,41 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def start(self, health: str = "/v2/health/ready", timeout: float = 120.0) -> LiveServer:
         self.thread.start()
-        wait_ready(self.url)
+        wait_for(f"{self.url}{health}", timeout)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.should_exit = True
+            self.thread.join(30)
         self.sock.close()
 
+    def __enter__(self) -> LiveServer:
+        return self.start()
 
-def wait_ready(url: str, timeout: float = 60.0, proc=None) -> None:
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_for(url: str, timeout: float = 120.0, proc=None) -> None:
+    """Poll ``url`` until it answers 200 (bounded); fail fast if ``proc`` died."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    raise TimeoutError(f"{url} never became ready")
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+
+
+def wait_ready(url: str, timeout: float = 60.0, proc=None) -> None:
+    wait_for(f"{url}/v2/health/ready", timeout, proc)
 
 
 def settings(models_root: Path, **overrides) -> Settings:

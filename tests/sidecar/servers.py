@@ -4,63 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
-import uvicorn
+
+# one loopback server helper for every test package; re-exported for the sidecar and deploy tests
+from tests.service.serving import LiveServer, free_port, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 DEFAULT_BUNDLE = ROOT / "models" / "fashion-glow" / "1"
 CLASSIFIER_APP = ROOT / "examples" / "classifier" / "app.py"
-
-
-class LiveServer:
-    """``app`` served by uvicorn on 127.0.0.1 and a free port in a daemon thread; ``stop()`` ends it."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self, health: str = "/v2/health/ready", timeout: float = 120.0) -> LiveServer:
-        self.thread.start()
-        wait_for(f"{self.url}{health}", timeout)
-        return self
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.should_exit = True
-            self.thread.join(30)
-        self.sock.close()
-
-
-def wait_for(url: str, timeout: float) -> None:
-    """Poll ``url`` until it answers 200 (bounded)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def classifier_app():
