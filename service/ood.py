@@ -238,7 +238,14 @@ class Detector:
             raise ValueError(f"stats lack {BACKGROUND_BPD!r}: run the bundle's background graph")
         return n
 
-    def _raw_score(self, name: str, stats: Mapping[str, np.ndarray], complexity: np.ndarray | None) -> np.ndarray:
+    def _raw_score(
+        self,
+        name: str,
+        stats: Mapping[str, np.ndarray],
+        complexity: np.ndarray | None,
+        known: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """One score's raw values; ``known`` holds scores already computed for these images."""
         bpd = np.asarray(stats["bpd"], dtype=np.float64)
         if name == "bpd":
             return bpd
@@ -254,7 +261,11 @@ class Detector:
                 out[finite] = -self.density.log_density(features[finite])
             return out
         if name == "combined":
-            parts = [tail_evidence(self.reference[p], self._raw_score(p, stats, complexity)) for p in COMBINED_PARTS]
+            known = known or {}
+            parts = [
+                tail_evidence(self.reference[p], known[p] if p in known else self._raw_score(p, stats, complexity))
+                for p in COMBINED_PARTS
+            ]
             return np.max(np.stack(parts), axis=0)
         if name == "likelihood_ratio":
             return bpd - np.asarray(stats[BACKGROUND_BPD], dtype=np.float64)
@@ -269,7 +280,10 @@ class Detector:
         """Every available score (or ``names``) per image; non-finite ones become ``+inf``."""
         names = tuple(self._check_score(n) for n in (names or self.score_names))
         self._check_inputs(stats, complexity, names)
-        return {name: _finite_or_inf(self._raw_score(name, stats, complexity)) for name in names}
+        raw: dict[str, np.ndarray] = {}
+        for name in names:  # in SCORE_NAMES order, so `combined` reuses `dose` and `complexity`
+            raw[name] = self._raw_score(name, stats, complexity, raw)
+        return {name: _finite_or_inf(raw[name]) for name in names}
 
     def p_value(
         self, stats: Mapping[str, np.ndarray], complexity: np.ndarray | None = None, score: str | None = None
