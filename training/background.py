@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -32,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.artifact import ONNX_FILE, TORCHSCRIPT_FILE, file_entry, load_manifest, write_manifest
 from service.ood import BACKGROUND_ONNX_KEY, BACKGROUND_TORCHSCRIPT_KEY, CALIBRATION_KEY
 from training.architectures import MultiScaleFlow
-from training.config import RunConfig
+from training.config import RunConfig, load_config
 from training.data import Slices
-from training.train import Trainer, model_from_checkpoint
+from training.train import Trainer, model_from_checkpoint, run_training
 
 BACKGROUND_ONNX_FILE = "background.onnx"
 BACKGROUND_TORCHSCRIPT_FILE = "background.pt"
@@ -115,42 +114,11 @@ def attach_background(
 
 
 def _train(args) -> int:
-    from training.data import DatasetError, split_training_set
-    from training.train import load_training_images
-
-    config = _load_background_config(args.config)
+    config = load_config(args.config, BackgroundRunConfig)
     if args.out_dir:
         config.out_dir = args.out_dir
-    try:
-        images = load_training_images(config)
-    except DatasetError as exc:
-        print(f"oodgate-background: {exc}", file=sys.stderr)
-        return 2
-    slices = split_training_set(images, config.data.slices)
-    resume = None
-    if args.resume:
-        resume = config.run_dir / "last.pt"
-        resume = resume if resume.exists() else None
-    trainer = BackgroundTrainer(config, slices, resume=resume)
-
-    def request_stop(signum, frame):
-        trainer.stop_requested = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    progress = trainer.fit(max_minutes=args.max_minutes)
-    print(f"background flow: stopped at step {progress.step}; best validation bpd {progress.best_val_bpd:.4f}")
-    return 0
-
-
-def _load_background_config(path: str) -> BackgroundRunConfig:
-    import tomllib
-
-    import yaml
-
-    text = Path(path).read_text()
-    raw = tomllib.loads(text) if path.endswith(".toml") else yaml.safe_load(text)
-    return BackgroundRunConfig.model_validate(raw or {})
+    resume = "auto" if args.resume else None
+    return run_training(BackgroundTrainer, config, resume, args.max_minutes, "oodgate-background")
 
 
 def _attach(args) -> int:

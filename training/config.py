@@ -57,13 +57,14 @@ class RunConfig(BaseModel):
         return Path(self.out_dir or f"runs/{self.name}")
 
 
-def load_config(path: str | Path) -> RunConfig:
+def load_config(path: str | Path, config_type: type[RunConfig] = RunConfig) -> RunConfig:
+    """Read a YAML or TOML run config as ``config_type``; a missing or invalid file exits with the reason."""
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"config not found: {path}")
     text = path.read_text()
     raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     try:
-        return RunConfig.model_validate(raw or {})
+        return config_type.model_validate(raw or {})
     except ValidationError as exc:
         raise SystemExit(f"invalid config {path}:\n{exc}") from exc

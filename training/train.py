@@ -314,22 +314,33 @@ def main(argv: list[str] | None = None) -> int:
         config.out_dir = args.out_dir
     if args.threads:
         config.train.threads = args.threads
+    return run_training(Trainer, config, args.resume, args.max_minutes, "oodgate-train")
+
+
+def run_training(
+    trainer_type: type[Trainer], config: RunConfig, resume_arg: str | None, max_minutes: float | None, prog: str
+) -> int:
+    """The shared CLI body of every trainer: data, resume, signals, fit, and exit codes.
+
+    ``resume_arg``: None (fresh), "auto" (``<run dir>/last.pt`` if there is one) or a path.
+    Exit codes: 0 done or stopped cleanly, 2 no data / nothing to resume, 3 diverged.
+    """
     try:
         images = load_training_images(config)
     except DatasetError as exc:
-        print(f"oodgate-train: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     slices = split_training_set(images, config.data.slices)
     resume = None
-    if args.resume:
-        resume = config.run_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
+    if resume_arg:
+        resume = config.run_dir / "last.pt" if resume_arg == "auto" else Path(resume_arg)
         if not resume.exists():
-            if args.resume != "auto":
-                print(f"oodgate-train: nothing to resume at {resume}", file=sys.stderr)
+            if resume_arg != "auto":
+                print(f"{prog}: nothing to resume at {resume}", file=sys.stderr)
                 return 2
             print(f"no checkpoint at {resume}; starting fresh", file=sys.stderr)
             resume = None
-    trainer = Trainer(config, slices, resume=resume)
+    trainer = trainer_type(config, slices, resume=resume)
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit
         trainer.stop_requested = True
@@ -342,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     try:
-        progress = trainer.fit(max_minutes=args.max_minutes)
+        progress = trainer.fit(max_minutes=max_minutes)
     except TrainingDiverged as exc:
-        print(f"oodgate-train: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 3
     print(f"stopped at step {progress.step}; best validation bpd {progress.best_val_bpd:.4f}", file=sys.stderr)
     return 0
