@@ -79,3 +79,24 @@ def test_tampered_bundle_is_rejected(tmp_path, tiny_models_root):
         handle.write(b"\0")
     with pytest.raises(ArtifactError, match="sha256"):
         load_manifest(bundle)
+
+
+def test_saturated_coupling_scale_exports_a_finite_log_det(tmp_path):
+    """Regression: the ONNX exporter turned ``logsigmoid`` into ``Log(Sigmoid(x))``, which is ``-inf``
+    in float32 once a coupling's scale saturates (a flipped FashionMNIST image did it to the default model)."""
+    from training.export import export_onnx, run_eager, run_onnx
+    from training.flows.coupling import Coupling
+
+    flow, _ = make_tiny_flow(seed=5)
+    coupling = next(m for m in flow.modules() if isinstance(m, Coupling) and not m.additive)
+    with torch.no_grad():  # the st-net's raw-scale half: sigmoid(-148) underflows float32
+        half = coupling.net.last.bias.shape[0] // 2
+        coupling.net.last.bias[half:] = -150.0
+    graph = prepare_for_export(flow)
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
+    export_onnx(graph, torch.from_numpy(images), tmp_path / "model.onnx")
+    eager = dict(zip(OUTPUT_NAMES, run_eager(graph, images), strict=True))
+    onnx = dict(zip(OUTPUT_NAMES, run_onnx(tmp_path / "model.onnx", images), strict=True))
+    assert np.all(np.isfinite(eager["log_det"])) and np.all(eager["log_det"] < -1e4)  # the scale did saturate
+    assert np.all(np.isfinite(onnx["log_det"]))
+    np.testing.assert_allclose(onnx["log_det"], eager["log_det"], rtol=1e-5)
