@@ -74,6 +74,7 @@ class BatchOutput:
 @dataclass(eq=False)
 class _Pending:
     images: np.ndarray
+    aux: dict[str, np.ndarray]
     deadline: float
     enqueued: float
     future: asyncio.Future
@@ -93,6 +94,11 @@ def _resolve(future: asyncio.Future, value: object, error: BaseException | None)
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future, object]]) -> None:
+    for future, value in answers:
+        _resolve(future, value, None)
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
@@ -120,8 +126,10 @@ class Batcher:
         max_queue_images: int = 1024,
         dynamic: bool = True,
         warmup: bool = True,
+        postprocess: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.name, self.version = name, version
+        self.postprocess = postprocess
         self._load_runtime = load_runtime
         self.input_shape = tuple(input_shape)
         self.max_batch_size = max_batch_size
@@ -187,8 +195,13 @@ class Batcher:
 
     # ---- the loop's side -------------------------------------------------------------------------
 
-    async def submit(self, images: np.ndarray, deadline: float) -> BatchOutput:
+    async def submit(
+        self, images: np.ndarray, deadline: float, aux: dict[str, np.ndarray] | None = None
+    ) -> BatchOutput:
         """Queue ``images`` (uint8 ``[N,C,H,W]``) and wait for their outputs until ``deadline`` (monotonic).
+
+        ``aux`` holds per-image arrays (e.g. PNG complexity) that travel with the images and reach
+        ``postprocess`` beside the graph's outputs for the same rows.
 
         While draining, work already admitted by the data plane is still taken (it was accepted before
         the drain began); only a stopped worker refuses.
@@ -201,6 +214,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         pending = _Pending(
             images=images,
+            aux=aux or {},
             deadline=deadline,
             enqueued=time.monotonic(),
             future=loop.create_future(),
@@ -307,28 +321,41 @@ class Batcher:
         if len(parts) == 1:
             pending, start, stop = parts[0]
             images = pending.images[start:stop]
+            aux = {key: value[start:stop] for key, value in pending.aux.items()}
         else:
             images = np.concatenate([p.images[a:b] for p, a, b in parts])
+            keys = set.intersection(*(set(p.aux) for p, _, _ in parts))
+            aux = {key: np.concatenate([p.aux[key][a:b] for p, a, b in parts]) for key in sorted(keys)}
         results: list[tuple[int, dict[str, np.ndarray]]] = []
         failures: dict[int, str] = {}
-        self._run_range(images, 0, len(images), results, failures)
+        self._run_range(images, aux, 0, len(images), results, failures)
         # Idle from here on: a request sent in reaction to these answers must find the worker idle, or it
         # would wait for company (and on a loaded machine this thread may be descheduled for a while).
         with self._cond:
             self._busy = bool(self._queue)
+        finished: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, BatchOutput]]] = {}
         offset = 0
         for pending, start, stop in parts:
             count = stop - start
-            self._scatter(pending, start, offset, count, results, failures)
+            result = self._scatter(pending, start, offset, count, results, failures)
+            if result is not None:
+                finished.setdefault(pending.loop, []).append((pending.future, result))
             offset += count
+        for loop, answers in finished.items():
+            try:  # one wake-up of the loop per batch, not one per request
+                loop.call_soon_threadsafe(_resolve_all, answers)
+            except RuntimeError:  # the loop closed under us (shutdown); nobody is waiting
+                pass
 
-    def _run_range(self, images, lo: int, hi: int, results: list, failures: dict[int, str]) -> None:
-        """Run ``images[lo:hi]``; on failure retry each half, down to single images."""
+    def _run_range(self, images, aux, lo: int, hi: int, results: list, failures: dict[int, str]) -> None:
+        """Run ``images[lo:hi]`` (and ``postprocess``); on failure retry each half, down to single images."""
         try:
             began = time.perf_counter()
             out = self.runtime.run(images[lo:hi])
             self._m_infer.observe(time.perf_counter() - began)
             self._m_batch.observe(hi - lo)
+            if self.postprocess is not None:
+                out = {**out, **self.postprocess(out, {key: value[lo:hi] for key, value in aux.items()})}
             for key, value in out.items():
                 if len(value) != hi - lo:
                     raise RuntimeError(f"output {key} has {len(value)} rows for {hi - lo} images")
@@ -347,11 +374,28 @@ class Batcher:
                 log.warning("%s/%s: image failed inference alone: %s", self.name, self.version, failures[lo])
                 return
             mid = (lo + hi) // 2
-            self._run_range(images, lo, mid, results, failures)
-            self._run_range(images, mid, hi, results, failures)
+            self._run_range(images, aux, lo, mid, results, failures)
+            self._run_range(images, aux, mid, hi, results, failures)
 
-    def _scatter(self, pending: _Pending, start: int, offset: int, count: int, results, failures) -> None:
-        """Copy this request's rows of the batch results into its output arrays."""
+    def _scatter(self, pending: _Pending, start: int, offset: int, count: int, results, failures) -> BatchOutput | None:
+        """Copy this request's rows of the batch results into its outputs; its answer once complete."""
+        total = len(pending.images)
+        if pending.outputs is None and count == total and len(results) == 1 and not failures:
+            # the common case, a whole request in one clean batch: views, no copies
+            out = results[0][1]
+            pending.outputs = {key: value[offset : offset + count] for key, value in out.items()}
+        else:
+            self._scatter_rows(pending, start, offset, count, results)
+        for index, reason in failures.items():
+            if offset <= index < offset + count:
+                pending.failures[start + index - offset] = reason
+        pending.remaining -= count
+        if pending.remaining == 0 and not pending.cancelled:
+            return BatchOutput(stats=pending.outputs or {}, failures=dict(sorted(pending.failures.items())))
+        return None
+
+    @staticmethod
+    def _scatter_rows(pending: _Pending, start: int, offset: int, count: int, results) -> None:
         for lo, out in results:
             n = len(next(iter(out.values())))
             a, b = max(lo, offset), min(lo + n, offset + count)
@@ -365,13 +409,3 @@ class Batcher:
                 }
             for key, value in out.items():
                 pending.outputs[key][start + a - offset : start + b - offset] = value[a - lo : b - lo]
-        for index, reason in failures.items():
-            if offset <= index < offset + count:
-                pending.failures[start + index - offset] = reason
-        pending.remaining -= count
-        if pending.remaining == 0 and not pending.cancelled:
-            result = BatchOutput(stats=pending.outputs or {}, failures=dict(sorted(pending.failures.items())))
-            try:
-                pending.loop.call_soon_threadsafe(_resolve, pending.future, result, None)
-            except RuntimeError:  # the loop closed under us (shutdown); nobody is waiting
-                pass

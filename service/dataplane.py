@@ -27,7 +27,8 @@ from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
 from .errors import ServiceError
 from .metrics import Metrics
-from .ood import Decision, UnknownScoreError
+from .ood import Decision
+from .postprocess import COMPLEXITY, p_value_key, score_key
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")
 LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")
-INLINE_DECIDE_IMAGES = 4
+# a tensor this small is checked (and PNG-sized) on the loop: cheaper than a trip to the pool
+INLINE_PREPARE_PIXELS = 8 * 28 * 28
 
 
 @dataclass
@@ -143,9 +145,11 @@ class DataPlane:
         if array.ndim in (3, 4):
             self.check_count(len(array))
         alpha, score = self.check_params(entry, params)
-        images, complexity = await self.blocking(
-            self._prepare, entry, tensor_to_images, array, entry.manifest.input, self.settings.resize
-        )
+        prepare = (self._prepare, entry, tensor_to_images, array, entry.manifest.input, self.settings.resize)
+        if array.size <= INLINE_PREPARE_PIXELS:
+            images, complexity = prepare[0](*prepare[1:])
+        else:
+            images, complexity = await self.blocking(*prepare)
         return await self._score(entry, images, complexity, alpha, score, self.deadline(received, params))
 
     @staticmethod
@@ -158,12 +162,12 @@ class DataPlane:
         self, entry: ModelEntry, images: np.ndarray, complexity, alpha: float, score: str, deadline: float
     ) -> Scored:
         # admitted already: a request accepted before a drain began runs to its end
-        detector = entry.detector
         if time.monotonic() >= deadline:
             raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         try:
-            out = await entry.batcher.submit(images, deadline)
+            aux = {} if complexity is None else {COMPLEXITY: complexity}
+            out = await entry.batcher.submit(images, deadline, aux)
         except QueueFull as exc:
             raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
         except Draining as exc:
@@ -172,29 +176,28 @@ class DataPlane:
             raise ServiceError(503, "not_ready", str(exc), headers=retry, reason="not_ready") from None
         except DeadlineExceeded as exc:
             raise ServiceError(504, "deadline_exceeded", str(exc)) from None
-        count = len(images)
-        ok = np.ones(count, dtype=bool)
-        ok[list(out.failures)] = False
-        decisions: list[Decision | None] = [None] * count
-        if ok.any():
-            if out.failures:
-                subset = {k: v[ok] for k, v in out.stats.items()}
-                args = (subset, None if complexity is None else complexity[ok], score, alpha)
-            else:  # the common case: no copies
-                args = (out.stats, complexity, score, alpha)
-            try:
-                # a few images take microseconds, less than a trip to the pool; more go off the loop
-                if len(images) <= INLINE_DECIDE_IMAGES:
-                    made = detector.decide(*args)
-                else:
-                    made = await self.blocking(detector.decide, *args)
-            except UnknownScoreError as exc:
-                raise ServiceError(422, "unknown_score", str(exc)) from None
-            for i, decision in zip(np.flatnonzero(ok), made, strict=True):
-                decisions[int(i)] = decision
+        decisions = self._decisions(entry, out, len(images), score, alpha)
         self._count(entry, decisions, score)
         self.drift.observe(entry, out.stats["bpd"], decisions)
         return Scored(entry, alpha, score, out.stats, decisions, out.failures)
+
+    @staticmethod
+    def _decisions(entry: ModelEntry, out, count: int, score: str, alpha: float) -> list[Decision | None]:
+        """Per-image verdicts from the scores and p-values the worker computed for the whole batch."""
+        if len(out.failures) == count:
+            return [None] * count
+        names = entry.detector.score_names
+        columns = [out.stats[score_key(name)].tolist() for name in names]
+        p_values = out.stats.get(p_value_key(score))
+        p_list = [None] * count if p_values is None else p_values.tolist()
+        decisions: list[Decision | None] = []
+        for i, row in enumerate(zip(*columns, strict=True)):
+            if i in out.failures:
+                decisions.append(None)
+                continue
+            p = p_list[i]
+            decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= alpha))
+        return decisions
 
     def _count(self, entry: ModelEntry, decisions: list[Decision | None], score: str) -> None:
         key = (entry.name, entry.version, score)

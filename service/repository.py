@@ -21,6 +21,7 @@ from .batcher import Batcher
 from .errors import ServiceError
 from .metrics import Metrics
 from .ood import Detector
+from .postprocess import make_postprocess
 from .runtimes import load_runtime
 from .settings import Settings
 
@@ -113,7 +114,7 @@ class ModelRepository:
                 manifest=manifest,
                 bundle_dir=bundle_dir,
                 detector=detector,
-                batcher=self._batcher(manifest, bundle_dir),
+                batcher=self._batcher(manifest, bundle_dir, detector),
             )
         missing = [m for m in self.settings.models if not any(self._match(m, key) for key in self.entries)]
         for m in missing:
@@ -129,7 +130,7 @@ class ModelRepository:
     def _match(wanted: str, key: tuple[str, str]) -> bool:
         return wanted in (key[0], f"{key[0]}/{key[1]}")
 
-    def _batcher(self, manifest: Manifest, bundle_dir: Path) -> Batcher:
+    def _batcher(self, manifest: Manifest, bundle_dir: Path, detector: Detector) -> Batcher:
         settings, metrics = self.settings, self.metrics
 
         def load():
@@ -148,6 +149,7 @@ class ModelRepository:
             max_queue_images=settings.max_queue_images,
             dynamic=settings.dynamic_batching,
             warmup=settings.warmup,
+            postprocess=make_postprocess(detector),
         )
 
     def start(self) -> None:

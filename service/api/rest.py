@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
+import math
 import time
 
 import numpy as np
@@ -127,10 +129,45 @@ def json_images(body: bytes) -> list[bytes]:
     return blobs
 
 
+NPY_MAGIC = b"\x93NUMPY"
+NPY_MAX_HEADER = 10000
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(prefix: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Parse a .npy header once: a client sending one shape sends the same header bytes every time.
+
+    ``numpy``'s own parser (``ast.literal_eval`` of the header) was a tenth of a one-image
+    request's CPU time; the result depends only on these bytes, so it is cached.
+    """
+    stream = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=NPY_MAX_HEADER)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=NPY_MAX_HEADER)
+    return dtype, shape, fortran, stream.tell()
+
+
 def npy_array(body: bytes) -> np.ndarray:
+    """A ``.npy`` body as an array (a read-only view of ``body``); pickled object arrays are refused."""
     try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - anything np.load rejects is a malformed body
+        if body[:6] != NPY_MAGIC or body[6] not in (1, 2, 3):
+            raise ValueError("no .npy magic string (\\x93NUMPY) with a known version")
+        size_bytes = 2 if body[6] == 1 else 4
+        header_len = int.from_bytes(body[8 : 8 + size_bytes], "little")
+        if header_len > NPY_MAX_HEADER:
+            raise ValueError(f"header of {header_len} bytes is too long")
+        dtype, shape, fortran, offset = _npy_header(bytes(body[: 8 + size_bytes + header_len]))
+        if dtype.hasobject:
+            raise ValueError("object arrays need pickle, which is refused")
+        count = math.prod(shape)
+        if len(body) - offset != count * dtype.itemsize:
+            raise ValueError(f"{len(body) - offset} data bytes for shape {shape} of {dtype} ({count * dtype.itemsize})")
+        return np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(
+            shape, order="F" if fortran else "C"
+        )
+    except Exception as exc:  # noqa: BLE001 - anything that is not a plain .npy array is a malformed body
         raise bad_request("bad_npy", f"the body is not a .npy array (pickled arrays are refused): {exc}") from None
 
 
