@@ -184,6 +184,9 @@ def test_bad_bodies_and_parameters(client):
     cases.append((client.post("/score", files=multipart([GOOD]), params={"alpha": "1.5"}), 422, "invalid_alpha"))
     cases.append((client.post("/score", files=multipart([GOOD]), params={"alpha": "abc"}), 422, "invalid_parameter"))
     cases.append((client.post("/score", files=multipart([GOOD]), params={"score": "dose"}), 422, "unknown_score"))
+    cases.append((client.post("/score", files=multipart([GOOD]), params={"levels": "maybe"}), 422, "invalid_parameter"))
+    cases.append((client.post("/score", files=multipart([GOOD]), params={"timeout_ms": "0"}), 422, "invalid_parameter"))
+    cases.append((client.post("/score", files=multipart([GOOD]), params={"timeout_ms": "x"}), 422, "invalid_parameter"))
     cases.append((client.post("/score", files={"other": ("a.png", GOOD, "image/png")}), 400, "no_images"))
     for response, status, code in cases:
         assert response.status_code == status, (code, response.text)
@@ -327,3 +330,17 @@ def test_truncated_or_padded_npy_is_a_clear_400():
         with pytest.raises(ServiceError) as caught:
             npy_array(broken)
         assert caught.value.status == 400 and caught.value.code == "bad_npy"
+
+
+def test_openapi_documents_the_score_query(client):
+    """The query is parsed by hand (cheaper per request), but the schema still lists every parameter."""
+    operation = client.get("/openapi.json").json()["paths"]["/score"]["post"]
+    names = {p["name"]: p["schema"]["type"] for p in operation["parameters"] if p["in"] == "query"}
+    assert names == {
+        "model": "string",
+        "version": "string",
+        "alpha": "number",
+        "score": "string",
+        "levels": "boolean",
+        "timeout_ms": "number",
+    }
