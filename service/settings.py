@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         2.0,
         ge=0,
-        description="Longest a queued image waits for a batch to fill once the worker is free. A lone request "
-        "reaching an idle worker never waits: it runs at once.",
+        description="Longest a queued image waits for a batch to fill once the worker is free, and only while "
+        "more images are expected within it at the recent arrival rate. A lone request reaching an idle worker "
+        "never waits: it runs at once.",
     )
     dynamic_batching: bool = Field(
         True, description="Merge images of concurrent requests into one batch; false runs each request on its own."

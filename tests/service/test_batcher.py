@@ -139,6 +139,36 @@ def test_images_queued_behind_a_busy_worker_wait_at_most_the_delay():
     batcher.stop(5)
 
 
+def test_a_free_worker_waits_for_company_only_when_some_is_expected():
+    """Company expected (recent gaps far below the delay): the worker waits and the next images join.
+    Nobody expected (gaps longer than the delay): the queued request runs at once, not after 5 s."""
+
+    async def scenario(gap_s: float, more: list[int] | None):
+        runtime = FakeRuntime()
+        batcher = make_batcher(runtime, max_batch_delay_s=5.0)
+        runtime.gate.clear()
+        first = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)
+        second = asyncio.create_task(batcher.submit(images_with_means([2]), later()))
+        await wait_for(lambda: batcher.queued_images == 1)
+        batcher._arrival_gap_s = gap_s  # the arrival history this case stands for
+        runtime.gate.set()
+        await first
+        tasks = [second]
+        if more is not None:
+            await asyncio.sleep(0.05)
+            tasks.append(asyncio.create_task(batcher.submit(images_with_means(more), later())))
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=2.5)
+        batcher.stop(5)
+        return runtime.batches, results
+
+    batches, results = asyncio.run(scenario(0.001, [3, 4, 5]))
+    assert batches == [1, 4]  # the second waited, and the next request filled its batch
+    assert [r.stats["bpd"].tolist() for r in results] == [[2], [3, 4, 5]]
+    batches, results = asyncio.run(scenario(10.0, None))
+    assert batches == [1, 1] and results[0].stats["bpd"].tolist() == [2]
+
+
 def test_a_full_queue_refuses_at_once():
     runtime = FakeRuntime()
     batcher = make_batcher(runtime, max_queue_images=4)
