@@ -82,7 +82,6 @@ class BatchOutput:
 @dataclass(eq=False)
 class _Pending:
     images: np.ndarray
-    aux: dict[str, np.ndarray]
     deadline: float
     enqueued: float
     future: asyncio.Future
@@ -134,7 +133,7 @@ class Batcher:
         max_queue_images: int = 1024,
         dynamic: bool = True,
         warmup: bool = True,
-        postprocess: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+        postprocess: Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.name, self.version = name, version
         self.postprocess = postprocess
@@ -205,13 +204,8 @@ class Batcher:
 
     # ---- the loop's side -------------------------------------------------------------------------
 
-    async def submit(
-        self, images: np.ndarray, deadline: float, aux: dict[str, np.ndarray] | None = None
-    ) -> BatchOutput:
+    async def submit(self, images: np.ndarray, deadline: float) -> BatchOutput:
         """Queue ``images`` (uint8 ``[N,C,H,W]``) and wait for their outputs until ``deadline`` (monotonic).
-
-        ``aux`` holds per-image arrays (e.g. PNG complexity) that travel with the images and reach
-        ``postprocess`` beside the graph's outputs for the same rows.
 
         While draining, work already admitted by the data plane is still taken (it was accepted before
         the drain began); only a stopped worker refuses.
@@ -224,7 +218,6 @@ class Batcher:
         loop = asyncio.get_running_loop()
         pending = _Pending(
             images=images,
-            aux=aux or {},
             deadline=deadline,
             enqueued=time.monotonic(),
             future=loop.create_future(),
@@ -342,14 +335,11 @@ class Batcher:
         if len(parts) == 1:
             pending, start, stop = parts[0]
             images = pending.images[start:stop]
-            aux = {key: value[start:stop] for key, value in pending.aux.items()}
         else:
             images = np.concatenate([p.images[a:b] for p, a, b in parts])
-            keys = set.intersection(*(set(p.aux) for p, _, _ in parts))
-            aux = {key: np.concatenate([p.aux[key][a:b] for p, a, b in parts]) for key in sorted(keys)}
         results: list[tuple[int, dict[str, np.ndarray]]] = []
         failures: dict[int, str] = {}
-        self._run_range(images, aux, 0, len(images), results, failures)
+        self._run_range(images, 0, len(images), results, failures)
         # Idle from here on: a request sent in reaction to these answers must find the worker idle, or it
         # would wait for company (and on a loaded machine this thread may be descheduled for a while).
         with self._cond:
@@ -368,7 +358,7 @@ class Batcher:
             except RuntimeError:  # the loop closed under us (shutdown); nobody is waiting
                 pass
 
-    def _run_range(self, images, aux, lo: int, hi: int, results: list, failures: dict[int, str]) -> None:
+    def _run_range(self, images, lo: int, hi: int, results: list, failures: dict[int, str]) -> None:
         """Run ``images[lo:hi]`` (and ``postprocess``); on failure retry each half, down to single images."""
         try:
             began = time.perf_counter()
@@ -376,7 +366,7 @@ class Batcher:
             self._m_infer.observe(time.perf_counter() - began)
             self._m_batch.observe(hi - lo)
             if self.postprocess is not None:
-                out = {**out, **self.postprocess(out, {key: value[lo:hi] for key, value in aux.items()})}
+                out = {**out, **self.postprocess(out, images[lo:hi])}
             for key, value in out.items():
                 if len(value) != hi - lo:
                     raise RuntimeError(f"output {key} has {len(value)} rows for {hi - lo} images")
@@ -395,8 +385,8 @@ class Batcher:
                 log.warning("%s/%s: image failed inference alone: %s", self.name, self.version, failures[lo])
                 return
             mid = (lo + hi) // 2
-            self._run_range(images, aux, lo, mid, results, failures)
-            self._run_range(images, aux, mid, hi, results, failures)
+            self._run_range(images, lo, mid, results, failures)
+            self._run_range(images, mid, hi, results, failures)
 
     def _scatter(self, pending: _Pending, start: int, offset: int, count: int, results, failures) -> BatchOutput | None:
         """Copy this request's rows of the batch results into its outputs; its answer once complete."""

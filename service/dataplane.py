@@ -2,11 +2,12 @@
 
 The REST and V2 layers only translate HTTP; this module holds the logic both
 share, so ``POST /score`` and ``POST /v2/models/{name}/infer`` cannot drift
-apart: pick the model, decode and check the pixels, compute PNG complexity when
-the model's scores need it, queue the images on the model's batcher under the
-request's deadline, then turn the graph's statistics into scores, p-values and
-flags with the model's :class:`service.ood.Detector`. CPU-bound steps (decode,
-complexity, decide) run in a small thread pool, never on the event loop.
+apart: pick the model, decode and check the pixels, queue the images on the
+model's batcher under the request's deadline (its worker runs the graph and
+:mod:`service.postprocess`: PNG complexity, every score and p-value, once per
+batch), then apply the request's score and ``alpha`` to get each image's flag.
+Decoding runs in a small thread pool, never on the event loop; only a tensor of
+a few images is checked on the loop, which is cheaper than the trip to the pool.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull
-from .complexity import complexity_bits
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
 from .errors import ServiceError
 from .metrics import Metrics
 from .ood import Decision
-from .postprocess import COMPLEXITY, p_value_key, score_key
+from .postprocess import p_value_key, score_key
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")
 LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")
-# a tensor this small is checked (and PNG-sized) on the loop: cheaper than a trip to the pool
+# a tensor this small is checked on the loop: cheaper than a trip to the pool
 INLINE_PREPARE_PIXELS = 8 * 28 * 28
 
 
@@ -135,39 +135,28 @@ class DataPlane:
         self.check_count(len(blobs))
         alpha, score = self.check_params(entry, params)
         s = self.settings
-        images, complexity = await self.blocking(
-            self._prepare, entry, decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize
-        )
-        return await self._score(entry, images, complexity, alpha, score, self.deadline(received, params))
+        images = await self.blocking(decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize)
+        return await self._score(entry, images, alpha, score, self.deadline(received, params))
 
     async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
         self.admit(entry)
         if array.ndim in (3, 4):
             self.check_count(len(array))
         alpha, score = self.check_params(entry, params)
-        prepare = (self._prepare, entry, tensor_to_images, array, entry.manifest.input, self.settings.resize)
-        if array.size <= INLINE_PREPARE_PIXELS:
-            images, complexity = prepare[0](*prepare[1:])
+        convert = (tensor_to_images, array, entry.manifest.input, self.settings.resize)
+        if array.size <= INLINE_PREPARE_PIXELS:  # checking a few pixels costs less than a trip to the pool
+            images = convert[0](*convert[1:])
         else:
-            images, complexity = await self.blocking(*prepare)
-        return await self._score(entry, images, complexity, alpha, score, self.deadline(received, params))
+            images = await self.blocking(*convert)
+        return await self._score(entry, images, alpha, score, self.deadline(received, params))
 
-    @staticmethod
-    def _prepare(entry: ModelEntry, convert, *args) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pixels and, when a score needs it, PNG complexity: one trip to the pool instead of two."""
-        images = convert(*args)
-        return images, complexity_bits(images) if entry.detector.needs_complexity else None
-
-    async def _score(
-        self, entry: ModelEntry, images: np.ndarray, complexity, alpha: float, score: str, deadline: float
-    ) -> Scored:
+    async def _score(self, entry: ModelEntry, images: np.ndarray, alpha: float, score: str, deadline: float) -> Scored:
         # admitted already: a request accepted before a drain began runs to its end
         if time.monotonic() >= deadline:
             raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         try:
-            aux = {} if complexity is None else {COMPLEXITY: complexity}
-            out = await entry.batcher.submit(images, deadline, aux)
+            out = await entry.batcher.submit(images, deadline)
         except QueueFull as exc:
             raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
         except Draining as exc:
