@@ -42,6 +42,10 @@ class ProductKDE:
         self.points = np.asarray(points, dtype=np.float64)
         self.bandwidth = np.asarray(bandwidth, dtype=np.float64)
 
+    @property
+    def dims(self) -> int:
+        return self.points.shape[1]
+
     @classmethod
     def fit(cls, x: np.ndarray) -> ProductKDE:
         x = np.asarray(x, dtype=np.float64)
@@ -77,6 +81,10 @@ class GaussianDensity:
         self.mean = np.asarray(mean, dtype=np.float64)
         self.precision_cholesky = np.asarray(precision_cholesky, dtype=np.float64)
         self.log_norm = float(log_norm)
+
+    @property
+    def dims(self) -> int:
+        return self.mean.shape[0]
 
     @classmethod
     def fit(cls, x: np.ndarray, ridge: float = 1e-6) -> GaussianDensity:
@@ -117,6 +125,10 @@ class GaussianMixture:
         self.weights = np.asarray(weights, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
         self.precision_cholesky = np.asarray(precision_cholesky, dtype=np.float64)
+
+    @property
+    def dims(self) -> int:
+        return self.means.shape[1]
 
     @staticmethod
     def _component_log_densities(z, means, precision_cholesky) -> np.ndarray:

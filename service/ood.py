@@ -13,16 +13,24 @@ Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
 ``bpd``               the naive baseline the papers show failing
 ``typicality``        ``|bpd - mean held-out bpd|`` (Nalisnick et al. 2019)
 ``complexity``        ``bpd - L(x)/D`` with ``L(x)`` in bits (Serrà et al. 2020)
+``orientation``       ``bpd - bpd(vertical flip)``: a flow trained on upright images
+                      prefers them to their flips, so an upside-down image scores
+                      high; only for calibrations made with the flipped pass
+                      (``orientation``), which costs a second flow pass per image
 ``dose``              ``-log`` density of the statistics vector (per-level log p(z),
-                      per-level log-det, ``L(x)/D``) under a density fitted on
+                      per-level log-det, ``L(x)/D``, and ``orientation`` when the
+                      calibration has it) under a density fitted on
                       held-out data (Morningstar et al. 2021): a Gaussian
                       mixture (default), one Gaussian, or the paper's
                       per-feature KDE
-``combined``          ``dose`` and ``complexity`` together: each turned into tail
-                      evidence ``-log p`` against its distribution on the fit part,
-                      the larger taken (``complexity`` sees MNIST-like images that
-                      are too complex for their likelihood, ``dose`` everything
-                      else); opt-in at fit time, calibrated like every score
+``combined``          several scores together (by default ``dose`` and
+                      ``complexity``; the parts are chosen at fit time and stored
+                      in the calibration): each turned into tail evidence
+                      ``-log p`` against its distribution on the fit part, the
+                      larger taken (``complexity`` sees MNIST-like images that are
+                      too complex for their likelihood, ``orientation`` upside-down
+                      ones, ``dose`` everything else); opt-in at fit time,
+                      calibrated like every score
 ``likelihood_ratio``  ``bpd - background bpd``, the background flow trained on
                       noise-perturbed data (Ren et al. 2019); only for bundles
                       that ship a background graph
@@ -35,7 +43,9 @@ calibrate on the whole slice. ``p = (1 + #{cal >= s}) / (n + 1)`` and
 
 The fitted state is plain float64 arrays in ``calibration.npz`` next to the
 manifest (listed in its ``files``, so its sha256 is checked on load) plus a small
-JSON summary in ``manifest.calibration``: nothing is ever pickled.
+JSON summary in ``manifest.calibration``: nothing is ever pickled. Format 2
+added ``orientation`` and ``combined.parts`` to the summary; a format-1
+calibration reads as orientation off and parts ``(dose, complexity)``.
 """
 
 from __future__ import annotations
@@ -55,16 +65,21 @@ from service.densities import DOSE_DENSITIES, density_from_arrays, fit_density
 CALIBRATION_FILE = "calibration.npz"
 CALIBRATION_KEY = "calibration"
 CALIBRATION_METHOD = "split-conformal"
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 BACKGROUND_ONNX_KEY = "background_onnx"
 BACKGROUND_TORCHSCRIPT_KEY = "background_torchscript"
 BACKGROUND_BPD = "background_bpd"
+VFLIP_BPD = "vflip_bpd"  # bpd of the image flipped vertically (runtime with orientation on)
 
-SCORE_NAMES = ("bpd", "typicality", "complexity", "dose", "combined", "likelihood_ratio")
+# in dependency order: `combined` comes after every score it may combine, so it reuses them
+SCORE_NAMES = ("bpd", "typicality", "complexity", "orientation", "dose", "combined", "likelihood_ratio")
 NEEDS_FIT = frozenset({"typicality", "dose", "combined"})
 NEEDS_COMPLEXITY = frozenset({"complexity", "dose", "combined"})
-COMBINED_PARTS = ("dose", "complexity")
+COMBINED_PARTS = ("dose", "complexity")  # the default, and what every format-1 calibration used
+ORIENTATION_COMBINED_PARTS = ("dose", "orientation")  # the default when the calibration has orientation
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
+NEEDS_ORIENTATION = frozenset({"orientation"})
 DEFAULT_ALPHA = 0.05
 DEFAULT_FIT_FRACTION = 0.4
 
@@ -101,20 +116,30 @@ def check_alpha(alpha: float) -> float:
 # --------------------------------------------------------------------------- statistics
 
 
-def dose_features(stats: Mapping[str, np.ndarray], complexity: np.ndarray, dims: int) -> np.ndarray:
-    """The DoSE statistics vector per image: per-level log p(z) and log-det (per dim), then L(x)/D."""
+def orientation_score(stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``bpd(x) - bpd(vflip(x))``: positive when the flow prefers the image upside down."""
+    return np.asarray(stats["bpd"], dtype=np.float64) - np.asarray(stats[VFLIP_BPD], dtype=np.float64)
+
+
+def dose_features(
+    stats: Mapping[str, np.ndarray], complexity: np.ndarray, dims: int, orientation: bool = False
+) -> np.ndarray:
+    """The DoSE statistics vector per image: per-level log p(z) and log-det (per dim), then L(x)/D,
+    then (``orientation``) ``bpd - bpd(vflip)``."""
     log_pz_levels = np.asarray(stats["log_pz_levels"], dtype=np.float64).reshape(len(complexity), -1)
     log_det_levels = np.asarray(stats["log_det_levels"], dtype=np.float64).reshape(len(complexity), -1)
-    return np.concatenate(
-        [log_pz_levels / dims, log_det_levels / dims, (np.asarray(complexity, np.float64) / dims)[:, None]], axis=1
-    )
+    columns = [log_pz_levels / dims, log_det_levels / dims, (np.asarray(complexity, np.float64) / dims)[:, None]]
+    if orientation:
+        columns.append(orientation_score(stats)[:, None])
+    return np.concatenate(columns, axis=1)
 
 
-def dose_feature_names(levels: int) -> list[str]:
+def dose_feature_names(levels: int, orientation: bool = False) -> list[str]:
     return (
         [f"log_pz_level{i + 1}/D" for i in range(levels)]
         + [f"log_det_level{i + 1}/D" for i in range(levels)]
         + ["L(x)/D"]
+        + (["bpd-bpd(vflip)"] if orientation else [])
     )
 
 
@@ -158,7 +183,8 @@ class Detector:
     ``p_value`` and ``predict(alpha)`` on new ones. ``decide`` is the service's
     per-image form of ``predict``. ``stats`` is always the graph's outputs by
     name (batch-first arrays), plus ``"background_bpd"`` for bundles with a
-    background graph; ``complexity`` is :func:`service.complexity.complexity_bits`.
+    background graph and ``"vflip_bpd"`` when ``orientation`` is on (the
+    runtime's flipped pass); ``complexity`` is :func:`service.complexity.complexity_bits`.
     """
 
     def __init__(
@@ -167,6 +193,7 @@ class Detector:
         levels: int,
         *,
         background: bool = False,
+        orientation: bool = False,
         dose_density: str = "gmm",
         default_score: str | None = None,
         default_alpha: float = DEFAULT_ALPHA,
@@ -176,12 +203,14 @@ class Detector:
         self.dims = int(dims)
         self.levels = int(levels)
         self.background = bool(background)
+        self.orientation = bool(orientation)
         self.dose_density = dose_density
         self.default_alpha = check_alpha(default_alpha)
         self._default_score = default_score
         self.mean_bpd: float | None = None
         self.density = None
         self.calibration: dict[str, np.ndarray] = {}  # score name -> sorted calibration scores
+        self.combined_parts: tuple[str, ...] = ()  # the scores `combined` takes the larger tail evidence of
         self.reference: dict[str, np.ndarray] = {}  # combined's parts -> sorted fit-part scores
         self.info: dict[str, Any] = {}
 
@@ -194,7 +223,13 @@ class Detector:
     def score_names(self) -> tuple[str, ...]:
         if self.fitted:
             return tuple(name for name in SCORE_NAMES if name in self.calibration)
-        return tuple(n for n in SCORE_NAMES if n not in NEEDS_FIT and (self.background or n not in NEEDS_BACKGROUND))
+        return tuple(n for n in SCORE_NAMES if n not in NEEDS_FIT and self._has_inputs_for(n))
+
+    def _has_inputs_for(self, name: str) -> bool:
+        """Whether this bundle's runtime gives what ``name`` needs (a background graph, the flipped pass)."""
+        if name in NEEDS_BACKGROUND and not self.background:
+            return False
+        return self.orientation or name not in NEEDS_ORIENTATION
 
     @property
     def default_score(self) -> str:
@@ -215,11 +250,17 @@ class Detector:
     def needs_background(self) -> bool:
         return self.background
 
+    @property
+    def needs_orientation(self) -> bool:
+        return self.orientation
+
     def _check_score(self, name: str) -> str:
         if name in self.score_names:
             return name
-        if name in NEEDS_BACKGROUND and name in SCORE_NAMES:
+        if name in NEEDS_BACKGROUND and name in SCORE_NAMES and not self.background:
             why = "this model has no background flow"
+        elif name in NEEDS_ORIENTATION and not self.orientation:
+            why = "this model's calibration does not score flipped images (oodgate-calibrate --orientation)"
         elif name in NEEDS_FIT and name in SCORE_NAMES:
             why = "this model's calibration has no such score" if self.fitted else "this model carries no calibration"
         else:
@@ -236,6 +277,11 @@ class Detector:
                 raise ValueError(f"{len(complexity)} complexity values for {n} images")
         if any(name in NEEDS_BACKGROUND for name in names) and BACKGROUND_BPD not in stats:
             raise ValueError(f"stats lack {BACKGROUND_BPD!r}: run the bundle's background graph")
+        uses_flip = any(name in NEEDS_ORIENTATION for name in names) or (
+            self.orientation and any(name in ("dose", "combined") for name in names)
+        )
+        if uses_flip and VFLIP_BPD not in stats:
+            raise ValueError(f"stats lack {VFLIP_BPD!r}: run the bundle's runtime with orientation on")
         return n
 
     def _raw_score(
@@ -253,8 +299,10 @@ class Detector:
             return np.abs(bpd - self.mean_bpd)
         if name == "complexity":
             return bpd - np.asarray(complexity, dtype=np.float64) / self.dims
+        if name == "orientation":
+            return orientation_score(stats)
         if name == "dose":
-            features = dose_features(stats, complexity, self.dims)
+            features = dose_features(stats, complexity, self.dims, self.orientation)
             finite = np.all(np.isfinite(features), axis=1)
             out = np.full(len(features), np.inf)
             if finite.any():
@@ -264,7 +312,7 @@ class Detector:
             known = known or {}
             parts = [
                 tail_evidence(self.reference[p], known[p] if p in known else self._raw_score(p, stats, complexity))
-                for p in COMBINED_PARTS
+                for p in self.combined_parts
             ]
             return np.max(np.stack(parts), axis=0)
         if name == "likelihood_ratio":
@@ -281,7 +329,7 @@ class Detector:
         names = tuple(self._check_score(n) for n in (names or self.score_names))
         self._check_inputs(stats, complexity, names)
         raw: dict[str, np.ndarray] = {}
-        for name in names:  # in SCORE_NAMES order, so `combined` reuses `dose` and `complexity`
+        for name in names:  # in SCORE_NAMES order, so `combined` reuses its parts
             raw[name] = self._raw_score(name, stats, complexity, raw)
         return {name: _finite_or_inf(raw[name]) for name in names}
 
@@ -337,21 +385,26 @@ class Detector:
         fit_fraction: float = DEFAULT_FIT_FRACTION,
         seed: int = 0,
         combined: bool = False,
+        combined_parts: tuple[str, ...] | list[str] | None = None,
     ) -> Detector:
         """Fit on held-out in-distribution images (never trained on, never the test split).
 
         A seeded permutation cuts the images into a fit part (``fit_fraction``)
         and a calibration part; scores that need no fit calibrate on all of them.
-        ``combined`` adds the ``combined`` score (its references come from the fit part).
+        ``combined`` adds the ``combined`` score (its references come from the fit part)
+        over ``combined_parts`` (default ``dose, complexity``, or ``dose, orientation``
+        when ``orientation`` is on).
         """
-        n = self._check_inputs(stats, complexity, ("complexity",) + (("likelihood_ratio",) if self.background else ()))
+        needed = ("complexity",) + (("likelihood_ratio",) if self.background else ())
+        n = self._check_inputs(stats, complexity, needed + (("orientation",) if self.orientation else ()))
         if not 0.0 < fit_fraction < 1.0:
             raise ValueError(f"fit_fraction must lie in (0, 1), got {fit_fraction}")
         n_fit = int(round(n * fit_fraction))
         if n_fit < 10 or n - n_fit < 10:
             raise CalibrationError(f"{n} held-out images are too few to fit on {n_fit} and calibrate on {n - n_fit}")
+        parts = self._combined_parts(combined_parts) if combined else ()
         bpd = np.asarray(stats["bpd"], dtype=np.float64)
-        features = dose_features(stats, complexity, self.dims)
+        features = dose_features(stats, complexity, self.dims, self.orientation)
         if not (np.all(np.isfinite(bpd)) and np.all(np.isfinite(features))):
             raise CalibrationError("held-out statistics contain non-finite values; the model cannot be calibrated")
         order = np.random.default_rng(seed).permutation(n)
@@ -361,12 +414,12 @@ class Detector:
         self.density = fit_density(self.dose_density, features[fit_idx])
         fit_stats = {key: np.asarray(value)[fit_idx] for key, value in stats.items()}
         self.reference = {}
-        if combined:
-            for part in COMBINED_PARTS:
-                self.reference[part] = np.sort(_finite_or_inf(self._raw_score(part, fit_stats, complexity[fit_idx])))
+        self.combined_parts = parts
+        for part in parts:
+            self.reference[part] = np.sort(_finite_or_inf(self._raw_score(part, fit_stats, complexity[fit_idx])))
         self.calibration = {}
         for name in SCORE_NAMES:
-            if name in NEEDS_BACKGROUND and not self.background:
+            if not self._has_inputs_for(name):
                 continue
             if name == "combined" and not combined:
                 continue
@@ -382,7 +435,24 @@ class Detector:
             "holdout_bpd_std": float(bpd.std()),
             "holdout_complexity_bpd_mean": float(np.mean(complexity) / self.dims),
         }
+        if self.orientation:
+            d = orientation_score(stats)
+            self.info["holdout_orientation_mean"] = float(d.mean())
+            self.info["holdout_orientation_std"] = float(d.std())
         return self
+
+    def _combined_parts(self, parts: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+        if parts is None:
+            return ORIENTATION_COMBINED_PARTS if self.orientation else COMBINED_PARTS
+        parts = tuple(dict.fromkeys(parts))
+        for part in parts:
+            if part == "combined" or part not in SCORE_NAMES:
+                raise ValueError(f"combined cannot combine {part!r}; choose among {list(SCORE_NAMES[:-2])}")
+            if not self._has_inputs_for(part):
+                raise ValueError(f"combined cannot use {part!r}: this model's runtime does not give its inputs")
+        if len(parts) < 2:
+            raise ValueError(f"combined needs at least two parts, got {list(parts)}")
+        return parts
 
     # -- persistence ----------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -401,9 +471,11 @@ class Detector:
             "default_score": self.default_score,
             "default_alpha": self.default_alpha,
             "background": self.background,
+            "orientation": self.orientation,
             "n_calibration": {name: int(len(values)) for name, values in self.calibration.items()},
             "typicality": {"mean_bpd": self.mean_bpd},
-            "dose": {"density": self.dose_density, "features": dose_feature_names(self.levels)},
+            "dose": {"density": self.dose_density, "features": dose_feature_names(self.levels, self.orientation)},
+            **({"combined": {"parts": list(self.combined_parts)}} if self.combined_parts else {}),
             **self.info,
         }
         return summary, {key: np.asarray(value, dtype=np.float64) for key, value in arrays.items()}
@@ -412,15 +484,16 @@ class Detector:
     def from_state(
         cls, dims: int, levels: int, summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
     ) -> Detector:
-        if summary.get("method") != CALIBRATION_METHOD or summary.get("format") != CALIBRATION_FORMAT:
+        if summary.get("method") != CALIBRATION_METHOD or summary.get("format") not in READABLE_FORMATS:
             raise ArtifactError(
                 f"calibration is {summary.get('method')!r} format {summary.get('format')!r}; this oodgate reads "
-                f"{CALIBRATION_METHOD!r} format {CALIBRATION_FORMAT}"
+                f"{CALIBRATION_METHOD!r} formats {list(READABLE_FORMATS)}"
             )
         detector = cls(
             dims,
             levels,
             background=bool(summary.get("background", False)),
+            orientation=bool(summary.get("orientation", False)),
             dose_density=summary["dose"]["density"],
             default_score=summary.get("default_score"),
             default_alpha=summary.get("default_alpha", DEFAULT_ALPHA),
@@ -432,8 +505,13 @@ class Detector:
         )
         detector.calibration = {k[len("cal__") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("cal__")}
         detector.reference = {k[len("ref__") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("ref__")}
-        if "combined" in detector.calibration and set(detector.reference) != set(COMBINED_PARTS):
-            raise ArtifactError("calibration has the combined score but not its references")
+        if "combined" in detector.calibration:
+            detector.combined_parts = tuple(summary.get("combined", {}).get("parts", COMBINED_PARTS))
+            if set(detector.reference) != set(detector.combined_parts):
+                raise ArtifactError("calibration has the combined score but not its references")
+        expected = len(dose_feature_names(levels, detector.orientation))
+        if detector.density.dims != expected:
+            raise ArtifactError(f"the dose density has {detector.density.dims} features, this calibration {expected}")
         missing = {name for name in summary.get("scores", []) if name not in detector.calibration}
         if missing:
             raise ArtifactError(f"calibration file lacks calibration scores for {sorted(missing)}")
@@ -486,9 +564,12 @@ class Detector:
             "default_score": self.default_score,
             "default_alpha": self.default_alpha,
             "background": self.background,
+            "orientation": self.orientation,
         }
         if self.fitted:
             summary["method"] = CALIBRATION_METHOD
+            if self.combined_parts:
+                summary["combined_parts"] = list(self.combined_parts)
             summary["n_calibration"] = {name: int(len(v)) for name, v in self.calibration.items()}
             summary["dose_density"] = self.dose_density
             summary.update({k: v for k, v in self.info.items() if k in ("fitted", "n_holdout", "n_fit")})

@@ -5,7 +5,11 @@ GPU is there) and TorchScript (CUDA or CPU). Both take ``images: uint8[B,C,H,W]`
 and return :data:`service.artifact.OUTPUT_NAMES` as float32 numpy arrays; when
 the manifest lists a background graph (``background_onnx`` /
 ``background_torchscript``, the likelihood-ratio score's second flow) its
-``bpd`` is added as ``background_bpd``. ``auto`` times every backend that can
+``bpd`` is added as ``background_bpd``. With ``orientation`` on (a calibration
+that uses the ``orientation`` score, see :mod:`service.ood`) the main graph runs
+once on the batch and its vertical flip together (2N images, one graph call)
+and the flipped images' ``bpd`` is added as ``vflip_bpd``: every image then
+costs two flow passes. ``auto`` times every backend that can
 run here on a real batch and keeps the fastest: which one wins depends on the
 model and the machine, so we measure instead of guessing.
 
@@ -26,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from .artifact import INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, TORCHSCRIPT_FILE, Manifest
+from .ood import BACKGROUND_BPD, VFLIP_BPD
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +128,29 @@ GRAPHS = {"onnx": OnnxGraph, "torchscript": TorchScriptGraph}
 
 @dataclass
 class FlowRuntime:
-    """The model graph plus, when the bundle has one, the background graph."""
+    """The model graph plus, when the bundle has one, the background graph.
+
+    ``orientation``: also score each image flipped vertically (``vflip_bpd``), in
+    the same graph call as the images themselves.
+    """
 
     backend: str
     device: str
     main: object
     background: object | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    orientation: bool = False
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        stats = self.main(images)
+        if self.orientation:
+            n = len(images)
+            both = self.main(np.concatenate([images, vflip(images)]))
+            stats = {name: value[:n] for name, value in both.items()}
+            stats[VFLIP_BPD] = both["bpd"][n:]
+        else:
+            stats = self.main(images)
         if self.background is not None:
-            stats["background_bpd"] = self.background(images)["bpd"]
+            stats[BACKGROUND_BPD] = self.background(images)["bpd"]
         return stats
 
     def release_memory(self) -> None:
@@ -145,6 +161,16 @@ class FlowRuntime:
 
     def close(self) -> None:
         self.main = self.background = None
+
+
+def vflip(images: np.ndarray) -> np.ndarray:
+    """``uint8[N,C,H,W]`` upside down (the H axis reversed)."""
+    return images[:, :, ::-1, :]
+
+
+def manifest_orientation(manifest: Manifest) -> bool:
+    """Whether the bundle's calibration uses the flipped-image pass."""
+    return bool((manifest.calibration or {}).get("orientation", False))
 
 
 def bundle_file(manifest: Manifest, bundle_dir: Path, key: str, default: str | None) -> Path | None:
@@ -165,8 +191,19 @@ def resolve_device(backend: str, device: str) -> str:
     return "cuda" if has_cuda else "cpu"
 
 
-def build_runtime(manifest: Manifest, bundle_dir: Path, backend: str, device: str, threads: int = 0) -> FlowRuntime:
-    """One backend on one device ('auto' device: CUDA when that backend can use it)."""
+def build_runtime(
+    manifest: Manifest,
+    bundle_dir: Path,
+    backend: str,
+    device: str,
+    threads: int = 0,
+    orientation: bool | None = None,
+) -> FlowRuntime:
+    """One backend on one device ('auto' device: CUDA when that backend can use it).
+
+    ``orientation`` ``None``: as the bundle's calibration says; ``True``/``False``
+    override it (calibration decides it before the manifest records it).
+    """
     main_path = bundle_file(manifest, bundle_dir, MAIN_KEYS[backend], DEFAULT_FILES[backend])
     if main_path is None or not main_path.exists():
         raise RuntimeUnavailable(f"{bundle_dir} has no {backend} graph")
@@ -179,7 +216,11 @@ def build_runtime(manifest: Manifest, bundle_dir: Path, backend: str, device: st
     if bg_path is not None:
         background = graph_cls(bg_path, resolved, threads)
     return FlowRuntime(
-        backend=backend, device=resolved, main=graph_cls(main_path, resolved, threads), background=background
+        backend=backend,
+        device=resolved,
+        main=graph_cls(main_path, resolved, threads),
+        background=background,
+        orientation=manifest_orientation(manifest) if orientation is None else bool(orientation),
     )
 
 
@@ -204,15 +245,16 @@ def load_runtime(
     device: str = "auto",
     threads: int = 0,
     probe_batch: int = 8,
+    orientation: bool | None = None,
 ) -> FlowRuntime:
     """Build the requested backend; for ``auto`` build every one that works and keep the fastest."""
     if backend != "auto":
-        return build_runtime(manifest, bundle_dir, backend, device, threads)
+        return build_runtime(manifest, bundle_dir, backend, device, threads, orientation)
     candidates: list[FlowRuntime] = []
     errors = []
     for name in ("onnx", "torchscript"):
         try:
-            candidates.append(build_runtime(manifest, bundle_dir, name, device, threads))
+            candidates.append(build_runtime(manifest, bundle_dir, name, device, threads, orientation))
         except Exception as exc:  # noqa: BLE001 - a backend that cannot load simply does not compete
             errors.append(f"{name}: {exc}")
     if not candidates:

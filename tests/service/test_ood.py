@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from service.artifact import load_manifest
+from service.artifact import ArtifactError, load_manifest
 from service.ood import (
     BACKGROUND_BPD,
     CALIBRATION_FILE,
+    COMBINED_PARTS,
+    VFLIP_BPD,
     CalibrationError,
     Decision,
     Detector,
@@ -34,12 +36,14 @@ def make_stats(
     gap: float = -0.8,
     det_shift: float = 0.0,
     background_gap: float = 0.1,
+    flip_gap: float = -0.17,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Flow-like statistics: bpd tracks L(x)/D (the papers' finding) and log p(x) splits into levels.
 
     ``gap`` is bpd - L(x)/D; ``det_shift`` moves nats per dim from log p(z) into
     log-det without changing log p(x) (only DoSE can see it); ``background_gap``
-    is bpd - background bpd.
+    is bpd - background bpd; ``flip_gap`` is bpd - bpd(vertical flip) (upright images: negative,
+    the flow prefers them to their flips).
     """
     complexity = (complexity_bpd + complexity_spread * rng.standard_normal(n)) * D
     bpd = complexity / D + gap + 0.05 * rng.standard_normal(n)
@@ -55,6 +59,7 @@ def make_stats(
         "log_pz_levels": np.stack([share * log_pz, (1 - share) * log_pz], 1).astype(np.float32),
         "log_det_levels": np.stack([0.7 * log_det, 0.3 * log_det], 1).astype(np.float32),
         BACKGROUND_BPD: (bpd - background_gap - 0.02 * rng.standard_normal(n)).astype(np.float32),
+        VFLIP_BPD: (bpd - flip_gap - 0.1 * rng.standard_normal(n)).astype(np.float32),
     }
     return stats, complexity
 
@@ -258,3 +263,86 @@ def test_uncalibrated_bundle_loads_without_flags(tiny_models_root):
     bundle = tiny_models_root / "tiny" / "1"
     detector = Detector.from_bundle(load_manifest(bundle), bundle)
     assert not detector.fitted and detector.calibration_summary()["calibrated"] is False
+
+
+def test_orientation_catches_flipped_images_that_every_other_score_misses():
+    """Upside-down images: same likelihood, same complexity, but the flow prefers their flip."""
+    rng = np.random.default_rng(13)
+    stats, complexity = make_stats(2000, rng)
+    detector = Detector(D, 2, orientation=True, dose_density="gaussian").fit(stats, complexity, seed=1, combined=True)
+    assert detector.combined_parts == ("dose", "orientation")
+    assert detector.score_names == ("bpd", "typicality", "complexity", "orientation", "dose", "combined")
+    s_in, c_in = make_stats(1000, rng)
+    s_out, c_out = make_stats(1000, rng, flip_gap=+0.17)  # the mirror image of the in-distribution gap
+    a, b = detector.score(s_in, c_in), detector.score(s_out, c_out)
+    np.testing.assert_allclose(a["orientation"], s_in["bpd"].astype(np.float64) - s_in[VFLIP_BPD], rtol=1e-12)
+    result = {name: auroc(a[name], b[name]) for name in a}
+    for blind in ("bpd", "typicality", "complexity"):
+        assert 0.4 < result[blind] < 0.6, (blind, result[blind])
+    assert result["orientation"] > 0.98 and result["combined"] > 0.95 and result["dose"] > 0.9
+    flagged = detector.predict(s_out, c_out, alpha=0.05, score="orientation")["is_ood"].mean()
+    realized = detector.predict(s_in, c_in, alpha=0.05, score="orientation")["is_ood"].mean()
+    assert flagged > 0.9 and realized < 0.08
+
+
+def test_orientation_needs_the_flag_and_the_flipped_pass():
+    rng = np.random.default_rng(14)
+    stats, complexity = make_stats(300, rng)
+    plain = Detector(D, 2).fit(stats, complexity, seed=0, combined=True)
+    assert "orientation" not in plain.score_names and plain.combined_parts == COMBINED_PARTS
+    assert plain.density.dims == 5  # the flipped bpd in the stats does not sneak into dose
+    with pytest.raises(UnknownScoreError, match="orientation"):
+        plain.decide(stats, complexity, "orientation", 0.05)
+    with pytest.raises(ValueError, match="cannot use 'orientation'"):
+        Detector(D, 2).fit(stats, complexity, combined=True, combined_parts=("dose", "orientation"))
+    oriented = Detector(D, 2, orientation=True).fit(stats, complexity, seed=0, combined=True)
+    assert oriented.density.dims == 6
+    no_flip = {k: v for k, v in stats.items() if k != VFLIP_BPD}
+    with pytest.raises(ValueError, match=VFLIP_BPD):
+        oriented.decide(no_flip, complexity, None, 0.05)
+    with pytest.raises(ValueError, match=VFLIP_BPD):
+        Detector(D, 2, orientation=True).fit(no_flip, complexity)
+    assert Detector(D, 2, orientation=True).score_names == ("bpd", "complexity", "orientation")  # no fit needed
+
+
+def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_models_root):
+    bundle = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
+    rng = np.random.default_rng(15)
+    stats, complexity = make_stats(400, rng)
+    stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
+    parts = ("dose", "complexity", "orientation")
+    detector = Detector(D, 2, orientation=True, dose_density="gmm")
+    detector.fit(stats, complexity, seed=2, combined=True, combined_parts=parts)
+    detector.save(bundle, load_manifest(bundle))
+
+    manifest = load_manifest(bundle)
+    assert manifest.calibration["orientation"] is True and manifest.calibration["format"] == 2
+    assert manifest.calibration["combined"] == {"parts": list(parts)}
+    assert manifest.calibration["dose"]["features"][-1] == "bpd-bpd(vflip)"
+    assert "holdout_orientation_mean" in manifest.calibration
+    loaded = Detector.from_bundle(manifest, bundle)
+    assert loaded.orientation and loaded.combined_parts == parts and loaded.needs_orientation
+    new, new_complexity = make_stats(50, rng, flip_gap=0.1)
+    for name in detector.score_names:
+        np.testing.assert_array_equal(
+            detector.p_value(new, new_complexity, name), loaded.p_value(new, new_complexity, name)
+        )
+    summary = loaded.calibration_summary()
+    assert summary["orientation"] is True and summary["combined_parts"] == list(parts)
+    json.dumps(summary)
+
+
+def test_a_format_1_calibration_still_loads_as_dose_and_complexity():
+    rng = np.random.default_rng(16)
+    stats, complexity = make_stats(300, rng)
+    summary, arrays = Detector(D, 2).fit(stats, complexity, seed=0, combined=True).state()
+    for key in ("orientation", "combined"):
+        del summary[key]
+    summary["format"] = 1
+    loaded = Detector.from_state(D, 2, summary, arrays)
+    assert not loaded.orientation and loaded.combined_parts == COMBINED_PARTS
+    assert "combined" in loaded.score_names
+    summary["format"] = 3
+    with pytest.raises(ArtifactError, match="format 3"):
+        Detector.from_state(D, 2, summary, arrays)

@@ -143,3 +143,29 @@ def test_repository_filters_skips_broken_bundles_and_needs_a_default(tmp_path, t
 
     with pytest.raises(ArtifactError):
         ModelRepository(settings(tmp_path, models=["zzz"]), Metrics(process=False)).load()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
+def test_orientation_runtime_adds_the_flipped_bpd_in_one_graph_call(tiny_models_root, backend):
+    manifest, bundle = tiny(tiny_models_root)
+    images = random_images(4, seed=34)
+    flipped = np.ascontiguousarray(images[:, :, ::-1, :])
+    plain = load_runtime(manifest, bundle, backend, "cpu")
+    assert not plain.orientation and "vflip_bpd" not in plain.run(images)
+    runtime = load_runtime(manifest, bundle, backend, "cpu", orientation=True)
+    calls = []
+    graph = runtime.main
+    runtime.main = lambda batch: calls.append(len(batch)) or graph(batch)
+    stats = runtime.run(images)
+    assert calls == [8]  # the images and their flips go through the graph together
+    expected, on_flipped = plain.run(images), plain.run(flipped)
+    assert set(stats) == set(expected) | {"vflip_bpd"}
+    for name, value in expected.items():
+        assert value.shape == stats[name].shape
+        np.testing.assert_allclose(stats[name], value, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(stats["vflip_bpd"], on_flipped["bpd"], rtol=1e-5, atol=1e-4)
+
+    # the bundle's calibration decides when nobody overrides it, as in the service
+    oriented = manifest.model_copy(update={"calibration": {"orientation": True}})
+    assert load_runtime(oriented, bundle, backend, "cpu").orientation
+    assert not load_runtime(oriented, bundle, backend, "cpu", orientation=False).orientation
