@@ -7,6 +7,11 @@ is fitted on them, and ``calibration.npz`` plus ``manifest.calibration`` are
 written into the bundle, with the manifest's sha256 entries kept in step. A new
 model version therefore always brings its own calibration. The test split is
 never touched here: it is only for measuring (``oodgate-eval``).
+
+``--orientation`` adds the ``orientation`` score (``bpd - bpd(vertical flip)``) and
+its feature in ``dose``; the manifest records it, so the service, like this
+command, then runs every image twice through the flow (itself and its flip, in
+one graph call). ``--combined-parts`` chooses what ``combined`` combines.
 """
 
 from __future__ import annotations
@@ -59,21 +64,32 @@ def calibrate_bundle(
     default_score: str | None = None,
     default_alpha: float = DEFAULT_ALPHA,
     combined: bool = True,
+    combined_parts: tuple[str, ...] | list[str] | None = None,
+    orientation: bool | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> Detector:
-    """Score ``holdout`` through the bundle's runtime, fit, and write the calibration into the bundle."""
+    """Score ``holdout`` through the bundle's runtime, fit, and write the calibration into the bundle.
+
+    ``orientation`` ``None`` keeps what the runtime does (as the bundle's calibration said);
+    ``True``/``False`` switch the runtime's flipped pass on or off first.
+    """
     manifest = bundle.manifest
+    if orientation is not None:
+        bundle.runtime.orientation = bool(orientation)
     stats = run_statistics(bundle, holdout, batch_size=batch_size, desc="held-out slice", progress=progress)
     complexity = run_complexity(holdout, progress=progress)
     detector = Detector(
         manifest.input.dims,
         manifest.levels,
         background=bundle.runtime.background is not None,
+        orientation=bundle.runtime.orientation,
         dose_density=density,
         default_alpha=default_alpha,
     )
-    detector.fit(stats, complexity, fit_fraction=fit_fraction, seed=seed, combined=combined)
+    detector.fit(
+        stats, complexity, fit_fraction=fit_fraction, seed=seed, combined=combined, combined_parts=combined_parts
+    )
     if default_score is not None:
         detector.default_score = default_score
     extra = {
@@ -93,7 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit/calibration cut")
     parser.add_argument("--default-score", choices=SCORE_NAMES, help="score that decides by default (see oodgate-eval)")
     parser.add_argument("--default-alpha", type=float, default=DEFAULT_ALPHA, help="alpha when a request gives none")
-    parser.add_argument("--no-combined", action="store_true", help="leave out the combined (dose + complexity) score")
+    parser.add_argument("--no-combined", action="store_true", help="leave out the combined score")
+    parser.add_argument(
+        "--combined-parts",
+        type=lambda text: tuple(p for p in text.split(",") if p),
+        help="comma-separated scores combined takes the larger tail evidence of "
+        "(default: dose,complexity; dose,orientation with --orientation)",
+    )
+    parser.add_argument(
+        "--orientation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score each image flipped vertically: the orientation score and a dose feature; "
+        "costs a second flow pass per image, here and in the service (default: as the bundle's calibration)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
@@ -101,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        bundle = open_bundle(args.bundle, threads=args.threads)
+        bundle = open_bundle(args.bundle, threads=args.threads, orientation=args.orientation)
         holdout = load_npz(args.holdout) if args.holdout else load_holdout(bundle.manifest)
         detector = calibrate_bundle(
             bundle,
@@ -112,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             default_score=args.default_score,
             default_alpha=args.default_alpha,
             combined=not args.no_combined,
+            combined_parts=args.combined_parts,
+            orientation=args.orientation,
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )
@@ -122,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"calibrated {Path(args.bundle)} on {info['n_holdout']} held-out images "
         f"({info['n_fit']} fit, calibration sets {info['n_calibration']}); scores {info['scores']}, "
-        f"default {info['default_score']} at alpha {info['default_alpha']}; {time.monotonic() - started:.0f} s"
+        f"default {info['default_score']} at alpha {info['default_alpha']}; orientation {info['orientation']}"
+        + (f", combined of {info['combined_parts']}" if info.get("combined_parts") else "")
+        + f"; {time.monotonic() - started:.0f} s"
     )
     return 0
 

@@ -144,6 +144,17 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         f"- calibration: {cal.get('method')} on {cal.get('n_holdout')} held-out training images "
         f"({cal.get('n_fit')} fit the densities, calibration sets {cal.get('n_calibration')}), dose density "
         f"`{detector.dose_density}`, fitted {cal.get('fitted')} by `oodgate-calibrate {result.bundle.directory}`",
+        "- calibration options: orientation pass "
+        + (
+            "**on** (each image and its vertical flip go through the flow: two flow passes per image)"
+            if detector.orientation
+            else "off"
+        )
+        + (
+            f"; `combined` takes the larger tail evidence of `{'`, `'.join(detector.combined_parts)}`"
+            if detector.combined_parts
+            else ""
+        ),
         f"- in-distribution: {result.in_set.description}, {result.in_set.n} images",
         f"- runtime: {cal.get('runtime')} on the exported graph, the service's own; code at commit `{_git_commit()}`;"
         f" {result.seconds:.0f} s; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
@@ -234,7 +245,7 @@ def write_csvs(result, out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     names = list(result.detector.score_names)
-    stat_names = [n for n in ("bpd", "log_pz", "log_det", "background_bpd") if n in result.in_set.stats]
+    stat_names = [n for n in ("bpd", "log_pz", "log_det", "background_bpd", "vflip_bpd") if n in result.in_set.stats]
     header = [
         "set",
         "kind",

@@ -2,8 +2,9 @@
 
 Calibration and evaluation must see the numbers the service will compute, so
 they go through :func:`service.runtimes.build_runtime` (ONNX Runtime on the
-exported graph, plus the background graph when the bundle has one), never
-through the eager training model.
+exported graph, plus the background graph when the bundle has one, plus the
+flipped-image pass when its calibration uses ``orientation``), never through
+the eager training model.
 """
 
 from __future__ import annotations
@@ -27,11 +28,17 @@ class Bundle:
     runtime: FlowRuntime
 
 
-def open_bundle(bundle_dir: str | Path, backend: str = "onnx", threads: int = 0) -> Bundle:
-    """Verify the bundle's files (sha256) and build the service's runtime for it, on the CPU."""
+def open_bundle(
+    bundle_dir: str | Path, backend: str = "onnx", threads: int = 0, orientation: bool | None = None
+) -> Bundle:
+    """Verify the bundle's files (sha256) and build the service's runtime for it, on the CPU.
+
+    ``orientation`` ``None``: the flipped pass exactly when the bundle's calibration uses it,
+    as the service does.
+    """
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir, verify=True)
-    return Bundle(bundle_dir, manifest, build_runtime(manifest, bundle_dir, backend, "cpu", threads))
+    return Bundle(bundle_dir, manifest, build_runtime(manifest, bundle_dir, backend, "cpu", threads, orientation))
 
 
 def check_images(images: np.ndarray, manifest: Manifest, source: str) -> np.ndarray:
@@ -44,7 +51,7 @@ def check_images(images: np.ndarray, manifest: Manifest, source: str) -> np.ndar
 def run_statistics(
     bundle: Bundle, images: np.ndarray, batch_size: int = 256, desc: str = "scoring", progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """The graph's named outputs (and ``background_bpd``) for every image, batch-first."""
+    """The runtime's named outputs (graph outputs, ``background_bpd``, ``vflip_bpd``) for every image."""
     images = check_images(images, bundle.manifest, desc)
     parts: dict[str, list[np.ndarray]] = {}
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:

@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
+from service.artifact import load_manifest
+from service.ood import Detector
 from training.calibrate import calibrate_bundle
 from training.evaluate import main as eval_main
 from training.scoring import open_bundle
@@ -19,11 +21,18 @@ from .serving import LiveServer, create_app, multipart_files, npy, random_images
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def calibrated(tmp_path_factory, tiny_models_root):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "orientation"])
+def calibrated(request, tmp_path_factory, tiny_models_root):
+    """A calibrated copy of the tiny bundle; with ``orientation`` its runtime also scores flipped images."""
     root = tmp_path_factory.mktemp("parity")
     shutil.copytree(tiny_models_root / "tiny" / "1", root / "tiny" / "1")
-    calibrate_bundle(open_bundle(root / "tiny" / "1", threads=1), smooth_images(300, seed=1), progress=False)
+    calibrate_bundle(
+        open_bundle(root / "tiny" / "1", threads=1, orientation=request.param),
+        smooth_images(300, seed=1),
+        orientation=request.param,
+        combined_parts=("dose", "complexity", "orientation") if request.param else None,
+        progress=False,
+    )
     return root
 
 
@@ -43,10 +52,17 @@ def test_service_flags_equal_eval_flags(tmp_path, calibrated):
     with gzip.open(tmp_path / "report" / "scores.csv.gz", "rt") as handle:
         rows = [r for r in csv.DictReader(handle) if r["set"] == "probe"]
     assert len(rows) == len(images)
+    detector = Detector.from_bundle(load_manifest(calibrated / "tiny" / "1"), calibrated / "tiny" / "1")
+    names = detector.score_names
+    assert ("orientation" in names) == detector.orientation and "combined" in names
+    assert all(f"score_{name}" in rows[0] for name in names)  # the report has every score, the new ones too
 
     app = create_app(settings(calibrated, max_batch_size=5))
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
-        for score in ("bpd", "typicality", "complexity", "dose"):
+        info = client.get("/models").json()["models"][0]
+        assert info["calibration"]["orientation"] == detector.orientation
+        assert info["scores"] == list(names)
+        for score in names:
             for alpha in (0.05, 0.3):
                 response = client.post("/score", files=multipart_files(images), params={"alpha": alpha, "score": score})
                 assert response.status_code == 200, response.text

@@ -131,3 +131,31 @@ def test_a_flow_fitted_on_one_blob_flags_another(tmp_path):
         assert auroc(fresh["scores"][name], other["scores"][name]) > 0.95, name
     assert other["is_ood"].mean() > 0.9
     assert fresh["is_ood"].mean() < 0.15
+
+
+def test_cli_calibrates_with_orientation_and_the_runtime_follows(tmp_path, bundle_copy):
+    holdout = np.random.default_rng(4).integers(0, 256, (120, 1, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "holdout.npz", images=holdout)
+    base = [str(bundle_copy), "--holdout", str(tmp_path / "holdout.npz"), "--no-progress", "--threads", "1"]
+    assert main([*base, "--orientation", "--combined-parts", "dose,complexity,orientation"]) == 0
+    manifest = load_manifest(bundle_copy, verify=True)
+    assert manifest.calibration["orientation"] is True
+    assert manifest.calibration["combined"] == {"parts": ["dose", "complexity", "orientation"]}
+
+    bundle = open_bundle(bundle_copy, threads=1)  # as oodgate-eval and the service open it
+    assert bundle.runtime.orientation
+    detector = Detector.from_bundle(manifest, bundle_copy)
+    stats = run_statistics(bundle, holdout, progress=False)
+    plain = open_bundle(bundle_copy, threads=1, orientation=False)
+    flipped = run_statistics(plain, holdout[:, :, ::-1], progress=False)
+    np.testing.assert_allclose(stats["vflip_bpd"], flipped["bpd"], rtol=1e-5, atol=1e-4)
+    expected = np.sort(stats["bpd"].astype(np.float64) - stats["vflip_bpd"])
+    np.testing.assert_array_equal(detector.calibration["orientation"], expected)
+
+    assert main(base) == 0  # recalibrating without the flag keeps what the bundle had
+    assert load_manifest(bundle_copy).calibration["orientation"] is True
+    assert main([*base, "--no-orientation"]) == 0
+    manifest = load_manifest(bundle_copy, verify=True)
+    assert manifest.calibration["orientation"] is False and "orientation" not in manifest.calibration["scores"]
+    assert not open_bundle(bundle_copy, threads=1).runtime.orientation
+    assert main([*base, "--combined-parts", "dose,orientation"]) == 2  # no flipped pass, no orientation part
