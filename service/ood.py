@@ -149,17 +149,24 @@ def _finite_or_inf(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scores), scores, np.inf)
 
 
-def tail_evidence(reference_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def reference_spread(reference_sorted: np.ndarray) -> float:
+    """The reference's interquartile range (1 when it has none): the unit of :func:`tail_evidence` past its max."""
+    q75, q25 = np.percentile(reference_sorted, [75, 25])
+    return float(q75 - q25) if q75 > q25 else 1.0
+
+
+def tail_evidence(reference_sorted: np.ndarray, scores: np.ndarray, spread: float | None = None) -> np.ndarray:
     """``-log`` of the empirical upper-tail probability of each score under a reference sample.
 
     Past the reference's maximum it keeps growing by the excess in units of the
     reference's interquartile range, so extreme images stay ordered instead of tying.
+    ``spread`` is that range when the caller has it already (the service scores every batch).
     """
     m = len(reference_sorted)
     # the rank interpolated between reference points: a continuous score, so conformal p-values see no ties
     rank = np.interp(scores, reference_sorted, np.arange(1.0, m + 1.0), left=0.0, right=float(m))
-    q75, q25 = np.percentile(reference_sorted, [75, 25])
-    spread = q75 - q25 if q75 > q25 else 1.0
+    if spread is None:
+        spread = reference_spread(reference_sorted)
     with np.errstate(invalid="ignore"):
         beyond = np.maximum(scores - reference_sorted[-1], 0.0) / spread
     evidence = -np.log((m + 1.0 - rank) / (m + 1.0)) + beyond
@@ -212,6 +219,7 @@ class Detector:
         self.calibration: dict[str, np.ndarray] = {}  # score name -> sorted calibration scores
         self.combined_parts: tuple[str, ...] = ()  # the scores `combined` takes the larger tail evidence of
         self.reference: dict[str, np.ndarray] = {}  # combined's parts -> sorted fit-part scores
+        self._spreads: dict[str, tuple[np.ndarray, float]] = {}  # part -> (reference it belongs to, its IQR)
         self.info: dict[str, Any] = {}
 
     # -- what this detector offers ---------------------------------------------
@@ -311,13 +319,26 @@ class Detector:
         if name == "combined":
             known = known or {}
             parts = [
-                tail_evidence(self.reference[p], known[p] if p in known else self._raw_score(p, stats, complexity))
+                tail_evidence(
+                    self.reference[p],
+                    known[p] if p in known else self._raw_score(p, stats, complexity),
+                    self._spread(p),
+                )
                 for p in self.combined_parts
             ]
             return np.max(np.stack(parts), axis=0)
         if name == "likelihood_ratio":
             return bpd - np.asarray(stats[BACKGROUND_BPD], dtype=np.float64)
         raise UnknownScoreError(name)
+
+    def _spread(self, part: str) -> float:
+        """The IQR of a combined part's reference, computed once per reference array."""
+        reference = self.reference[part]
+        cached = self._spreads.get(part)
+        if cached is None or cached[0] is not reference:
+            cached = (reference, reference_spread(reference))
+            self._spreads[part] = cached
+        return cached[1]
 
     def score(
         self,
