@@ -288,25 +288,29 @@ def measure(url: str, body: Path, n: int, c: int, seconds: float) -> dict:
     return run
 
 
-def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict, dict]:
-    """Both services up at once (an idle one costs nothing); each point runs on one, then at once on the other.
+def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict]:
+    """Every point on both services, interleaved, ``--repeats`` times, each time on fresh processes.
 
-    Interleaving keeps slow drifts of the machine (thermal, other tenants) from favouring whichever
-    mode would otherwise have run first. Each point is measured ``--repeats`` times per mode, who goes
-    first alternating, so the report can tell a real gap from the run-to-run spread.
+    Both services are up at once (an idle one costs nothing) and each point runs on one, then at once
+    on the other, who goes first alternating, so slow drifts of the machine favour neither. Each repeat
+    starts a new pair of processes: two processes of the *same* configuration were measured to differ
+    by up to 30% at concurrency 1 on this VM (thread placement), which one pair per sweep would have
+    reported as a difference between the modes.
     """
-    procs = {}
-    try:
-        for mode, flag in (("dynamic", "true"), ("disabled", "false")):
-            procs[mode] = start_service(args, {**common, "OODGATE_DYNAMIC_BATCHING": flag})
-        info = httpx.get(f"{procs['dynamic'][1]}/models").json()["models"][0]
-        runs: dict[str, dict] = {"dynamic": {}, "disabled": {}}
-        turn = 0
-        for n, body in bodies.items():
-            for _, url in procs.values():
-                hey(f"{url}/score", body, 2, 1)  # warm-up
-            for c in args.concurrency:
-                for _ in range(args.repeats):
+    runs: dict[str, dict] = {"dynamic": {}, "disabled": {}}
+    info: dict = {}
+    turn = 0
+    for repeat in range(args.repeats):
+        procs = {}
+        try:
+            for mode, flag in (("dynamic", "true"), ("disabled", "false")):
+                procs[mode] = start_service(args, {**common, "OODGATE_DYNAMIC_BATCHING": flag})
+            info = httpx.get(f"{procs['dynamic'][1]}/models").json()["models"][0]
+            print(f" repeat {repeat + 1} of {args.repeats} (fresh processes)", flush=True)
+            for n, body in bodies.items():
+                for _, url in procs.values():
+                    hey(f"{url}/score", body, 2, 1)  # warm-up
+                for c in args.concurrency:
                     order = list(procs.items())
                     for mode, (_, url) in order if turn % 2 == 0 else order[::-1]:  # alternate who goes first
                         run = measure(url, body, n, c, args.duration)
@@ -318,9 +322,9 @@ def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict, dict
                             flush=True,
                         )
                     turn += 1
-    finally:
-        for proc, _ in procs.values():
-            stop(proc)
+        finally:
+            for proc, _ in procs.values():
+                stop(proc)
     return {mode: {key: summarize(rs) for key, rs in table.items()} for mode, table in runs.items()}, info
 
 
@@ -454,7 +458,8 @@ def report(args, info, host, model_ceil, http_ceil, dynamic, disabled, command) 
     lines += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in verdicts]
     lines += [
         "",
-        f"Each point is the median of {args.repeats} runs per mode, the modes interleaved; the range column "
+        f"Each point is the median of {args.repeats} runs per mode, each on a fresh pair of server processes, "
+        "the modes interleaved; the range column "
         "shows the worst and best run. Throughput against the ceilings uses the best run, as the ceilings "
         "use the best loop (interference from other tenants only ever lowers a figure). Dynamic batching "
         "counts as slower than disabled only where a one-sided test at 5% says so: the medians' log ratio "
