@@ -466,7 +466,9 @@ def report(args, info, host, model_ceil, http_ceil, dynamic, disabled, command) 
         f"beyond 1.645 standard errors, from the run-to-run sd pooled over the whole sweep ({100 * noise:.1f}% "
         "of a run's throughput here).",
     ]
-    lines += ["", "Raw numbers: `docs/benchmarks.json`.", ""]
+    raw = args.out.with_suffix(".json")
+    shown = raw.relative_to(REPO) if raw.is_relative_to(REPO) else raw
+    lines += ["", f"Raw numbers: `{shown}`.", ""]
     return "\n".join(lines)
 
 
