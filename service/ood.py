@@ -26,11 +26,13 @@ Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
 ``combined``          several scores together (by default ``dose`` and
                       ``complexity``; the parts are chosen at fit time and stored
                       in the calibration): each turned into tail evidence
-                      ``-log p`` against its distribution on the fit part, the
-                      larger taken (``complexity`` sees MNIST-like images that are
-                      too complex for their likelihood, ``orientation`` upside-down
-                      ones, ``dose`` everything else); opt-in at fit time,
-                      calibrated like every score
+                      ``-log p`` against its distribution on the fit part, then
+                      the larger taken (rule ``max``) or all added up (rule
+                      ``sum``, Fisher's method: evidence that several parts
+                      show a little adds up) (``complexity`` sees MNIST-like
+                      images that are too complex for their likelihood,
+                      ``orientation`` upside-down ones, ``dose`` everything
+                      else); opt-in at fit time, calibrated like every score
 ``likelihood_ratio``  ``bpd - background bpd``, the background flow trained on
                       noise-perturbed data (Ren et al. 2019); only for bundles
                       that ship a background graph
@@ -78,6 +80,7 @@ NEEDS_FIT = frozenset({"typicality", "dose", "combined"})
 NEEDS_COMPLEXITY = frozenset({"complexity", "dose", "combined"})
 COMBINED_PARTS = ("dose", "complexity")  # the default, and what every format-1 calibration used
 ORIENTATION_COMBINED_PARTS = ("dose", "orientation")  # the default when the calibration has orientation
+COMBINE_RULES = ("max", "sum")  # how combined joins its parts' tail evidence; "max" for calibrations without a rule
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
 NEEDS_ORIENTATION = frozenset({"orientation"})
 DEFAULT_ALPHA = 0.05
@@ -217,7 +220,8 @@ class Detector:
         self.mean_bpd: float | None = None
         self.density = None
         self.calibration: dict[str, np.ndarray] = {}  # score name -> sorted calibration scores
-        self.combined_parts: tuple[str, ...] = ()  # the scores `combined` takes the larger tail evidence of
+        self.combined_parts: tuple[str, ...] = ()  # the scores whose tail evidence `combined` joins
+        self.combine_rule = "max"  # ... by taking the larger ("max") or the sum ("sum")
         self.reference: dict[str, np.ndarray] = {}  # combined's parts -> sorted fit-part scores
         self._spreads: dict[str, tuple[np.ndarray, float]] = {}  # part -> (reference it belongs to, its IQR)
         self.info: dict[str, Any] = {}
@@ -326,7 +330,8 @@ class Detector:
                 )
                 for p in self.combined_parts
             ]
-            return np.max(np.stack(parts), axis=0)
+            stacked = np.stack(parts)
+            return stacked.sum(axis=0) if self.combine_rule == "sum" else stacked.max(axis=0)
         if name == "likelihood_ratio":
             return bpd - np.asarray(stats[BACKGROUND_BPD], dtype=np.float64)
         raise UnknownScoreError(name)
@@ -407,6 +412,7 @@ class Detector:
         seed: int = 0,
         combined: bool = False,
         combined_parts: tuple[str, ...] | list[str] | None = None,
+        combine_rule: str = "max",
     ) -> Detector:
         """Fit on held-out in-distribution images (never trained on, never the test split).
 
@@ -414,8 +420,10 @@ class Detector:
         and a calibration part; scores that need no fit calibrate on all of them.
         ``combined`` adds the ``combined`` score (its references come from the fit part)
         over ``combined_parts`` (default ``dose, complexity``, or ``dose, orientation``
-        when ``orientation`` is on).
+        when ``orientation`` is on), joined by ``combine_rule`` (``max`` or ``sum``).
         """
+        if combine_rule not in COMBINE_RULES:
+            raise ValueError(f"combine_rule must be one of {COMBINE_RULES}, got {combine_rule!r}")
         needed = ("complexity",) + (("likelihood_ratio",) if self.background else ())
         n = self._check_inputs(stats, complexity, needed + (("orientation",) if self.orientation else ()))
         if not 0.0 < fit_fraction < 1.0:
@@ -436,6 +444,7 @@ class Detector:
         fit_stats = {key: np.asarray(value)[fit_idx] for key, value in stats.items()}
         self.reference = {}
         self.combined_parts = parts
+        self.combine_rule = combine_rule
         for part in parts:
             self.reference[part] = np.sort(_finite_or_inf(self._raw_score(part, fit_stats, complexity[fit_idx])))
         self.calibration = {}
@@ -496,7 +505,11 @@ class Detector:
             "n_calibration": {name: int(len(values)) for name, values in self.calibration.items()},
             "typicality": {"mean_bpd": self.mean_bpd},
             "dose": {"density": self.dose_density, "features": dose_feature_names(self.levels, self.orientation)},
-            **({"combined": {"parts": list(self.combined_parts)}} if self.combined_parts else {}),
+            **(
+                {"combined": {"parts": list(self.combined_parts), "rule": self.combine_rule}}
+                if self.combined_parts
+                else {}
+            ),
             **self.info,
         }
         return summary, {key: np.asarray(value, dtype=np.float64) for key, value in arrays.items()}
@@ -528,6 +541,9 @@ class Detector:
         detector.reference = {k[len("ref__") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("ref__")}
         if "combined" in detector.calibration:
             detector.combined_parts = tuple(summary.get("combined", {}).get("parts", COMBINED_PARTS))
+            detector.combine_rule = summary.get("combined", {}).get("rule", "max")
+            if detector.combine_rule not in COMBINE_RULES:
+                raise ArtifactError(f"combined rule {detector.combine_rule!r} is not one of {COMBINE_RULES}")
             if set(detector.reference) != set(detector.combined_parts):
                 raise ArtifactError("calibration has the combined score but not its references")
         expected = len(dose_feature_names(levels, detector.orientation))
@@ -591,6 +607,7 @@ class Detector:
             summary["method"] = CALIBRATION_METHOD
             if self.combined_parts:
                 summary["combined_parts"] = list(self.combined_parts)
+                summary["combined_rule"] = self.combine_rule
             summary["n_calibration"] = {name: int(len(v)) for name, v in self.calibration.items()}
             summary["dose_density"] = self.dose_density
             summary.update({k: v for k, v in self.info.items() if k in ("fitted", "n_holdout", "n_fit")})

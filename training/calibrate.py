@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError, Manifest
-from service.ood import DEFAULT_ALPHA, DEFAULT_FIT_FRACTION, DOSE_DENSITIES, SCORE_NAMES, CalibrationError, Detector
+from service.ood import (
+    COMBINE_RULES,
+    DEFAULT_ALPHA,
+    DEFAULT_FIT_FRACTION,
+    DOSE_DENSITIES,
+    SCORE_NAMES,
+    CalibrationError,
+    Detector,
+)
 from training.data import DatasetError, load_fashion_mnist, load_image_folder, load_npz, sha256_array
 from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
 
@@ -65,6 +73,7 @@ def calibrate_bundle(
     default_alpha: float = DEFAULT_ALPHA,
     combined: bool = True,
     combined_parts: tuple[str, ...] | list[str] | None = None,
+    combine_rule: str = "max",
     orientation: bool | None = None,
     batch_size: int = 256,
     progress: bool = True,
@@ -88,7 +97,13 @@ def calibrate_bundle(
         default_alpha=default_alpha,
     )
     detector.fit(
-        stats, complexity, fit_fraction=fit_fraction, seed=seed, combined=combined, combined_parts=combined_parts
+        stats,
+        complexity,
+        fit_fraction=fit_fraction,
+        seed=seed,
+        combined=combined,
+        combined_parts=combined_parts,
+        combine_rule=combine_rule,
     )
     if default_score is not None:
         detector.default_score = default_score
@@ -113,8 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--combined-parts",
         type=lambda text: tuple(p for p in text.split(",") if p),
-        help="comma-separated scores combined takes the larger tail evidence of "
+        help="comma-separated scores whose tail evidence combined joins "
         "(default: dose,complexity; dose,orientation with --orientation)",
+    )
+    parser.add_argument(
+        "--combined-rule",
+        choices=COMBINE_RULES,
+        default="max",
+        help="how combined joins its parts' tail evidence: the larger (max, default) or the sum (Fisher's method)",
     )
     parser.add_argument(
         "--orientation",
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             default_alpha=args.default_alpha,
             combined=not args.no_combined,
             combined_parts=args.combined_parts,
+            combine_rule=args.combined_rule,
             orientation=args.orientation,
             batch_size=args.batch_size,
             progress=not args.no_progress,
@@ -154,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         f"calibrated {Path(args.bundle)} on {info['n_holdout']} held-out images "
         f"({info['n_fit']} fit, calibration sets {info['n_calibration']}); scores {info['scores']}, "
         f"default {info['default_score']} at alpha {info['default_alpha']}; orientation {info['orientation']}"
-        + (f", combined of {info['combined_parts']}" if info.get("combined_parts") else "")
+        + (f", combined of {info['combined_parts']} by {info['combined_rule']}" if info.get("combined_parts") else "")
         + f"; {time.monotonic() - started:.0f} s"
     )
     return 0

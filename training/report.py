@@ -151,7 +151,8 @@ def write_markdown(result, out: Path, plots: bool) -> None:
             else "off"
         )
         + (
-            f"; `combined` takes the larger tail evidence of `{'`, `'.join(detector.combined_parts)}`"
+            f"; `combined` joins the tail evidence of `{'`, `'.join(detector.combined_parts)}`"
+            + (" by its sum (Fisher's method)" if detector.combine_rule == "sum" else ", the larger taken")
             if detector.combined_parts
             else ""
         ),

@@ -305,7 +305,8 @@ def test_orientation_needs_the_flag_and_the_flipped_pass():
     assert Detector(D, 2, orientation=True).score_names == ("bpd", "complexity", "orientation")  # no fit needed
 
 
-def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_models_root):
+@pytest.mark.parametrize("rule", ["max", "sum"])
+def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_models_root, rule):
     bundle = tmp_path / "tiny" / "1"
     shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
     rng = np.random.default_rng(15)
@@ -313,16 +314,17 @@ def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_mod
     stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
     parts = ("dose", "complexity", "orientation")
     detector = Detector(D, 2, orientation=True, dose_density="gmm")
-    detector.fit(stats, complexity, seed=2, combined=True, combined_parts=parts)
+    detector.fit(stats, complexity, seed=2, combined=True, combined_parts=parts, combine_rule=rule)
     detector.save(bundle, load_manifest(bundle))
 
     manifest = load_manifest(bundle)
     assert manifest.calibration["orientation"] is True and manifest.calibration["format"] == 2
-    assert manifest.calibration["combined"] == {"parts": list(parts)}
+    assert manifest.calibration["combined"] == {"parts": list(parts), "rule": rule}
     assert manifest.calibration["dose"]["features"][-1] == "bpd-bpd(vflip)"
     assert "holdout_orientation_mean" in manifest.calibration
     loaded = Detector.from_bundle(manifest, bundle)
     assert loaded.orientation and loaded.combined_parts == parts and loaded.needs_orientation
+    assert loaded.combine_rule == rule
     new, new_complexity = make_stats(50, rng, flip_gap=0.1)
     for name in detector.score_names:
         np.testing.assert_array_equal(
@@ -330,6 +332,7 @@ def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_mod
         )
     summary = loaded.calibration_summary()
     assert summary["orientation"] is True and summary["combined_parts"] == list(parts)
+    assert summary["combined_rule"] == rule
     json.dumps(summary)
 
 
@@ -341,8 +344,30 @@ def test_a_format_1_calibration_still_loads_as_dose_and_complexity():
         del summary[key]
     summary["format"] = 1
     loaded = Detector.from_state(D, 2, summary, arrays)
-    assert not loaded.orientation and loaded.combined_parts == COMBINED_PARTS
+    assert not loaded.orientation and loaded.combined_parts == COMBINED_PARTS and loaded.combine_rule == "max"
     assert "combined" in loaded.score_names
     summary["format"] = 3
     with pytest.raises(ArtifactError, match="format 3"):
         Detector.from_state(D, 2, summary, arrays)
+
+
+def test_combined_rule_max_takes_the_larger_and_sum_adds_the_tail_evidence():
+    """Fisher's rule adds the parts' -log tail probabilities; max keeps the larger; anything else is refused."""
+    from service.ood import tail_evidence
+
+    rng = np.random.default_rng(17)
+    stats, complexity = make_stats(400, rng)
+    new, new_complexity = make_stats(40, rng, gap=0.2)
+    raw = {}
+    for rule in ("max", "sum"):
+        detector = Detector(D, 2, dose_density="gaussian").fit(
+            stats, complexity, seed=1, combined=True, combine_rule=rule
+        )
+        parts = detector.score(new, new_complexity, list(detector.combined_parts))
+        evidence = np.stack([tail_evidence(detector.reference[p], parts[p]) for p in detector.combined_parts])
+        raw[rule] = detector.score(new, new_complexity, ["combined"])["combined"]
+        expected = evidence.sum(axis=0) if rule == "sum" else evidence.max(axis=0)
+        np.testing.assert_allclose(raw[rule], expected, rtol=1e-12)
+    assert np.all(raw["sum"] >= raw["max"])  # evidence is never negative
+    with pytest.raises(ValueError, match="combine_rule"):
+        Detector(D, 2).fit(stats, complexity, combined=True, combine_rule="mean")

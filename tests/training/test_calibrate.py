@@ -140,7 +140,7 @@ def test_cli_calibrates_with_orientation_and_the_runtime_follows(tmp_path, bundl
     assert main([*base, "--orientation", "--combined-parts", "dose,complexity,orientation"]) == 0
     manifest = load_manifest(bundle_copy, verify=True)
     assert manifest.calibration["orientation"] is True
-    assert manifest.calibration["combined"] == {"parts": ["dose", "complexity", "orientation"]}
+    assert manifest.calibration["combined"] == {"parts": ["dose", "complexity", "orientation"], "rule": "max"}
 
     bundle = open_bundle(bundle_copy, threads=1)  # as oodgate-eval and the service open it
     assert bundle.runtime.orientation
@@ -159,3 +159,5 @@ def test_cli_calibrates_with_orientation_and_the_runtime_follows(tmp_path, bundl
     assert manifest.calibration["orientation"] is False and "orientation" not in manifest.calibration["scores"]
     assert not open_bundle(bundle_copy, threads=1).runtime.orientation
     assert main([*base, "--combined-parts", "dose,orientation"]) == 2  # no flipped pass, no orientation part
+    assert main([*base, "--combined-rule", "sum"]) == 0
+    assert load_manifest(bundle_copy, verify=True).calibration["combined"]["rule"] == "sum"
