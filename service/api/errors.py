@@ -54,7 +54,13 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    error = ServiceError(exc.status_code, code, str(exc.detail), reason=REASONS.get(exc.status_code, "bad_request"))
+    error = ServiceError(
+        exc.status_code,
+        code,
+        str(exc.detail),
+        headers=dict(exc.headers or {}),  # e.g. Allow on a 405
+        reason=REASONS.get(exc.status_code, "bad_request"),
+    )
     if exc.status_code in (404, 405):
         return error_response(request, error)  # a wrong URL is not a model refusal; do not count it
     return await service_error_handler(request, error)

@@ -344,3 +344,9 @@ def test_openapi_documents_the_score_query(client):
         "levels": "boolean",
         "timeout_ms": "number",
     }
+
+
+def test_a_wrong_method_is_a_json_405_that_says_which_are_allowed(client):
+    response = client.get("/score")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert error_of(response)["code"] == "method_not_allowed"
