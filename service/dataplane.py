@@ -166,9 +166,17 @@ class DataPlane:
         except DeadlineExceeded as exc:
             raise ServiceError(504, "deadline_exceeded", str(exc)) from None
         decisions = self._decisions(entry, out, len(images), score, alpha)
+        stats = out.stats or self._no_stats(entry, len(images))
         self._count(entry, decisions, score)
-        self.drift.observe(entry, out.stats["bpd"], decisions)
-        return Scored(entry, alpha, score, out.stats, decisions, out.failures)
+        self.drift.observe(entry, stats["bpd"], decisions)
+        return Scored(entry, alpha, score, stats, decisions, out.failures)
+
+    @staticmethod
+    def _no_stats(entry: ModelEntry, count: int) -> dict[str, np.ndarray]:
+        """NaN rows for a request whose every image failed inference, so every consumer sees the usual shapes."""
+        stats = {name: np.full(count, np.nan) for name in SCALAR_OUTPUTS}
+        stats.update({name: np.full((count, entry.manifest.levels), np.nan) for name in LEVEL_OUTPUTS})
+        return stats
 
     @staticmethod
     def _decisions(entry: ModelEntry, out, count: int, score: str, alpha: float) -> list[Decision | None]:

@@ -328,3 +328,7 @@ def test_http_poisoned_image_gets_500_and_the_others_their_answers(controlled, t
     assert [results[i]["bpd"] for i in (0, 2, 3)] == pytest.approx(expected.tolist(), rel=1e-5)
     ok = httpx.post(f"{server.url}/score", files=multipart_files(random_images(2, seed=6)))
     assert ok.status_code == 200  # the server keeps serving
+    alone = np.full((1, *images.shape[1:]), 255, np.uint8)  # every image of the request fails
+    response = httpx.post(f"{server.url}/score", files=multipart_files(alone))
+    assert response.status_code == 500 and response.json()["error"]["code"] == "inference_failed"
+    assert response.json()["results"][0]["error"]["index"] == 0
