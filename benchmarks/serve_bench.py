@@ -293,9 +293,9 @@ def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict]:
 
     Both services are up at once (an idle one costs nothing) and each point runs on one, then at once
     on the other, who goes first alternating, so slow drifts of the machine favour neither. Each repeat
-    starts a new pair of processes: two processes of the *same* configuration were measured to differ
-    by up to 30% at concurrency 1 on this VM (thread placement), which one pair per sweep would have
-    reported as a difference between the modes.
+    starts a new pair of processes: three servers of the *same* configuration side by side on this VM
+    (``hey -z 4s -c 1`` each, one-image bodies, three rounds) differed by up to 30% in requests/s,
+    process against process, which one pair per sweep would have reported as a gap between the modes.
     """
     runs: dict[str, dict] = {"dynamic": {}, "disabled": {}}
     info: dict = {}
