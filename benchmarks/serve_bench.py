@@ -303,8 +303,10 @@ def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict]:
     for repeat in range(args.repeats):
         procs = {}
         try:
-            for mode, flag in (("dynamic", "true"), ("disabled", "false")):
+            modes = (("dynamic", "true"), ("disabled", "false"))
+            for mode, flag in modes if repeat % 2 == 0 else modes[::-1]:  # who starts first alternates too
                 procs[mode] = start_service(args, {**common, "OODGATE_DYNAMIC_BATCHING": flag})
+            procs = {mode: procs[mode] for mode, _ in modes}
             info = httpx.get(f"{procs['dynamic'][1]}/models").json()["models"][0]
             print(f" repeat {repeat + 1} of {args.repeats} (fresh processes)", flush=True)
             for n, body in bodies.items():
