@@ -1,11 +1,12 @@
 """What the model's worker computes right after the graph, once per batch: every score and its p-value.
 
 Why here and not per request: the OOD math is vectorised numpy whose cost is
-mostly per call, not per image (about 150 us for one image, 200 us for 32).
-Done per request, sixteen one-image requests merged into one batch paid it
-sixteen times on the event loop; done per batch in the worker, they pay it once.
-The PNG complexity ``L(x)`` is computed here too, from the batch's pixels: on the
-event loop it was a fifth of a one-image request's time there. The request's own
+mostly per call, not per image. Done per request, sixteen one-image requests
+merged into one batch paid it sixteen times on the event loop; done per batch
+in the worker, they pay it once. The PNG complexity ``L(x)`` is computed here
+too, from the batch's pixels: on the event loop it was a fifth of a one-image
+request's time there (py-spy). Its cost per image is what remains;
+``benchmarks/postprocess_bench.py`` measures the whole step per batch size. The request's own
 choices (which score decides, ``alpha``) are applied later by the data plane,
 which only compares ``p_value <= alpha``.
 
