@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.runtimes import vflip  # noqa: E402
 from training import ood_sets  # noqa: E402
 from training.data import load_fashion_mnist, to_nchw  # noqa: E402
 
@@ -36,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     images = to_nchw(images)
     ctx = ood_sets.Context(shape=images.shape[1:], in_images=images)
     index = np.sort(ctx.rng("vflip").choice(len(images), size=min(ctx.per_set, len(images)), replace=False))
-    if not np.array_equal(ood_sets.vflip(ctx), images[index][:, :, ::-1, :]):
+    upright = images[index]
+    if not np.array_equal(ood_sets.vflip(ctx), vflip(upright)):
         raise SystemExit("the vflip set is not built the way this script assumes")
     with gzip.open(Path(args.report) / "scores.csv.gz", "rt", newline="") as stream:
         rows = sorted((r for r in csv.DictReader(stream) if r["set"] == "vflip"), key=lambda r: int(r["index"]))
     names = [c[2:] for c in rows[0] if c.startswith("p_")]
     flipped = {f"p_{n}": np.array([float(r[f"p_{n}"]) for r in rows]) for n in names}
-    asymmetry = np.abs(images[index].astype(float) - images[index][:, :, ::-1, :]).mean(axis=(1, 2, 3))
+    asymmetry = np.abs(upright.astype(float) - vflip(upright)).mean(axis=(1, 2, 3))
     print(f"{len(rows)} flipped test images; not flagged at alpha {args.alpha}, per score:")
     for name in names:
         missed = flipped[f"p_{name}"] > args.alpha

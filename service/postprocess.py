@@ -4,11 +4,10 @@ Why here and not per request: the OOD math is vectorised numpy whose cost is
 mostly per call, not per image. Done per request, sixteen one-image requests
 merged into one batch paid it sixteen times on the event loop; done per batch
 in the worker, they pay it once. The PNG complexity ``L(x)`` is computed here
-too, from the batch's pixels: on the event loop it was a fifth of a one-image
-request's time there (py-spy). Its cost per image is what remains;
-``benchmarks/postprocess_bench.py`` measures the whole step per batch size. The request's own
-choices (which score decides, ``alpha``) are applied later by the data plane,
-which only compares ``p_value <= alpha``.
+too, from the batch's pixels, so the event loop no longer encodes PNGs; its cost
+per image is what remains (``benchmarks/postprocess_bench.py`` measures the whole
+step per batch size). The request's own choices (which score decides, ``alpha``)
+are applied later by the data plane, which only compares ``p_value <= alpha``.
 
 The outputs join the graph's in the batch results under ``score/<name>`` and,
 for a calibrated model, ``p_value/<name>``.

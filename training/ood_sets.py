@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from service.runtimes import vflip as flip_vertically
 from training.data import DatasetError, load_image_folder, load_npz
 
 Kind = Literal["ood", "invariant"]
@@ -124,7 +125,8 @@ def grayed(ctx: Context, factor: float = 0.5) -> np.ndarray:
 
 
 def vflip(ctx: Context) -> np.ndarray:
-    return np.ascontiguousarray(ctx.sample_in("vflip")[:, :, ::-1, :])
+    """Upside down, by the same flip the ``orientation`` score compares against."""
+    return np.ascontiguousarray(flip_vertically(ctx.sample_in("vflip")))
 
 
 def inverted(ctx: Context) -> np.ndarray:
