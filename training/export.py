@@ -251,10 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         "steps": checkpoint["step"],
         # the epoch counter only moves at an epoch's end; a run that stops on its last step never gets there
         "epochs": round(checkpoint["step"] * config.train.batch_size / train_images, 3) if train_images else None,
-        "best_validation_bpd": checkpoint["best_val_bpd"],
         "seconds": checkpoint.get("seconds", history[-1]["seconds"] if history else None),
         "checkpoint": Path(args.checkpoint).name,
     }
+    if config.negative is None:
+        training["best_validation_bpd"] = checkpoint["best_val_bpd"]
+    else:  # checkpoints were picked by bpd + weight * hinge; say so, and what taught the model
+        training["best_validation_objective"] = checkpoint["best_val_bpd"]
+        training["negative"] = config.negative.model_dump(mode="json")
+    if checkpoint.get("init_from"):
+        training["init_from"] = checkpoint["init_from"]
     try:
         manifest = export_bundle(
             flow,

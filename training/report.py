@@ -124,6 +124,19 @@ def worst_table(result) -> str:
     return "\n".join(lines)
 
 
+def negative_training_line(training: dict) -> str:
+    """Whether an OOD set's transform was trained against: its flag rate is then not zero-shot, and says so."""
+    negative = (training or {}).get("negative")
+    if not negative:
+        return "- negative training: none; every OOD set is unseen in kind"
+    return (
+        f"- negative training: the flow was trained to rank each training image at least "
+        f"{negative['margin_bpd']} bits/dim above its `{negative['transform']}` copy (weight {negative['weight']}); "
+        f"the `{negative['transform']}` set transforms test images it never saw, but the transform itself was "
+        f"trained against, so that set's rates are not zero-shot"
+    )
+
+
 def write_markdown(result, out: Path, plots: bool) -> None:
     manifest, detector = result.bundle.manifest, result.detector
     score = detector.default_score
@@ -157,6 +170,7 @@ def write_markdown(result, out: Path, plots: bool) -> None:
             else ""
         ),
         f"- in-distribution: {result.in_set.description}, {result.in_set.n} images",
+        negative_training_line(manifest.training),
         f"- runtime: {cal.get('runtime')} on the exported graph, the service's own; code at commit `{_git_commit()}`;"
         f" {result.seconds:.0f} s; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- default score of the bundle: **`{score}`**; recommended by worst AUROC over the OOD sets: "

@@ -3,6 +3,10 @@
 Uniform dequantization, Adam with linear warm-up, global gradient clipping,
 validation bpd at the bin midpoint (the numbers the exported graph gives),
 ``last.pt`` every few steps and ``best.pt`` on a new best validation bpd. A
+config may start from another run's weights (``init_from``, fine-tuning) and add
+a hinge against a nuisance transform (``negative``, see
+:class:`training.config.NegativeSpec`); checkpoints are then picked by the same
+objective on the validation images, bpd plus the weighted hinge. A
 checkpoint is a dict of tensors and plain values, read back with
 ``weights_only=True``: no pickled module ever. A non-finite loss stops the run
 with a message before anything is written, so no checkpoint is ever broken.
@@ -23,7 +27,7 @@ from tqdm import tqdm
 
 from service.artifact import bits_per_dim
 from training.architectures import MultiScaleFlow, build_flow
-from training.config import RunConfig, load_config
+from training.config import NegativeSpec, RunConfig, load_config
 from training.data import (
     DatasetError,
     Slices,
@@ -37,6 +41,29 @@ from training.flows import all_actnorms_initialized, dequantize, initialize_actn
 
 class TrainingDiverged(RuntimeError):
     """The loss went non-finite; nothing was written for the step that caused it."""
+
+
+class IncompatibleCheckpoint(ValueError):
+    """``init_from`` names a checkpoint of another architecture, input shape or data slicing."""
+
+
+# the transforms negative training can push away from, on dequantized NCHW batches
+NEGATIVE_TRANSFORMS = {"vflip": lambda x: torch.flip(x, dims=[-2])}
+
+
+def negative_terms(
+    model: MultiScaleFlow, x: torch.Tensor, spec: NegativeSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image ``bpd(x)``, ``bpd(t(x))`` and the hinge, from one forward pass over both halves.
+
+    ``x`` is already dequantized, so ``t(x)`` carries the same dequantization noise
+    moved with the pixels: the pair differs by the transform and nothing else.
+    """
+    n = len(x)
+    log_pz, log_det = model(torch.cat([x, NEGATIVE_TRANSFORMS[spec.transform](x)]))
+    bpd = bits_per_dim(log_pz.float().sum(1) + log_det.float().sum(1), model.dims)
+    upright, transformed = bpd[:n], bpd[n:]
+    return upright, transformed, torch.relu(spec.margin_bpd - (transformed - upright))
 
 
 def load_training_images(config: RunConfig) -> np.ndarray:
@@ -72,6 +99,24 @@ def evaluate_bpd(model: MultiScaleFlow, images: np.ndarray, device: torch.device
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def evaluate_negative(
+    model: MultiScaleFlow, images: np.ndarray, device: torch.device, spec: NegativeSpec, batch_size: int = 256
+) -> dict[str, float]:
+    """At the bin midpoint: mean bpd, mean hinge, and the share of images that beat their transformed copy."""
+    model.eval()
+    bpd, hinge, ahead = 0.0, 0.0, 0
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(images[start : start + batch_size]).to(device)
+        upright, transformed, h = negative_terms(model, dequantize(pixels), spec)
+        bpd += float(upright.double().sum())
+        hinge += float(h.double().sum())
+        ahead += int((transformed > upright).sum())
+    model.train()
+    n = max(len(images), 1)
+    return {"bpd": bpd / n, "hinge": hinge / n, "beats_transformed": ahead / n}
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
     tmp = path.with_suffix(".tmp")
@@ -100,7 +145,7 @@ def model_from_checkpoint(
 class Progress:
     step: int = 0
     epoch: int = 0
-    best_val_bpd: float = float("inf")
+    best_val_bpd: float = float("inf")  # the selection objective: bpd, plus the weighted hinge with ``negative``
     seconds: float = 0.0  # training wall time, summed over every resumed segment
 
 
@@ -122,8 +167,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stop_requested = False
         self._segment_start: float | None = None  # set while fit() runs
+        self.init_from: dict | None = None  # the run this one was fine-tuned from
         if resume is not None:
             self._resume(resume)
+        elif config.init_from:
+            self._init_from(Path(config.init_from))
 
     @property
     def total_steps(self) -> int:
@@ -152,6 +200,7 @@ class Trainer:
             "input_shape": list(self.input_shape),
             "slices": {k: list(v) for k, v in self.slices.ranges.items()},
             "history": self.history,
+            "init_from": self.init_from,
         }
 
     def _resume(self, path: Path) -> None:
@@ -163,7 +212,43 @@ class Trainer:
             checkpoint["step"], checkpoint["epoch"], checkpoint["best_val_bpd"], checkpoint.get("seconds", 0.0)
         )
         self.history = list(checkpoint.get("history", []))
+        self.init_from = checkpoint.get("init_from")
         print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch + 1})", file=sys.stderr)
+
+    def _init_from(self, path: Path) -> None:
+        """Load another run's weights, refusing one whose architecture, input or data slicing differ.
+
+        The slicing check is what keeps the held-out images held out: a parent run
+        trained on other positions could have seen them.
+        """
+        if not path.exists():
+            raise IncompatibleCheckpoint(f"init_from: no checkpoint at {path}")
+        checkpoint = load_checkpoint(path)
+        parent = RunConfig.model_validate(checkpoint["config"])
+        problems = []
+        if parent.model != self.config.model:
+            problems.append(f"architecture {parent.model.model_dump()} != {self.config.model.model_dump()}")
+        if tuple(checkpoint["input_shape"]) != self.input_shape:
+            problems.append(f"input shape {tuple(checkpoint['input_shape'])} != {self.input_shape}")
+        data, ours = (parent.data.source, parent.data.path), (self.config.data.source, self.config.data.path)
+        if data != ours:
+            problems.append(f"data {':'.join(data)} != {':'.join(ours)}")
+        slices = {k: list(v) for k, v in self.slices.ranges.items()}
+        if checkpoint.get("slices") != slices:
+            problems.append(f"slices {checkpoint.get('slices')} != {slices}")
+        if problems:
+            raise IncompatibleCheckpoint(f"init_from {path}: " + "; ".join(problems))
+        self.model.load_state_dict(checkpoint["model"])
+        self.init_from = {
+            "checkpoint": str(path),
+            "name": parent.name,
+            "steps": checkpoint["step"],
+            "seconds": checkpoint.get("seconds"),
+            "best_val_bpd": checkpoint["best_val_bpd"],
+            "train": parent.train.model_dump(mode="json"),
+            "init_from": checkpoint.get("init_from"),
+        }
+        print(f"starting from the weights of {path} (step {checkpoint['step']})", file=sys.stderr)
 
     def _checkpoint(self, best: bool = False) -> None:
         state = self._state()
@@ -193,18 +278,40 @@ class Trainer:
         count = initialize_actnorms(self.model, lambda: self.model(dequantize(pixels, noise=True)))
         print(f"initialised {count} ActNorm layers from {len(pixels)} images", file=sys.stderr)
 
-    def _loss(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The loss to minimise, the batch's mean bpd, and (negative training) the mean hinge."""
         use_amp = self.tc.amp and self.device.type == "cuda"
+        negative = self.config.negative
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            log_pz, log_det = self.model(dequantize(pixels, noise=True))
-        log_px = log_pz.float().sum(1) + log_det.float().sum(1)
-        return bits_per_dim(log_px, self.model.dims).mean()
+            x = dequantize(pixels, noise=True)
+            if negative is None:
+                log_pz, log_det = self.model(x)
+                bpd = bits_per_dim(log_pz.float().sum(1) + log_det.float().sum(1), self.model.dims).mean()
+                return bpd, bpd, None
+            upright, _, hinge = negative_terms(self.model, x, negative)
+        bpd, hinge = upright.mean(), hinge.mean()
+        return bpd + negative.weight * hinge, bpd, hinge
 
-    def validate(self) -> float:
+    def validation_metrics(self) -> dict[str, float]:
+        """Validation bpd and, with negative training, the hinge and the objective checkpoints are picked by."""
         images = self.slices.validation
         if self.tc.num_val_images:
             images = images[: self.tc.num_val_images]
-        return evaluate_bpd(self.model, images, self.device)
+        negative = self.config.negative
+        if negative is None:
+            bpd = evaluate_bpd(self.model, images, self.device)
+            return {"val_bpd": bpd, "val_objective": bpd}
+        m = evaluate_negative(self.model, images, self.device, negative)
+        return {
+            "val_bpd": m["bpd"],
+            "val_hinge": m["hinge"],
+            "val_beats_transformed": m["beats_transformed"],
+            "val_objective": m["bpd"] + negative.weight * m["hinge"],
+        }
+
+    def validate(self) -> float:
+        """The value checkpoints are picked by: validation bpd (+ weighted hinge with negative training)."""
+        return self.validation_metrics()["val_objective"]
 
     def fit(self, max_minutes: float | None = None) -> Progress:
         self._initialize()
@@ -216,7 +323,7 @@ class Trainer:
         bar = tqdm(
             total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True
         )
-        ema_bpd = None
+        ema_bpd = ema_hinge = None
         window_start, window_images = time.monotonic(), 0
         try:
             while self.progress.step < total_steps and self.progress.epoch < tc.epochs and not self.stop_requested:
@@ -225,7 +332,7 @@ class Trainer:
                     if index < skip:
                         continue
                     pixels = pixels.to(self.device, non_blocking=True)
-                    loss = self._loss(pixels)
+                    loss, batch_bpd, batch_hinge = self._loss(pixels)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"non-finite loss ({loss.item()}) at step {self.progress.step + 1}; nothing was written "
@@ -243,16 +350,20 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.progress.step += 1
-                    value = loss.item()
+                    value = batch_bpd.item()
                     ema_bpd = value if ema_bpd is None else 0.98 * ema_bpd + 0.02 * value
+                    if batch_hinge is not None:
+                        value = batch_hinge.item()
+                        ema_hinge = value if ema_hinge is None else 0.98 * ema_hinge + 0.02 * value
                     window_images += len(pixels)
                     elapsed = time.monotonic() - window_start
                     if elapsed >= 2.0:
                         rate = window_images / elapsed
                         window_start, window_images = time.monotonic(), 0
-                        bar.set_postfix(
-                            bpd=f"{ema_bpd:.3f}", img_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}"
-                        )
+                        shown = {"bpd": f"{ema_bpd:.3f}"}
+                        if ema_hinge is not None:
+                            shown["hinge"] = f"{ema_hinge:.4f}"
+                        bar.set_postfix(**shown, img_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
                     bar.update(1)
                     step = self.progress.step
                     if step % tc.val_every == 0:
@@ -277,21 +388,28 @@ class Trainer:
         return self.progress
 
     def _validate_and_checkpoint(self, bar, train_bpd: float | None) -> None:
-        val_bpd = self.validate()
-        best = val_bpd < self.progress.best_val_bpd
+        metrics = self.validation_metrics()
+        objective = metrics["val_objective"]
+        best = objective < self.progress.best_val_bpd
         if best:
-            self.progress.best_val_bpd = val_bpd
+            self.progress.best_val_bpd = objective
         self.history.append(
             {
                 "step": self.progress.step,
                 "epoch": self.progress.epoch,
                 "train_bpd": train_bpd,
-                "val_bpd": val_bpd,
+                **metrics,
                 "seconds": self._elapsed(),
             }
         )
         self._checkpoint(best=best)
-        message = f"step {self.progress.step}: validation bpd {val_bpd:.4f}" + (" (best)" if best else "")
+        message = f"step {self.progress.step}: validation bpd {metrics['val_bpd']:.4f}"
+        if "val_hinge" in metrics:
+            message += (
+                f", hinge {metrics['val_hinge']:.4f}, {100 * metrics['val_beats_transformed']:.1f}% beat their "
+                f"{self.config.negative.transform}, objective {objective:.4f}"
+            )
+        message += " (best)" if best else ""
         (bar.write if bar is not None else lambda m: print(m, file=sys.stderr))(message)
 
 
@@ -340,7 +458,11 @@ def run_training(
                 return 2
             print(f"no checkpoint at {resume}; starting fresh", file=sys.stderr)
             resume = None
-    trainer = trainer_type(config, slices, resume=resume)
+    try:
+        trainer = trainer_type(config, slices, resume=resume)
+    except IncompatibleCheckpoint as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit
         trainer.stop_requested = True
@@ -357,7 +479,8 @@ def run_training(
     except TrainingDiverged as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 3
-    print(f"stopped at step {progress.step}; best validation bpd {progress.best_val_bpd:.4f}", file=sys.stderr)
+    what = "objective (bpd + hinge)" if config.negative is not None else "bpd"
+    print(f"stopped at step {progress.step}; best validation {what} {progress.best_val_bpd:.4f}", file=sys.stderr)
     return 0
 
 

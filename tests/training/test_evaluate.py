@@ -19,6 +19,7 @@ from training.config import RunConfig
 from training.evaluate import main, recommend
 from training.metrics import auroc, flag_rate, fpr_at_tpr
 from training.ood_sets import BUILTIN_SETS, Context, build_set, fit_to_shape, latent_zeroed
+from training.report import negative_training_line
 from training.scoring import open_bundle
 
 SHAPE = (1, 28, 28)
@@ -157,6 +158,7 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
 
     readme = (out / "README.md").read_text()
     assert "oodgate-eval " + str(calibrated_bundle) in readme and "## Targets" in readme
+    assert "negative training: none; every OOD set is unseen in kind" in readme
     for name in ("examples.png", "metrics.csv", "metrics.json", "scores.csv.gz", "hist_bpd.png", "hist_dose.png"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "metrics.json").read_text())
@@ -178,3 +180,8 @@ def test_eval_refuses_an_uncalibrated_bundle(tmp_path, tiny_models_root, capsys)
     np.savez(tmp_path / "test.npz", images=fashion_like(10, 7))
     code = main([str(tiny_models_root / "tiny" / "1"), "--in-dist", str(tmp_path / "test.npz"), "--out", str(tmp_path)])
     assert code == 2 and "oodgate-calibrate" in capsys.readouterr().err
+
+
+def test_report_says_when_an_ood_transform_was_trained_against():
+    line = negative_training_line({"negative": {"transform": "vflip", "margin_bpd": 0.3, "weight": 1.0}})
+    assert "`vflip` set" in line and "not zero-shot" in line and "0.3 bits/dim" in line
