@@ -6,7 +6,8 @@ service returns. The report folder holds a markdown table (AUROC, FPR at 95%
 TPR and the flag rate at each alpha, per score and set; the realized
 false-positive rate on the in-distribution test set), histograms per score,
 example images per set, and every per-image score as CSV. The default score is
-recommended by its *worst* AUROC over all OOD sets, never by MNIST alone.
+recommended by its *worst* AUROC over all OOD sets, never by MNIST alone, among
+the scores that meet every target of the report (all scores when none does).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     recommended: str | None = None
     worst: dict[str, tuple[float, str]] = field(default_factory=dict)
+    meets_targets: set[str] = field(default_factory=set)  # scores that meet every target the report checks
     command: str = ""
     seconds: float = 0.0
 
@@ -107,20 +109,24 @@ def metric_rows(in_set: ScoredSet, sets: list[ScoredSet], alphas: tuple[float, .
 
 
 def recommend(
-    rows: list[dict], score_names: tuple[str, ...], tie: float = AUROC_TIE
+    rows: list[dict], score_names: tuple[str, ...], tie: float = AUROC_TIE, eligible: set[str] | None = None
 ) -> tuple[str | None, dict[str, tuple[float, str]]]:
-    """The score whose worst AUROC over the OOD sets is best.
+    """The score whose worst AUROC over the OOD sets is best, among ``eligible`` if any is.
 
     Differences under ``tie`` (about two standard errors of an AUROC on a
     2,000-image set) are noise, not a ranking: such ties go to the next-worst
-    set, then to the mean AUROC.
+    set, then to the mean AUROC. ``eligible``: the scores that meet the hard
+    targets; a score that misses one (say, lets upside-down images through) is not
+    recommended over one that meets them all, however good its worst AUROC.
+    ``worst`` is returned for every score either way.
     """
     profiles, worst = {}, {}
     for name in score_names:
         ood = sorted((r["auroc"], r["set"]) for r in rows if r["score"] == name and r["kind"] == "ood")
         if ood:
-            profiles[name] = [value for value, _ in ood]
             worst[name] = ood[0]
+            if not eligible or name in eligible:
+                profiles[name] = [value for value, _ in ood]
 
     def compare(a: str, b: str) -> int:
         for x, y in zip(profiles[a], profiles[b], strict=True):
@@ -214,20 +220,18 @@ def evaluate(args: argparse.Namespace, command: str) -> Evaluation:
     for image_set in image_sets:
         scored.append(score_set(bundle, detector, image_set, image_set.kind, args.batch_size, progress))
         print(f"  {image_set.name}: {len(image_set.images)} images, {scored[-1].seconds:.1f} s", file=sys.stderr)
+    from training.report import target_checks  # report renders an Evaluation; import late, no cycle
+
     rows = metric_rows(in_set, scored, tuple(args.alphas))
-    recommended, worst = recommend(rows, detector.score_names)
-    return Evaluation(
-        bundle,
-        detector,
-        [in_set, *scored],
-        tuple(args.alphas),
-        rows,
-        notes + ctx.notes,
-        recommended,
-        worst,
-        command,
-        time.monotonic() - started,
+    result = Evaluation(
+        bundle, detector, [in_set, *scored], tuple(args.alphas), rows, notes + ctx.notes, command=command
     )
+    result.meets_targets = {
+        name for name in detector.score_names if all(met is not False for _, met, _ in target_checks(result, name))
+    }
+    result.recommended, result.worst = recommend(rows, detector.score_names, eligible=result.meets_targets)
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def parse_alphas(text: str) -> list[float]:

@@ -116,11 +116,15 @@ def realized_fpr_table(result) -> str:
 
 
 def worst_table(result) -> str:
-    lines = ["| score | worst AUROC over OOD sets | on set | mean AUROC |", "|---|---:|---|---:|"]
+    lines = [
+        "| score | meets every target | worst AUROC over OOD sets | on set | mean AUROC |",
+        "|---|---|---:|---|---:|",
+    ]
     for name, (value, where) in sorted(result.worst.items(), key=lambda kv: -kv[1][0]):
         mean = np.mean([r["auroc"] for r in result.rows if r["score"] == name and r["kind"] == "ood"])
         mark = " **(recommended)**" if name == result.recommended else ""
-        lines.append(f"| `{name}`{mark} | {value:.4f} | {where} | {mean:.4f} |")
+        meets = "yes" if name in result.meets_targets else "no"
+        lines.append(f"| `{name}`{mark} | {meets} | {value:.4f} | {where} | {mean:.4f} |")
     return "\n".join(lines)
 
 
@@ -173,8 +177,8 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         negative_training_line(manifest.training),
         f"- runtime: {cal.get('runtime')} on the exported graph, the service's own; code at commit `{_git_commit()}`;"
         f" {result.seconds:.0f} s; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
-        f"- default score of the bundle: **`{score}`**; recommended by worst AUROC over the OOD sets: "
-        f"**`{result.recommended}`**",
+        f"- default score of the bundle: **`{score}`**; recommended (meets every target, then best worst AUROC "
+        f"over the OOD sets): **`{result.recommended}`**",
         "",
         "Scores: higher = more OOD. AUROC and FPR95 (false-positive rate at 95% true-positive rate) compare each set "
         "with the in-distribution test set; flag rates are `p_value <= alpha` with the bundle's conformal calibration.",
@@ -193,8 +197,9 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         "",
         "## Choosing the default score: worst AUROC over every OOD set",
         "",
-        "The score whose worst AUROC over the OOD sets is highest; differences under 0.01 (about two standard "
-        "errors on a 2,000-image set) count as ties and go to the next-worst set, then to the mean.",
+        "Among the scores that meet every target of the table above (all scores, if none does), the one whose "
+        "worst AUROC over the OOD sets is highest; differences under 0.01 (about two standard errors on a "
+        "2,000-image set) count as ties and go to the next-worst set, then to the mean.",
         "",
         worst_table(result),
         "",
@@ -248,6 +253,7 @@ def write_csvs(result, out: Path) -> None:
         "command": result.command,
         "default_score": result.detector.default_score,
         "recommended": result.recommended,
+        "meets_targets": sorted(result.meets_targets),
         "notes": result.notes,
         "worst_auroc": {k: {"auroc": v[0], "set": v[1]} for k, v in result.worst.items()},
         "targets": [

@@ -69,6 +69,19 @@ def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
     assert recommend(rows, ("dose", "combined"), tie=0.0)[0] == "dose"  # the strict rule
 
 
+def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_them_all():
+    rows = [
+        {"set": "latent_zeroed", "kind": "ood", "score": "dose", "auroc": 0.93},
+        {"set": "vflip", "kind": "ood", "score": "dose", "auroc": 0.99},
+        {"set": "latent_zeroed", "kind": "ood", "score": "combined", "auroc": 0.90},
+        {"set": "vflip", "kind": "ood", "score": "combined", "auroc": 0.998},
+    ]
+    assert recommend(rows, ("dose", "combined"))[0] == "dose"
+    best, worst = recommend(rows, ("dose", "combined"), eligible={"combined"})
+    assert best == "combined" and worst["dose"] == (0.93, "latent_zeroed")  # worst still reported for all
+    assert recommend(rows, ("dose", "combined"), eligible=set())[0] == "dose"  # none eligible: all compete
+
+
 def test_every_builtin_set_is_uint8_of_the_model_shape_and_reproducible():
     ctx = Context(SHAPE, fashion_like(40, 0), per_set=30, seed=1)
     for name in BUILTIN_SETS:
@@ -162,6 +175,11 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
     for name in ("examples.png", "metrics.csv", "metrics.json", "scores.csv.gz", "hist_bpd.png", "hist_dose.png"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["meets_targets"]) <= set(
+        Detector.from_bundle(load_manifest(calibrated_bundle), calibrated_bundle).score_names
+    )
+    if summary["meets_targets"]:  # the tiny bundle may meet none; then every score competed
+        assert summary["recommended"] in summary["meets_targets"]
     sets = {row["set"] for row in summary["rows"]}
     assert sets == {"in-distribution", "constant", "noise", "vflip", "latent_zeroed", "shift1", "extra", "mine"}
     assert "latent_zeroed" not in " ".join(summary.get("notes", []))
