@@ -15,8 +15,8 @@ help:
 	@echo "make serve          set up .venv and serve the bundled default model (OODGATE_* settings apply)"
 	@echo "make test           set up .venv and run the test suite"
 	@echo "make lint           ruff"
-	@echo "make train-default  retrain models/fashion-glow/1 from configs/fashion-glow.yaml (CPU: ~1 h)"
-	@echo "make export-default export runs/fashion-glow/best.pt to models/fashion-glow/1"
+	@echo "make train-default  retrain models/fashion-glow/1: configs/fashion-glow.yaml, then fashion-glow-upright.yaml (CPU: ~1.3 h)"
+	@echo "make export-default export runs/fashion-glow-upright/best.pt to models/fashion-glow/1"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,7 @@ lint: $(STAMP)
 train-default: $(STAMP)
 	@test -d /usr/share/datasets/fashion-mnist || (echo "FashionMNIST missing: sudo apt-get install -y dataset-fashion-mnist" && exit 2)
 	$(VENV)/bin/oodgate-train configs/fashion-glow.yaml --resume
+	$(VENV)/bin/oodgate-train configs/fashion-glow-upright.yaml --resume
 
 export-default: $(STAMP)
-	$(VENV)/bin/oodgate-export runs/fashion-glow/best.pt --force
+	$(VENV)/bin/oodgate-export runs/fashion-glow-upright/best.pt --force
