@@ -132,7 +132,8 @@ def recommend(
         for x, y in zip(profiles[a], profiles[b], strict=True):
             if abs(x - y) >= tie:
                 return 1 if x > y else -1
-        return (np.mean(profiles[a]) > np.mean(profiles[b])) - (np.mean(profiles[a]) < np.mean(profiles[b]))
+        mean_a, mean_b = float(np.mean(profiles[a])), float(np.mean(profiles[b]))
+        return (mean_a > mean_b) - (mean_a < mean_b)  # Python bools: numpy's refuse to subtract
 
     best = max(profiles, key=functools.cmp_to_key(compare)) if profiles else None
     return best, worst

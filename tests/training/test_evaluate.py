@@ -69,6 +69,17 @@ def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
     assert recommend(rows, ("dose", "combined"), tie=0.0)[0] == "dose"  # the strict rule
 
 
+def test_scores_tied_on_every_set_go_to_the_mean_auroc():
+    rows = [
+        {"set": "constant", "kind": "ood", "score": "dose", "auroc": 1.0},
+        {"set": "noise", "kind": "ood", "score": "dose", "auroc": 0.995},
+        {"set": "constant", "kind": "ood", "score": "combined", "auroc": 1.0},
+        {"set": "noise", "kind": "ood", "score": "combined", "auroc": 0.999},
+    ]
+    assert recommend(rows, ("dose", "combined"))[0] == "combined"
+    assert recommend(rows[:1] + rows[2:3], ("dose", "combined"))[0] in ("dose", "combined")  # exact tie
+
+
 def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_them_all():
     rows = [
         {"set": "latent_zeroed", "kind": "ood", "score": "dose", "auroc": 0.93},
