@@ -1,4 +1,4 @@
-"""The model-bundle contract: ``models/<name>/<version>/{model.onnx, model.pt, manifest.json}``.
+"""The model-bundle contract: ``models/<name>/<version>/{model.onnx, model.pt, weights.npz, manifest.json}``.
 
 This module is the one definition of the manifest schema and of the graph's
 input and output names. Export (``training``) writes bundles through it and the
@@ -22,6 +22,9 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("log_pz", "log_det", "log_px", "bpd", "log_pz_levels", "log_det_levels")
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
+# The eager flow's state dict as plain arrays, for what needs its inverse (training side only).
+WEIGHTS_FILE = "weights.npz"
+WEIGHTS_KEY = "weights"
 
 
 class ArtifactError(RuntimeError):

@@ -152,23 +152,35 @@ def in_distribution_images(bundle: Bundle, path: str | None) -> tuple[np.ndarray
     raise DatasetError("the bundle was not trained on FashionMNIST: pass --in-dist TEST_IMAGES(.npz|folder)")
 
 
-def check_checkpoint(bundle: Bundle, checkpoint: str, images: np.ndarray) -> str | None:
-    """Algorithm 1 needs the eager model; make sure it is the model the bundle was exported from."""
+def eager_flow(bundle: Bundle, checkpoint: str | None, images: np.ndarray) -> tuple[object | None, str | None]:
+    """The flow that Algorithm 1 inverts: ``--checkpoint`` when given, else the bundle's ``weights.npz``.
+
+    Either way it must score like the bundle's graph, or ``latent_zeroed`` would be
+    built by some other model. Returns the flow and where it came from, or None and why not.
+    """
     import torch
 
     from service.artifact import bits_per_dim
     from training.flows import dequantize
-    from training.train import model_from_checkpoint
+    from training.weights import flow_from_bundle
 
-    flow, _, _ = model_from_checkpoint(checkpoint)
+    if checkpoint:
+        from training.train import model_from_checkpoint
+
+        flow, source = model_from_checkpoint(checkpoint)[0], f"checkpoint {checkpoint}"
+    else:
+        try:
+            flow, source = flow_from_bundle(bundle.directory), f"{bundle.directory}/weights.npz"
+        except ArtifactError as exc:
+            return None, f"no eager flow to invert: {exc}"
     with torch.no_grad():
         log_pz, log_det = flow(dequantize(torch.from_numpy(images[:32])))
         eager = bits_per_dim(log_pz.sum(1) + log_det.sum(1), flow.dims).double().numpy()
     exported = run_statistics(bundle, images[:32], progress=False)["bpd"].astype(np.float64)
     delta = float(np.max(np.abs(eager - exported)))
     if delta > 1e-3:
-        return f"checkpoint {checkpoint} is not this bundle's model (max |Δ bpd| {delta:.3g}); latent_zeroed skipped"
-    return None
+        return None, f"{source} is not this bundle's model (max |Δ bpd| {delta:.3g})"
+    return flow, f"latent_zeroed inverts the eager flow from {source} (max |Δ bpd| {delta:.2g} against the graph)"
 
 
 def parse_extra(values: list[str], kind: str) -> list[tuple[str, str, str]]:
@@ -193,15 +205,15 @@ def evaluate(args: argparse.Namespace, command: str) -> Evaluation:
     if args.limit:
         in_images = in_images[: args.limit]
     notes: list[str] = []
-    checkpoint = args.checkpoint
-    if checkpoint:
-        problem = check_checkpoint(bundle, checkpoint, in_images)
-        if problem:
-            notes.append(problem)
-            checkpoint = None
-    ctx = Context(shape, in_images, per_set=args.per_set, seed=args.seed, checkpoint=checkpoint)
-
     names = list(BUILTIN_SETS) if args.sets == "all" else [s for s in args.sets.split(",") if s]
+    ctx = Context(shape, in_images, per_set=args.per_set, seed=args.seed)
+    if "latent_zeroed" in names:
+        ctx.flow, said = eager_flow(bundle, args.checkpoint, in_images)
+        if ctx.flow is None:
+            ctx.why_no_flow = said
+        else:
+            notes.append(said)
+
     unknown = [n for n in names if n not in BUILTIN_SETS]
     if unknown:
         raise SystemExit(f"oodgate-eval: unknown sets {unknown}; built-in: {', '.join(BUILTIN_SETS)}")
@@ -266,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-dist", help="in-distribution test images (default: FashionMNIST test for such bundles)")
     parser.add_argument("--limit", type=int, help="use only the first N in-distribution test images")
     parser.add_argument("--per-set", type=int, default=2000, help="images per transformed/synthetic set (cap)")
-    parser.add_argument("--checkpoint", help="the bundle's training checkpoint, for the latent_zeroed set")
+    parser.add_argument(
+        "--checkpoint", help="a training checkpoint to invert for latent_zeroed (default: the bundle's weights.npz)"
+    )
     parser.add_argument("--alphas", type=parse_alphas, default=list(ALPHAS), help="flag levels (0.01,0.05,0.1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)

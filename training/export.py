@@ -6,7 +6,9 @@ returning the six named outputs of :data:`service.artifact.OUTPUT_NAMES`. The
 1x1 convolutions' log-determinants are computed once here, in float64, and baked
 in as constants. Export then checks parity (eager vs TorchScript vs ONNX Runtime,
 random and real images) and refuses to write a manifest when ``|Δ bpd|`` exceeds
-the tolerance, so a bundle with a manifest is a bundle that passed.
+the tolerance, so a bundle with a manifest is a bundle that passed. Beside the
+graphs it writes ``weights.npz`` (:mod:`training.weights`), so that the bundle
+alone can rebuild the eager flow and its inverse.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from service.artifact import (
     ONNX_FILE,
     OUTPUT_NAMES,
     TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_KEY,
     InputSpec,
     Manifest,
     TrainingData,
@@ -39,6 +43,7 @@ from service.artifact import (
 from training.architectures import MultiScaleFlow
 from training.data import DatasetError, load_fashion_mnist, sha256_array, split_training_set
 from training.flows import dequantize, freeze_invertible_convs
+from training.weights import save_weights
 
 PARITY_TOLERANCE_BPD = 1e-4
 ONNX_OPSET = 18
@@ -187,6 +192,7 @@ def export_bundle(
     example = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
     export_torchscript(graph, example, bundle_dir / TORCHSCRIPT_FILE)
     export_onnx(graph, example, bundle_dir / ONNX_FILE)
+    save_weights(flow, bundle_dir / WEIGHTS_FILE)
     parity = check_parity(graph, bundle_dir, parity_images(shape, real_images), tolerance)
     manifest = Manifest(
         name=name,
@@ -198,7 +204,11 @@ def export_bundle(
         training={**(training or {}), "export_parity": parity},
         data=data,
         metrics=metrics or {},
-        files={"onnx": file_entry(bundle_dir, ONNX_FILE), "torchscript": file_entry(bundle_dir, TORCHSCRIPT_FILE)},
+        files={
+            "onnx": file_entry(bundle_dir, ONNX_FILE),
+            "torchscript": file_entry(bundle_dir, TORCHSCRIPT_FILE),
+            WEIGHTS_KEY: file_entry(bundle_dir, WEIGHTS_FILE),
+        },
         packages=package_versions(),
     )
     write_manifest(bundle_dir, manifest)

@@ -40,13 +40,14 @@ class ImageSet:
 
 @dataclass
 class Context:
-    """What builders may draw on: the in-distribution test images and, for Algorithm 1, the eager model."""
+    """What builders may draw on: the in-distribution test images and, for Algorithm 1, the eager flow."""
 
     shape: tuple[int, int, int]
     in_images: np.ndarray
     per_set: int = 2000
     seed: int = 0
-    checkpoint: str | None = None
+    flow: object | None = None  # the bundle's eager MultiScaleFlow; torch stays unimported without it
+    why_no_flow: str = "needs the eager flow: the bundle carries no weights.npz and no --checkpoint was given"
     notes: list[str] = field(default_factory=list)
 
     def rng(self, name: str) -> np.random.Generator:
@@ -60,7 +61,7 @@ class Context:
 
 
 class SetUnavailable(RuntimeError):
-    """A built-in set cannot be built here (a package or checkpoint missing); the report notes it."""
+    """A built-in set cannot be built here (a package or the eager flow missing); the report notes it."""
 
 
 # --------------------------------------------------------------------------- shape helpers
@@ -137,18 +138,18 @@ def latent_zeroed(ctx: Context, k: int = 1) -> np.ndarray:
     """Algorithm 1 of the semantics paper: zero the first ``k`` standardized latent factors, invert.
 
     The result keeps the object but gains likelihood "for free"; it needs the
-    eager model (``--checkpoint``), since the exported graph only runs forward.
+    eager flow (the bundle's ``weights.npz``, or ``--checkpoint``), since the
+    exported graph only runs forward.
     """
-    if not ctx.checkpoint:
-        raise SetUnavailable("needs the eager model: pass --checkpoint runs/<name>/best.pt")
+    flow = ctx.flow
+    if flow is None:
+        raise SetUnavailable(ctx.why_no_flow)
     import torch
 
     from training.flows import dequantize
-    from training.train import model_from_checkpoint
 
-    flow, _, _ = model_from_checkpoint(ctx.checkpoint)
     if tuple(flow.input_shape) != tuple(ctx.shape):
-        raise SetUnavailable(f"checkpoint takes {flow.input_shape}, the bundle {ctx.shape}")
+        raise SetUnavailable(f"the eager flow takes {flow.input_shape}, the bundle {ctx.shape}")
     source = ctx.sample_in("latent_zeroed")[: min(ctx.per_set, 1000)]
     out = []
     with torch.no_grad():

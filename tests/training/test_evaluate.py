@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.artifact import load_manifest
+from service.artifact import load_manifest, write_manifest
 from service.ood import Detector
 from tests.conftest import make_tiny_flow
 from training.calibrate import calibrate_bundle
@@ -21,6 +21,7 @@ from training.metrics import auroc, flag_rate, fpr_at_tpr
 from training.ood_sets import BUILTIN_SETS, Context, build_set, fit_to_shape, latent_zeroed
 from training.report import negative_training_line
 from training.scoring import open_bundle
+from training.weights import flow_from_bundle
 
 SHAPE = (1, 28, 28)
 
@@ -135,10 +136,9 @@ def write_checkpoint(path, seed=0):
     torch.save({"model": flow.state_dict(), "config": run.model_dump(mode="json"), "input_shape": list(SHAPE)}, path)
 
 
-def test_algorithm_1_inverts_exactly_when_nothing_is_zeroed(tmp_path):
-    write_checkpoint(tmp_path / "tiny.pt")
+def test_algorithm_1_inverts_exactly_when_nothing_is_zeroed(tiny_models_root):
     source = fashion_like(6, 3)
-    ctx = Context(SHAPE, source, per_set=6, checkpoint=str(tmp_path / "tiny.pt"))
+    ctx = Context(SHAPE, source, per_set=6, flow=flow_from_bundle(tiny_models_root / "tiny" / "1"))
     same = latent_zeroed(ctx, k=0)
     assert np.abs(same.astype(int) - ctx.sample_in("latent_zeroed").astype(int)).max() <= 1
     zeroed = latent_zeroed(ctx, k=1)
@@ -193,7 +193,8 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
         assert summary["recommended"] in summary["meets_targets"]
     sets = {row["set"] for row in summary["rows"]}
     assert sets == {"in-distribution", "constant", "noise", "vflip", "latent_zeroed", "shift1", "extra", "mine"}
-    assert "latent_zeroed" not in " ".join(summary.get("notes", []))
+    notes = " ".join(summary.get("notes", []))
+    assert "skipped" not in notes and f"from checkpoint {tmp_path / 'tiny.pt'}" in notes
     with gzip.open(out / "scores.csv.gz", "rt") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 150 + 256 + 20 + 20 + 20 + 20 + 7 + 3
@@ -203,6 +204,32 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
     manifest = load_manifest(calibrated_bundle, verify=True)
     assert manifest.calibration["default_score"] == summary["recommended"]
     assert Detector.from_bundle(manifest, calibrated_bundle).default_score == summary["recommended"]
+
+
+def test_eval_inverts_the_bundles_own_weights_without_a_checkpoint(tmp_path, calibrated_bundle):
+    np.savez(tmp_path / "test.npz", images=fashion_like(60, 8))
+    out = tmp_path / "report"
+    argv = [str(calibrated_bundle), "--in-dist", str(tmp_path / "test.npz"), "--sets", "latent_zeroed",
+            "--per-set", "10", "--out", str(out), "--no-progress", "--no-plots", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert {row["set"] for row in summary["rows"]} == {"in-distribution", "latent_zeroed"}
+    assert any("weights.npz" in note for note in summary["notes"])
+
+
+def test_eval_says_why_latent_zeroed_is_missing_when_the_bundle_has_no_weights(tmp_path, calibrated_bundle):
+    manifest = load_manifest(calibrated_bundle)
+    del manifest.files["weights"]
+    write_manifest(calibrated_bundle, manifest)
+    (calibrated_bundle / "weights.npz").unlink()
+    np.savez(tmp_path / "test.npz", images=fashion_like(60, 8))
+    argv = [str(calibrated_bundle), "--in-dist", str(tmp_path / "test.npz"), "--sets", "constant,latent_zeroed",
+            "--out", str(tmp_path / "report"), "--no-progress", "--no-plots", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert "latent_zeroed" not in {row["set"] for row in summary["rows"]}
+    (note,) = [n for n in summary["notes"] if "latent_zeroed" in n]
+    assert "skipped" in note and "training.recover_weights" in note
 
 
 def test_eval_refuses_an_uncalibrated_bundle(tmp_path, tiny_models_root, capsys):
