@@ -52,7 +52,7 @@ def test_cli_calibrates_from_an_npz_and_keeps_sha256s_consistent(tmp_path, bundl
     manifest = load_manifest(bundle_copy, verify=True)
     assert manifest.calibration["default_score"] == "complexity"
     assert manifest.calibration["dose"]["density"] == "kde"
-    assert sorted(manifest.files) == ["calibration", "onnx", "torchscript"]
+    assert sorted(manifest.files) == ["calibration", "onnx", "torchscript", "weights"]
 
 
 def test_calibration_uses_the_service_runtime_numbers(tmp_path, bundle_copy):
