@@ -64,6 +64,12 @@ class TrainingData(BaseModel):
     sha256: str = Field(description="sha256 of the uint8 image array of the whole split")
     slices: dict[str, tuple[int, int]] = Field(description="[start, stop) positions in the split")
     holdout_sha256: str = Field(description="sha256 of the held-out images, for the calibration step")
+    slice_seed: int | None = Field(None, description="slices count positions in this seed's permutation, if set")
+    channels: int | None = Field(None, description="channels the images were read or converted to (1 or 3)")
+    size: tuple[int, int] | None = Field(None, description="H, W the images were resized to, if any")
+    test_source: str | None = Field(None, description="the in-distribution test set: its source kind ...")
+    test_path: str | None = Field(None, description="... its path (never trained or calibrated on, only measured)")
+    test_sha256: str | None = Field(None, description="... and the sha256 of its uint8 image array")
 
 
 class Manifest(BaseModel):

@@ -6,19 +6,55 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training.architectures import FlowConfig
-from training.data import FASHION_MNIST_DIR, SliceSpec
+from training.data import FASHION_MNIST_DIR, SliceSpec, load_images
 
 
 class DataConfig(BaseModel):
+    """Where the training images come from; every field is documented in configs/README.md."""
+
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["fashion-mnist", "npz", "folder"] = "fashion-mnist"
-    path: str = Field(str(FASHION_MNIST_DIR), description="IDX directory, .npz file or image folder")
+    source: Literal["fashion-mnist", "folder", "npz", "idx", "cifar"] = Field(
+        "fashion-mnist",
+        description="fashion-mnist: the IDX folder of Debian's dataset-fashion-mnist (train split); folder: image "
+        "files under a directory, recursive, sorted by path; npz: an array 'images' (or 'x', or the only one); "
+        "idx: one IDX images file; cifar: CIFAR-10/100 binary batches (a .bin file or a folder of them)",
+    )
+    path: str = Field(str(FASHION_MNIST_DIR), description="the folder or file the source reads")
+    channels: Literal[1, 3] | None = Field(
+        None,
+        description="1 (gray) or 3 (RGB); None: as the data is (a folder is RGB if any image holds colour). "
+        "Set, the images are converted: gray repeated to RGB, RGB to ITU-R 601 luma",
+    )
+    size: tuple[int, int] | None = Field(
+        None, description="H, W to resize every image to (LANCZOS); None: as the data is (a folder must agree)"
+    )
+    test_source: Literal["fashion-mnist", "folder", "npz", "idx", "cifar"] | None = Field(
+        None, description="reader of the in-distribution test set (default: the same as source)"
+    )
+    test_path: str | None = Field(
+        None,
+        description="the in-distribution test set, only ever measured on (test bpd, realized FPR); "
+        "fashion-mnist reads its own test split when this is unset",
+    )
     slices: SliceSpec = SliceSpec()
+
+    def load(self) -> np.ndarray:
+        """The training split as uint8 [N, C, H, W], read and converted as configured."""
+        return load_images(self.source, self.path, self.channels, self.size, split="train")
+
+    def load_test(self, input_shape: tuple[int, int, int] | None = None) -> np.ndarray | None:
+        """The in-distribution test set, fitted to ``input_shape`` (the model's); None when there is none."""
+        source = self.test_source or self.source
+        if self.test_path is None and source != "fashion-mnist":
+            return None
+        channels, size = (input_shape[0], tuple(input_shape[1:])) if input_shape else (self.channels, self.size)
+        return load_images(source, self.test_path or self.path, channels, size, split="test")
 
 
 class TrainConfig(BaseModel):

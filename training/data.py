@@ -1,6 +1,7 @@
 """Image datasets as uint8 arrays ``[N, C, H, W]``, and the held-out slices.
 
-Readers: IDX (gzipped or not), ``.npz`` and a folder of image files. Anything
+Readers: IDX (gzipped or not), ``.npz``, a folder of image files and CIFAR-10/100
+binary batches; :func:`load_images` is the one entry point. Anything
 missing or unreadable raises :class:`DatasetError` with one message that says
 where the data was looked for and how to get it.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,31 +92,188 @@ def load_npz(path: str | Path, key: str | None = None) -> np.ndarray:
     raise DatasetError(f"{path} holds {names}; name the array to use")
 
 
-def load_image_folder(path: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Every image file under ``path`` (sorted), converted to ``channels`` and, if given, resized."""
+SOURCES = ("fashion-mnist", "folder", "npz", "idx", "cifar")
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+CIFAR_LABEL_BYTES = {"cifar10": 1, "cifar100": 2}  # bytes before each record's pixels
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
+
+
+def load_image_folder(path: str | Path, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Every image file under ``path`` (recursive, sorted by path) as uint8 [N, C, H, W].
+
+    ``channels`` None infers them: 3 if any image holds colour (a pixel whose R, G
+    and B differ), else 1. Images of different sizes are refused unless ``size``
+    (H, W) says what to resize them to.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"image folder not found: {path}")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
-    mode = {1: "L", 3: "RGB"}[channels]
     arrays = []
     for file in files:
         try:
             with Image.open(file) as image:
-                image = image.convert(mode)
+                image = _on_white(image)
                 if size is not None and image.size != (size[1], size[0]):
-                    image = image.resize((size[1], size[0]), Image.BILINEAR)
+                    image = image.resize((size[1], size[0]), Image.LANCZOS)
                 arrays.append(np.asarray(image, dtype=np.uint8))
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {file}: {exc}") from exc
-    shapes = {a.shape for a in arrays}
+    shapes = sorted({a.shape[:2] for a in arrays})
     if len(shapes) > 1:
-        raise DatasetError(f"images under {path} differ in size ({sorted(shapes)[:3]}...); pass a size to resize")
-    return to_nchw(np.stack(arrays), source=str(path))
+        raise DatasetError(
+            f"images under {path} differ in size ({len(shapes)} sizes, e.g. "
+            + ", ".join(f"{h}x{w}" for h, w in shapes[:3])
+            + "); pass a size (--size HxW, or data.size in the config) to resize them all"
+        )
+    rgb = np.stack(arrays).transpose(0, 3, 1, 2)
+    return convert_channels(rgb, channels if channels is not None else infer_channels(rgb), source=str(path))
+
+
+def _on_white(image):
+    """RGB, with any transparency composited on white (what a viewer shows)."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def infer_channels(images: np.ndarray) -> int:
+    """3 if any pixel of the [N, 3, H, W] array has unequal R, G, B; else 1. Gray arrays stay 1."""
+    if images.shape[1] == 1:
+        return 1
+    colour = (images[:, 0] != images[:, 1]) | (images[:, 1] != images[:, 2])
+    return 3 if bool(colour.any()) else 1
+
+
+def convert_channels(images: np.ndarray, channels: int, source: str = "array") -> np.ndarray:
+    """[N, C, H, W] to ``channels``: gray repeated to RGB, or RGB to ITU-R 601 luma (rounded, as Pillow)."""
+    if channels not in (1, 3):
+        raise DatasetError(f"{source}: channels must be 1 or 3, got {channels}")
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if channels == 3:
+        return np.ascontiguousarray(np.repeat(images, 3, axis=1))
+    weights = np.asarray(LUMA_WEIGHTS, dtype=np.float64)[None, :, None, None]
+    luma = (images.astype(np.float64) * weights).sum(axis=1, keepdims=True)
+    return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize [N, C, H, W] uint8 images to ``size`` (H, W) with Pillow's LANCZOS; a no-op at that size."""
+    from PIL import Image
+
+    if images.shape[2:] == tuple(size):
+        return images
+    out = np.empty((len(images), images.shape[1], *size), dtype=np.uint8)
+    for index, image in enumerate(images):
+        if image.shape[0] == 1:
+            out[index, 0] = np.asarray(Image.fromarray(image[0]).resize((size[1], size[0]), Image.LANCZOS))
+        else:
+            resized = Image.fromarray(image.transpose(1, 2, 0)).resize((size[1], size[0]), Image.LANCZOS)
+            out[index] = np.asarray(resized).transpose(2, 0, 1)
+    return out
+
+
+def load_idx_images(path: str | Path) -> np.ndarray:
+    """An IDX images file (``*-images-idx3-ubyte[.gz]``, MNIST style) as [N, C, H, W]."""
+    return to_nchw(read_idx(path), source=str(path))
+
+
+def cifar_files(path: Path) -> list[Path]:
+    """The ``.bin`` batch files of a CIFAR binary folder (sorted), or the one file given."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetError(f"CIFAR binary file or folder not found: {path}")
+    files = sorted(p for p in path.rglob("*.bin") if "meta" not in p.name)
+    if not files:
+        raise DatasetError(f"no CIFAR .bin batch files under {path} (the binary version, not the pickled one)")
+    return files
+
+
+def load_cifar_binary(path: str | Path, variant: str | None = None) -> np.ndarray:
+    """CIFAR-10/100 in the *binary* format (never the pickled one) as uint8 [N, 3, 32, 32].
+
+    Each record is the label byte(s) then 3072 pixel bytes, R then G then B planes,
+    row-major. ``variant`` ``cifar10`` (1 label byte) or ``cifar100`` (2); None tells
+    them apart by the file size, refusing a size both or neither divide.
+    """
+    arrays = []
+    for file in cifar_files(Path(path)):
+        data = np.fromfile(file, dtype=np.uint8)
+        fits = [name for name, label in CIFAR_LABEL_BYTES.items() if data.size % (label + CIFAR_IMAGE_BYTES) == 0]
+        kind = variant or (fits[0] if len(fits) == 1 else None)
+        if kind not in CIFAR_LABEL_BYTES or kind not in fits or not data.size:
+            raise DatasetError(
+                f"{file}: {data.size} bytes is not a whole number of CIFAR-10 (3073-byte) or CIFAR-100 "
+                f"(3074-byte) records" + (f" of {variant}" if variant else "")
+            )
+        label = CIFAR_LABEL_BYTES[kind]
+        records = data.reshape(-1, label + CIFAR_IMAGE_BYTES)
+        arrays.append(records[:, label:].reshape(-1, 3, 32, 32))
+    return np.ascontiguousarray(np.concatenate(arrays))
+
+
+def load_images(
+    source: str,
+    path: str | Path,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    split: str = "train",
+) -> np.ndarray:
+    """Any supported source as uint8 [N, C, H, W], converted to ``channels`` and resized to ``size``.
+
+    The one reader every command uses (train, export, calibrate, evaluate, build),
+    so a data config means the same images everywhere.
+    """
+    if source == "fashion-mnist":
+        images = load_fashion_mnist(split, path)[0]
+    elif source == "folder":
+        images = load_image_folder(path, size=size)
+    elif source == "npz":
+        images = load_npz(path)
+    elif source == "idx":
+        images = load_idx_images(path)
+    elif source == "cifar":
+        images = load_cifar_binary(path)
+    else:
+        raise DatasetError(f"unknown data source {source!r}; one of {', '.join(SOURCES)}")
+    if channels is not None and channels != images.shape[1]:
+        have = {1: "gray", 3: "colour"}[images.shape[1]]
+        print(
+            f"note: {path} holds {have} images; converting them to {channels} channel(s) as configured", file=sys.stderr
+        )
+        images = convert_channels(images, channels, source=str(path))
+    if size is not None:
+        images = resize_images(images, tuple(size))
+    return images
+
+
+def detect_source(path: str | Path) -> str:
+    """The reader for a path a user hands over: folder, .npz, IDX or CIFAR binary."""
+    path = Path(path)
+    if path.is_dir():
+        if any(path.rglob("*.bin")) and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+            return "cifar"
+        return "folder"
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return "npz"
+    if "idx" in name or name.endswith("-ubyte") or name.endswith("-ubyte.gz"):
+        return "idx"
+    if name.endswith(".bin"):
+        return "cifar"
+    if not path.exists():
+        raise DatasetError(f"not found: {path}")
+    raise DatasetError(f"{path}: not a folder of images, an .npz, an IDX file or a CIFAR .bin file")
 
 
 def to_nchw(array: np.ndarray, source: str = "array") -> np.ndarray:
@@ -138,6 +297,19 @@ class SliceSpec(BaseModel):
 
     validation: int = Field(2000, ge=0, description="images just before the holdout, for checkpoint selection")
     holdout: int = Field(5000, ge=0, description="last images of the split, never trained on (calibration)")
+    shuffle_seed: int | None = Field(
+        None,
+        description="None: slices by position in the split as read. A seed: by position in that seed's fixed "
+        "permutation of it, for data stored in order (a folder sorted by class), where the last positions "
+        "would hold other kinds of image than the rest and the calibration would not be exchangeable with them",
+    )
+
+
+def slice_order(n: int, spec: SliceSpec) -> np.ndarray:
+    """The order whose positions the slices' ranges count: the split as read, or a seeded permutation of it."""
+    if spec.shuffle_seed is None:
+        return np.arange(n)
+    return np.random.default_rng(spec.shuffle_seed).permutation(n)
 
 
 @dataclass
@@ -150,6 +322,8 @@ class Slices:
 
 def split_training_set(images: np.ndarray, spec: SliceSpec) -> Slices:
     n = len(images)
+    if spec.shuffle_seed is not None:
+        images = images[slice_order(n, spec)]
     holdout_start = n - spec.holdout
     validation_start = holdout_start - spec.validation
     if validation_start <= 0:

@@ -10,10 +10,14 @@ from PIL import Image
 from training.data import (
     DatasetError,
     SliceSpec,
+    detect_source,
+    load_cifar_binary,
     load_fashion_mnist,
     load_image_folder,
+    load_images,
     load_npz,
     read_idx,
+    slice_order,
     split_training_set,
     to_nchw,
 )
@@ -99,3 +103,80 @@ def test_slices_are_fixed_disjoint_and_cover_the_split():
     np.testing.assert_array_equal(together, np.arange(100))
     with pytest.raises(DatasetError):
         split_training_set(images, SliceSpec(validation=50, holdout=50))
+
+
+def test_folder_of_colour_images_reads_as_rgb_and_gray_as_gray(tmp_path):
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+    folder = tmp_path / "colour" / "sub"  # recursive
+    folder.mkdir(parents=True)
+    for i, image in enumerate(colour):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    loaded = load_image_folder(tmp_path / "colour")
+    assert loaded.shape == (4, 3, 6, 6)
+    np.testing.assert_array_equal(loaded, colour.transpose(0, 3, 1, 2))
+    gray = load_image_folder(tmp_path / "colour", channels=1)
+    expected = np.floor(colour @ np.array([0.299, 0.587, 0.114]) + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(gray[:, 0], expected)
+
+
+def test_transparent_images_are_composited_on_white(tmp_path):
+    rgba = np.zeros((5, 5, 4), np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent except one pixel
+    rgba[2, 2, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    loaded = load_image_folder(tmp_path)
+    assert loaded.shape == (1, 3, 5, 5)
+    assert loaded[0, :, 0, 0].tolist() == [255, 255, 255]
+    assert loaded[0, :, 2, 2].tolist() == [255, 0, 0]
+
+
+def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(DatasetError, match="differ in size.*--size"):
+        load_image_folder(tmp_path)
+    assert load_image_folder(tmp_path, size=(4, 4)).shape == (2, 1, 4, 4)
+
+
+@pytest.mark.parametrize("variant,label_bytes", [("cifar10", 1), ("cifar100", 2)])
+def test_cifar_binary_reader(tmp_path, variant, label_bytes):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, (5, label_bytes), dtype=np.uint8)
+    records = np.concatenate([labels, images.reshape(5, -1)], axis=1)
+    folder = tmp_path / "cifar-bin"
+    folder.mkdir()
+    records[:3].tofile(folder / "data_batch_1.bin")
+    records[3:].tofile(folder / "data_batch_2.bin")
+    (folder / "batches.meta.txt").write_text("airplane\n")
+    np.testing.assert_array_equal(load_cifar_binary(folder), images)
+    np.testing.assert_array_equal(load_images("cifar", folder), images)
+    assert detect_source(folder) == "cifar"
+    (folder / "data_batch_3.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(DatasetError, match="CIFAR"):
+        load_cifar_binary(folder)
+
+
+def test_idx_and_npz_through_the_one_reader_with_conversion(tmp_path):
+    images = np.random.default_rng(5).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, True)
+    assert detect_source(tmp_path / "train-images-idx3-ubyte.gz") == "idx"
+    rgb = load_images("idx", tmp_path / "train-images-idx3-ubyte.gz", channels=3, size=(4, 4))
+    assert rgb.shape == (3, 3, 4, 4) and (rgb[:, 0] == rgb[:, 2]).all()
+    np.savez(tmp_path / "x.npz", images=images)
+    assert detect_source(tmp_path / "x.npz") == "npz"
+    np.testing.assert_array_equal(load_images("npz", tmp_path / "x.npz")[:, 0], images)
+    with pytest.raises(DatasetError, match="unknown data source"):
+        load_images("pickle", tmp_path / "x.npz")
+
+
+def test_shuffled_slices_are_a_fixed_permutation():
+    images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+    spec = SliceSpec(validation=10, holdout=20, shuffle_seed=0)
+    slices = split_training_set(images, spec)
+    order = slice_order(100, spec)
+    np.testing.assert_array_equal(slices.holdout.ravel(), order[80:])
+    assert sorted(np.concatenate([slices.train, slices.validation, slices.holdout]).ravel()) == list(range(100))
+    assert slices.holdout.ravel().tolist() != list(range(80, 100))  # not the last positions
+    np.testing.assert_array_equal(split_training_set(images, spec).holdout, slices.holdout)
