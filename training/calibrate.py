@@ -34,7 +34,7 @@ from service.ood import (
     CalibrationError,
     Detector,
 )
-from training.data import DatasetError, load_fashion_mnist, load_image_folder, load_npz, sha256_array
+from training.data import DatasetError, SliceSpec, load_images, load_npz, sha256_array, slice_order
 from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
 
 
@@ -43,16 +43,12 @@ def load_holdout(manifest: Manifest) -> np.ndarray:
     data = manifest.data
     if data is None or "holdout" not in data.slices:
         raise DatasetError("the manifest records no held-out slice; pass --holdout IMAGES.npz")
-    if data.source == "fashion-mnist":
-        images, _ = load_fashion_mnist(data.split, data.path)
-    elif data.source == "npz":
-        images = load_npz(data.path)
-    elif data.source == "folder":
-        images = load_image_folder(data.path, channels=manifest.input.shape[0])
-    else:
-        raise DatasetError(f"unknown training data source {data.source!r}")
+    channels, height, width = manifest.input.shape
+    images = load_images(data.source, data.path, channels, (height, width), split=data.split)
+    seed = getattr(data, "slice_seed", None)
+    order = slice_order(len(images), SliceSpec(validation=0, holdout=0, shuffle_seed=seed))
     start, stop = data.slices["holdout"]
-    holdout = images[start:stop]
+    holdout = images[order[start:stop]]
     digest = sha256_array(holdout)
     if digest != data.holdout_sha256:
         raise DatasetError(

@@ -41,7 +41,7 @@ from service.artifact import (
     write_manifest,
 )
 from training.architectures import MultiScaleFlow
-from training.data import DatasetError, load_fashion_mnist, sha256_array, split_training_set
+from training.data import DatasetError, sha256_array, split_training_set
 from training.flows import dequantize, freeze_invertible_convs
 from training.weights import save_weights
 
@@ -215,41 +215,65 @@ def export_bundle(
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.train import evaluate_bpd, load_training_images, model_from_checkpoint
+class BundleExists(FileExistsError):
+    """The bundle directory already holds a manifest and overwriting was not asked for."""
 
-    parser = argparse.ArgumentParser(prog="oodgate-export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a best.pt / last.pt written by oodgate-train")
-    parser.add_argument("--models-dir", default="models", help="model repository root (default: models)")
-    parser.add_argument("--version", help="bundle version (default: the config's)")
-    parser.add_argument("--no-test", action="store_true", help="skip measuring test bpd on the test split")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing bundle")
-    args = parser.parse_args(argv)
 
-    flow, config, checkpoint = model_from_checkpoint(args.checkpoint)
-    version = args.version or config.version
-    bundle_dir = Path(args.models_dir) / config.name / version
-    if (bundle_dir / "manifest.json").exists() and not args.force:
-        print(f"oodgate-export: {bundle_dir} exists; pass --force to overwrite", file=sys.stderr)
-        return 2
+def data_record(config, images: np.ndarray, slices) -> TrainingData:
+    """What the manifest says about the training data: enough to re-read the same slices and test set."""
+    data = config.data
+    test_sha256 = None
+    if data.test_path is not None or (data.test_source or data.source) == "fashion-mnist":
+        test = data.load_test(tuple(images.shape[1:]))
+        test_sha256 = sha256_array(test) if test is not None else None
+    return TrainingData(
+        source=data.source,
+        split="train",
+        path=data.path,
+        sha256=sha256_array(images),
+        slices={k: tuple(v) for k, v in slices.ranges.items()},
+        holdout_sha256=sha256_array(slices.holdout),
+        slice_seed=data.slices.shuffle_seed,
+        channels=data.channels,
+        size=data.size,
+        test_source=data.test_source or (data.source if data.test_path or data.source == "fashion-mnist" else None),
+        test_path=data.test_path or (data.path if data.source == "fashion-mnist" else None),
+        test_sha256=test_sha256,
+    )
 
-    data_record, real, metrics, train_images = None, None, {}, None
+
+def export_checkpoint(
+    checkpoint_path: str | Path,
+    models_dir: str | Path = "models",
+    version: str | None = None,
+    *,
+    force: bool = False,
+    measure_test: bool = True,
+) -> Manifest:
+    """``oodgate-export`` as a function: checkpoint -> parity-checked bundle with its data record and metrics.
+
+    Test bpd is measured on the config's in-distribution test set (FashionMNIST's
+    test split, or ``data.test_path``) when there is one and ``measure_test``.
+    Raises :class:`BundleExists`, :class:`ExportParityError`.
+    """
+    from training.train import evaluate_bpd, model_from_checkpoint
+
+    flow, config, checkpoint = model_from_checkpoint(checkpoint_path)
+    version = version or config.version
+    bundle_dir = Path(models_dir) / config.name / version
+    if (bundle_dir / "manifest.json").exists() and not force:
+        raise BundleExists(f"{bundle_dir} exists; pass --force to overwrite")
+
+    record, real, metrics, train_images = None, None, {}, None
     try:
-        images = load_training_images(config)
+        images = config.data.load()
         slices = split_training_set(images, config.data.slices)
         real = slices.validation
         train_images = len(slices.train)
-        data_record = TrainingData(
-            source=config.data.source,
-            split="train",
-            path=config.data.path,
-            sha256=sha256_array(images),
-            slices={k: tuple(v) for k, v in slices.ranges.items()},
-            holdout_sha256=sha256_array(slices.holdout),
-        )
+        record = data_record(config, images, slices)
         metrics["validation_bpd"] = evaluate_bpd(flow, slices.validation, torch.device("cpu"))
-        if config.data.source == "fashion-mnist" and not args.no_test:
-            test_images, _ = load_fashion_mnist("test", config.data.path)
+        test_images = config.data.load_test(tuple(flow.input_shape)) if measure_test else None
+        if test_images is not None:
             print(f"measuring test bpd on {len(test_images)} images...", file=sys.stderr)
             metrics["test_bpd"] = evaluate_bpd(flow, test_images, torch.device("cpu"))
     except DatasetError as exc:
@@ -262,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         # the epoch counter only moves at an epoch's end; a run that stops on its last step never gets there
         "epochs": round(checkpoint["step"] * config.train.batch_size / train_images, 3) if train_images else None,
         "seconds": checkpoint.get("seconds", history[-1]["seconds"] if history else None),
-        "checkpoint": Path(args.checkpoint).name,
+        "checkpoint": Path(checkpoint_path).name,
     }
     if config.negative is None:
         training["best_validation_bpd"] = checkpoint["best_val_bpd"]
@@ -271,28 +295,48 @@ def main(argv: list[str] | None = None) -> int:
         training["negative"] = config.negative.model_dump(mode="json")
     if checkpoint.get("init_from"):
         training["init_from"] = checkpoint["init_from"]
+    return export_bundle(
+        flow,
+        bundle_dir,
+        name=config.name,
+        version=version,
+        architecture=config.model.model_dump(mode="json"),
+        training=training,
+        data=record,
+        metrics=metrics,
+        real_images=real,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oodgate-export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a best.pt / last.pt written by oodgate-train")
+    parser.add_argument("--models-dir", default="models", help="model repository root (default: models)")
+    parser.add_argument("--version", help="bundle version (default: the config's)")
+    parser.add_argument("--no-test", action="store_true", help="skip measuring test bpd on the test set")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    args = parser.parse_args(argv)
     try:
-        manifest = export_bundle(
-            flow,
-            bundle_dir,
-            name=config.name,
-            version=version,
-            architecture=config.model.model_dump(mode="json"),
-            training=training,
-            data=data_record,
-            metrics=metrics,
-            real_images=real,
+        manifest = export_checkpoint(
+            args.checkpoint, args.models_dir, args.version, force=args.force, measure_test=not args.no_test
         )
+    except BundleExists as exc:
+        print(f"oodgate-export: {exc}", file=sys.stderr)
+        return 2
     except ExportParityError as exc:
         print(f"oodgate-export: parity check FAILED, no manifest written: {exc}", file=sys.stderr)
         return 1
+    report_export(manifest, Path(args.models_dir) / manifest.name / manifest.version)
+    return 0
+
+
+def report_export(manifest: Manifest, bundle_dir: Path) -> None:
     parity = manifest.training["export_parity"]
     print(
         f"wrote {bundle_dir}: parity on {parity['images']} images, max |Δ bpd| torchscript "
         f"{parity['torchscript_max_abs_delta_bpd']:.2e}, onnx {parity['onnx_max_abs_delta_bpd']:.2e}; "
-        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        + ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items())
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,14 +28,7 @@ from tqdm import tqdm
 from service.artifact import bits_per_dim
 from training.architectures import MultiScaleFlow, build_flow
 from training.config import NegativeSpec, RunConfig, load_config
-from training.data import (
-    DatasetError,
-    Slices,
-    load_fashion_mnist,
-    load_image_folder,
-    load_npz,
-    split_training_set,
-)
+from training.data import DatasetError, Slices, split_training_set
 from training.flows import all_actnorms_initialized, dequantize, initialize_actnorms
 
 
@@ -67,13 +60,7 @@ def negative_terms(
 
 
 def load_training_images(config: RunConfig) -> np.ndarray:
-    data = config.data
-    if data.source == "fashion-mnist":
-        images, _ = load_fashion_mnist("train", data.path)
-        return images
-    if data.source == "npz":
-        return load_npz(data.path)
-    return load_image_folder(data.path)
+    return config.data.load()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,6 +153,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stop_requested = False
+        self.show_progress = True  # the live bar; validation lines are printed either way
         self._segment_start: float | None = None  # set while fit() runs
         self.init_from: dict | None = None  # the run this one was fine-tuned from
         if resume is not None:
@@ -321,7 +309,12 @@ class Trainer:
         total_steps = self.total_steps
         self._segment_start = started = time.monotonic()
         bar = tqdm(
-            total=total_steps, initial=self.progress.step, desc=self.config.name, unit="step", dynamic_ncols=True
+            total=total_steps,
+            initial=self.progress.step,
+            desc=self.config.name,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.show_progress,
         )
         ema_bpd = ema_hinge = None
         window_start, window_images = time.monotonic(), 0
@@ -425,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     parser.add_argument("--out-dir", help="override the config's run directory")
     parser.add_argument("--threads", type=int, help="override the config's torch CPU threads (1 on a shared machine)")
+    parser.add_argument("--no-progress", action="store_true", help="no live bar (logs, CI); validation lines stay")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
@@ -432,11 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         config.out_dir = args.out_dir
     if args.threads:
         config.train.threads = args.threads
-    return run_training(Trainer, config, args.resume, args.max_minutes, "oodgate-train")
+    return run_training(Trainer, config, args.resume, args.max_minutes, "oodgate-train", progress=not args.no_progress)
 
 
 def run_training(
-    trainer_type: type[Trainer], config: RunConfig, resume_arg: str | None, max_minutes: float | None, prog: str
+    trainer_type: type[Trainer],
+    config: RunConfig,
+    resume_arg: str | None,
+    max_minutes: float | None,
+    prog: str,
+    progress: bool = True,
 ) -> int:
     """The shared CLI body of every trainer: data, resume, signals, fit, and exit codes.
 
@@ -467,10 +466,13 @@ def run_training(
     def request_stop(signum, frame):  # finish the step, checkpoint, exit
         trainer.stop_requested = True
 
+    trainer.show_progress = progress
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    c, h, w = trainer.input_shape
     print(
-        f"training {config.name} on {len(slices.train)} images ({trainer.device}); "
+        f"training {config.name} on {len(slices.train)} images of {c}x{h}x{w} ({'RGB' if c == 3 else 'gray'}) "
+        f"on {trainer.device}; "
         f"validation {len(slices.validation)}, held out {len(slices.holdout)}; checkpoints in {config.run_dir}",
         file=sys.stderr,
     )
