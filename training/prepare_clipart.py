@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from training.square_on_white import prepare_file
+
 CLIPART_ROOT = Path("/usr/share/openclipart")
 CLIPART_HINT = "install it with: sudo apt-get install -y openclipart-png"
 SIZE = 32
 TEST_EVERY = 10  # index % TEST_EVERY == 0 -> test split
-WHITE = (255, 255, 255)
 
 
 def clipart_files(root: Path = CLIPART_ROOT) -> list[Path]:
@@ -39,24 +40,10 @@ def clipart_files(root: Path = CLIPART_ROOT) -> list[Path]:
 def prepare_image(path: str | Path, size: int = SIZE) -> np.ndarray:
     """One clip-art PNG as uint8 [3, size, size]: on white, padded square, LANCZOS.
 
-    A few of the package's drawings are rendered at over 200 megapixels, past
-    Pillow's decompression-bomb guard. These are trusted files from a Debian package
-    and "every PNG" is the definition of the split, so the guard is lifted here, and
-    only here (never in the service, which decodes untrusted uploads).
+    The preparation lives in :mod:`training.square_on_white` so that the colour OOD
+    sets (``training.colour_sets``) go through the very same code as the data.
     """
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None
-    with Image.open(path) as image:
-        image.load()
-        rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
-    flat = Image.alpha_composite(canvas, rgba).convert("RGB")
-    side = max(flat.size)
-    square = Image.new("RGB", (side, side), WHITE)
-    square.paste(flat, ((side - flat.width) // 2, (side - flat.height) // 2))
-    small = square.resize((size, size), Image.LANCZOS)
-    return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
+    return prepare_file(path, size)
 
 
 def split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
