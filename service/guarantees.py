@@ -1,0 +1,328 @@
+"""Three guarantees on top of the conformal p-values: FDR per batch, calibration-conditional flags, a drift alarm.
+
+:mod:`service.ood` turns a score into the split-conformal p-value
+``p = (1 + #{cal >= s}) / (n + 1)``, whose flag ``p <= alpha`` has a *marginal*
+false-positive rate of at most alpha on in-distribution images (averaged over
+the draw of the calibration set). This module holds the math of three stronger
+statements. It is pure numpy and the standard library, so the service, the
+evaluation (``training.guarantees``) and the tests call the same code.
+
+**False-discovery rate per request** (:func:`benjamini_hochberg`). Conformal
+p-values that share one calibration set are positively dependent (PRDS), so
+Benjamini-Hochberg at level q over a batch's p-values keeps the expected share
+of in-distribution images among the flagged ones at most ``q * m0 / m <= q``
+(Bates, Candès, Lei, Romano, Sesia 2023, "Testing for outliers with conformal
+p-values", Ann. Statist., Theorem 2). Assumes the batch's in-distribution images
+and the calibration set are exchangeable (i.i.d. from one distribution).
+
+**Calibration-conditional flags** (:func:`conditional_rank`). The marginal
+bound is an average over calibration sets: for *this* calibration set the
+false-positive rate of ``p <= k/(n+1)`` is ``V_(k)``, the k-th smallest of n
+uniform variables (``V_i = P(S > s_i)``, the in-distribution tail probability
+of the i-th calibration score), which is Beta(k, n + 1 - k) and exceeds alpha
+with probability ``P(Bin(n, alpha) < k)``. Flagging at the largest k with
+``P(Bin(n, alpha) >= k) >= 1 - delta`` therefore gives a false-positive rate
+``<= alpha`` with probability ``>= 1 - delta`` over the calibration draw, exactly
+and with no slack but the discreteness of k. This is the fixed-level form of the
+calibration-conditional correction of Bates et al. 2023 (Section 3; the same
+binomial correction is Vovk 2012, "Conditional validity of inductive conformal
+predictors", for prediction sets). It is exact for one alpha at a time, which is
+what a request asks for; their simultaneous version (a DKW or Simes band over
+every threshold) is looser at each single alpha, so it is not used. Assumes
+continuous scores (the flow's are) and exchangeability as above. The default
+delta is :data:`DEFAULT_CONDITIONAL_DELTA` (0.1).
+
+**Anytime-valid drift alarm** (:class:`DriftMartingale`). A conformal test
+martingale (Vovk, Nouretdinov, Gammerman 2003, "Testing exchangeability
+on-line"; Vovk, Gammerman, Shafer 2005, ch. 7) over the stream of scored
+images. The split-conformal p-values above are *not* usable as they are: with a
+fixed calibration set, the p-values of new images are exchangeable but not
+independent, and conditionally on the calibration set they are i.i.d. but not
+uniform (``P(p <= k/(n+1) | cal) = V_(k)``), so a product of bets on them is no
+martingale (its expectation ``E_cal[(E[f(p) | cal])^t]`` grows with t by Jensen).
+Instead the stream is treated as the continuation of the calibration sequence:
+image t gets the *smoothed online* conformal p-value against the calibration
+scores *and every earlier image of the stream*,
+``p_t = (#{j: s_j > s_t} + theta_t * #{j: s_j = s_t}) / (n + t)`` (the count of
+ties includes the image itself, ``theta_t`` uniform on (0, 1]). When the
+calibration scores and the stream are exchangeable, these p-values are
+independent and exactly uniform (Vovk et al. 2003, Theorem 1; the score function
+was fitted on the *other* part of the held-out slice, so it is fixed). Any bet
+``f`` with ``integral_0^1 f = 1`` then makes the running product a test
+martingale, and Ville's inequality bounds the chance that it *ever* reaches
+``1/delta`` by delta, over an unbounded stream: the alarm's false-alarm
+probability. The bets are the power calibrators ``f_k(p) = k p^(k-1)`` for
+``k`` in :data:`KAPPAS` plus "no bet" ``f = 1``, mixed with a jumper (Vovk,
+Petej, Nouretdinov, Gammerman 2021, "Retrain or not retrain: conformal test
+martingales for change-point detection"): before each image a share
+:data:`JUMP` of the capital is spread evenly over the bets, so that a long
+in-distribution stretch does not starve the bet that a later drift would reward.
+Moving capital with past information only keeps the total a martingale. The
+cost of validity is memory: every scored score is kept (8 bytes per image, in
+sorted runs), up to :data:`MAX_STREAM_IMAGES`; past that the martingale stops
+(a stopped martingale is still one) until it is reset.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_CONDITIONAL_DELTA = 0.1
+DEFAULT_DRIFT_DELTA = 0.01
+COMMON_ALPHAS = (0.01, 0.05, 0.1)  # the levels GET /models shows thresholds for
+KAPPAS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # power-calibrator exponents 0.05 ... 0.95
+JUMP = 0.001  # share of the capital spread over every bet before each image
+MAX_STREAM_IMAGES = 10_000_000  # 80 MB of scores; past it the martingale stops until reset
+CHUNK = 256  # images ranked against each other at once
+
+
+def check_level(value: float, name: str) -> float:
+    """A probability level strictly inside (0, 1): alpha, q, delta."""
+    value = float(value)
+    if math.isnan(value) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- FDR
+
+
+def bh_threshold(p_values: Iterable[float], q: float) -> float:
+    """The Benjamini-Hochberg cutoff: ``p_(k)`` for the largest k with ``p_(k) <= k q / m``; 0 when there is none."""
+    q = check_level(q, "fdr")
+    p = np.sort(np.asarray(list(p_values) if not isinstance(p_values, np.ndarray) else p_values, dtype=np.float64))
+    m = len(p)
+    if m == 0:
+        return 0.0
+    passing = np.nonzero(p <= q * np.arange(1, m + 1) / m)[0]
+    return float(p[passing[-1]]) if len(passing) else 0.0
+
+
+def benjamini_hochberg(p_values: Iterable[float], q: float) -> np.ndarray:
+    """The BH discoveries at level q: a boolean per p-value, in the order given (step-up, not step-down)."""
+    p = np.asarray(list(p_values) if not isinstance(p_values, np.ndarray) else p_values, dtype=np.float64)
+    cutoff = bh_threshold(p, q)
+    return (p <= cutoff) & (cutoff > 0)
+
+
+# --------------------------------------------------------------------------- calibration-conditional
+
+
+def binomial_upper_tail(n: int, alpha: float) -> np.ndarray:
+    """``P(Bin(n, alpha) >= k)`` for k = 0 .. n + 1, from log-space pmf (no scipy in the service)."""
+    k = np.arange(n + 1, dtype=np.float64)
+    log_choose = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(n + 1)])
+    pmf = np.exp(log_choose + k * math.log(alpha) + (n - k) * math.log1p(-alpha))
+    tail = np.cumsum(pmf[::-1])[::-1]
+    return np.minimum(np.append(tail, 0.0), 1.0)
+
+
+@functools.lru_cache(maxsize=256)
+def conditional_rank(n: int, alpha: float, delta: float) -> int:
+    """The largest k with ``P(Bin(n, alpha) >= k) >= 1 - delta`` (0: no flag is safe at this n).
+
+    Flagging ``p <= k / (n + 1)`` then has false-positive rate ``V_(k) <= alpha``
+    with probability at least ``1 - delta`` over the calibration draw.
+    """
+    alpha, delta = check_level(alpha, "alpha"), check_level(delta, "delta")
+    tail = binomial_upper_tail(int(n), alpha)
+    ok = np.nonzero(tail[1:] >= 1.0 - delta)[0]  # tail[1:][j] is k = j + 1
+    return int(ok[-1] + 1) if len(ok) else 0
+
+
+def marginal_rank(n: int, alpha: float) -> int:
+    """The k of the plain flag: ``(1 + #{cal >= s}) / (n + 1) <= alpha`` iff ``p <= floor(alpha (n+1)) / (n+1)``."""
+    return int(math.floor(check_level(alpha, "alpha") * (n + 1) + 1e-9))
+
+
+def p_value_threshold(n: int, alpha: float, delta: float | None = None) -> float:
+    """The largest p-value that is flagged: ``k / (n + 1)``, k marginal (``delta`` None) or conditional."""
+    k = marginal_rank(n, alpha) if delta is None else conditional_rank(n, alpha, delta)
+    return k / (n + 1.0)
+
+
+def score_threshold(calibration_sorted: np.ndarray, k: int) -> float | None:
+    """The score above which an image gets ``p <= k/(n+1)``: the k-th largest calibration score (None: k = 0)."""
+    if k <= 0:
+        return None
+    return float(calibration_sorted[len(calibration_sorted) - min(k, len(calibration_sorted))])
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Where one score's flag starts at one alpha: flagged iff ``p_value <= p_value`` iff ``score > score``."""
+
+    alpha: float
+    p_value: float
+    score: float | None  # None: no image is flagged at this alpha (too few calibration scores)
+
+
+def thresholds(calibration_sorted: np.ndarray, alpha: float, delta: float | None = None) -> Threshold:
+    n = len(calibration_sorted)
+    k = marginal_rank(n, alpha) if delta is None else conditional_rank(n, alpha, delta)
+    return Threshold(alpha, k / (n + 1.0), score_threshold(calibration_sorted, k))
+
+
+# --------------------------------------------------------------------------- conformal test martingale
+
+
+class OnlineConformal:
+    """Smoothed online conformal p-values of a stream, continuing a calibration sequence.
+
+    The stream's scores are kept in sorted runs whose lengths at least double
+    down the list (a log-structured merge), so adding an image and ranking one
+    cost O(log^2 N) instead of the O(N) of inserting into one sorted array.
+    """
+
+    def __init__(self, calibration: np.ndarray, rng: np.random.Generator | None = None) -> None:
+        calibration = np.sort(np.asarray(calibration, dtype=np.float64))
+        if len(calibration) < 1:
+            raise ValueError("an online conformal test needs at least one calibration score")
+        self.calibration = calibration
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.runs: list[np.ndarray] = []
+        self.stream_images = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.calibration) + self.stream_images
+
+    def _counts(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(#{kept > s}, #{kept == s}) for each score, over the calibration and the stream so far."""
+        greater = np.zeros(len(scores), dtype=np.int64)
+        equal = np.zeros(len(scores), dtype=np.int64)
+        for run in (self.calibration, *self.runs):
+            right = np.searchsorted(run, scores, side="right")
+            greater += len(run) - right
+            equal += right - np.searchsorted(run, scores, side="left")
+        return greater, equal
+
+    def add(self, scores: Iterable[float]) -> np.ndarray:
+        """The p-values of ``scores``, in order, each against everything before it; then keep them."""
+        scores = np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores, dtype=np.float64)
+        scores = np.where(np.isnan(scores), np.inf, scores)  # as service.ood does: unscorable is most unusual
+        m = len(scores)
+        if m == 0:
+            return np.zeros(0)
+        greater, equal = self._counts(scores)
+        earlier = np.tri(m, m, -1, dtype=bool)  # earlier[i, j]: j comes before i in this batch
+        greater += np.sum(earlier & (scores[None, :] > scores[:, None]), axis=1)
+        equal += np.sum(earlier & (scores[None, :] == scores[:, None]), axis=1) + 1  # ties include the image itself
+        total = self.size + np.arange(1, m + 1)
+        theta = 1.0 - self.rng.random(m)  # uniform on (0, 1]: a p-value is never 0
+        self._keep(np.sort(scores))
+        return (greater + theta * equal) / total
+
+    def _keep(self, sorted_scores: np.ndarray) -> None:
+        self.runs.append(sorted_scores)
+        self.stream_images += len(sorted_scores)
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="mergesort")
+
+
+class TestMartingale:
+    """A jumper mixture of power-calibrator bets on uniform p-values; wealth starts at 1.
+
+    Capital is kept normalised with its log10 apart, so neither a long
+    in-distribution stretch nor a long drift under- or overflows.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, kappas: tuple[float, ...] = KAPPAS, jump: float = JUMP) -> None:
+        self.kappas = np.asarray(kappas, dtype=np.float64)
+        if not np.all((self.kappas > 0) & (self.kappas < 1)):
+            raise ValueError("power-calibrator exponents must lie in (0, 1)")
+        if not 0.0 <= jump <= 1.0:
+            raise ValueError(f"jump must lie in [0, 1], got {jump}")
+        self.jump = float(jump)
+        self.bets = len(self.kappas) + 1  # the last bet is "no bet", f = 1
+        self.shares = np.full(self.bets, 1.0 / self.bets)
+        self.log10_wealth = 0.0
+        self.max_log10_wealth = 0.0
+
+    def bet(self, p: float) -> np.ndarray:
+        """Each bet's payoff on p; every one integrates to 1 over (0, 1)."""
+        return np.append(self.kappas * p ** (self.kappas - 1.0), 1.0)
+
+    def update(self, p_values: Iterable[float]) -> float:
+        """Bet on each p-value in turn; returns log10 of the wealth after the last."""
+        jump, even = self.jump, self.jump / self.bets
+        for p in p_values:
+            if not 0.0 < p <= 1.0:
+                raise ValueError(f"p-values must lie in (0, 1], got {p}")
+            shares = (1.0 - jump) * self.shares + even
+            shares = shares * self.bet(float(p))
+            total = float(shares.sum())
+            self.shares = shares / total
+            self.log10_wealth += math.log10(total)
+            self.max_log10_wealth = max(self.max_log10_wealth, self.log10_wealth)
+        return self.log10_wealth
+
+
+@dataclass(frozen=True)
+class DriftState:
+    images: int
+    log10_wealth: float
+    alarm: bool
+    alarm_at: int | None  # how many stream images had been seen when the alarm latched
+
+
+class DriftMartingale:
+    """One model's anytime-valid drift test: online conformal p-values of its default score, bet on, latched alarm.
+
+    ``alarm`` latches the first time the wealth reaches ``1 / delta`` and stays
+    until :meth:`reset`, which also restarts the test on the calibration set alone
+    (each run, from start or reset, has false-alarm probability <= delta).
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        calibration: np.ndarray,
+        delta: float = DEFAULT_DRIFT_DELTA,
+        *,
+        seed: int | None = None,
+        max_images: int = MAX_STREAM_IMAGES,
+        kappas: tuple[float, ...] = KAPPAS,
+        jump: float = JUMP,
+    ) -> None:
+        self.delta = check_level(delta, "drift delta")
+        self.threshold = -math.log10(self.delta)
+        self.calibration = np.sort(np.asarray(calibration, dtype=np.float64))
+        self.seed, self.max_images, self.kappas, self.jump = seed, int(max_images), kappas, jump
+        self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self.online = OnlineConformal(self.calibration, np.random.default_rng(self.seed))
+        self.martingale = TestMartingale(self.kappas, self.jump)
+        self.alarm_at: int | None = None
+
+    def observe(self, scores: Iterable[float]) -> None:
+        """Add scored images in the order they were scored (NaN: unscorable, ranked most unusual)."""
+        with self._lock:
+            room = max(self.max_images - self.online.stream_images, 0)
+            scores = np.asarray(list(scores), dtype=np.float64)[:room]
+            for start in range(0, len(scores), CHUNK):  # the within-batch ranking is quadratic: bounded chunks
+                seen = self.online.stream_images
+                for i, p in enumerate(self.online.add(scores[start : start + CHUNK])):
+                    if self.martingale.update((p,)) >= self.threshold and self.alarm_at is None:
+                        self.alarm_at = seen + i + 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._start()
+
+    def state(self) -> DriftState:
+        with self._lock:
+            return DriftState(
+                self.online.stream_images, self.martingale.log10_wealth, self.alarm_at is not None, self.alarm_at
+            )

@@ -1,0 +1,174 @@
+"""The guarantees' math: BH by hand, the conditional correction's known answers, the test martingale's validity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from service.guarantees import (
+    KAPPAS,
+    DriftMartingale,
+    OnlineConformal,
+    TestMartingale,
+    benjamini_hochberg,
+    bh_threshold,
+    binomial_upper_tail,
+    conditional_rank,
+    marginal_rank,
+    p_value_threshold,
+    thresholds,
+)
+
+
+def test_bh_against_hand_computed_examples():
+    # m = 5, q = 0.1: the bounds k q / m are .02 .04 .06 .08 .10; sorted p .005 .01 .03 .04 .2 pass up to k = 4
+    p = [0.01, 0.04, 0.03, 0.2, 0.005]
+    assert benjamini_hochberg(p, 0.1).tolist() == [True, True, True, False, True]
+    assert bh_threshold(p, 0.1) == 0.04
+    # step-up: p_(1) = .02 misses its bound 1/3 * .05 = .0167, but p_(3) = .04 <= .05 rejects all three
+    assert benjamini_hochberg([0.04, 0.02, 0.03], 0.05).tolist() == [True, True, True]
+    # nothing small enough: no discovery, cutoff 0
+    assert benjamini_hochberg([0.3, 0.02, 0.9], 0.05).tolist() == [False, False, False]
+    assert bh_threshold([0.3, 0.02, 0.9], 0.05) == 0.0
+    # one image: BH is the per-image flag p <= q
+    assert benjamini_hochberg([0.05], 0.05).tolist() == [True]
+    assert benjamini_hochberg([], 0.1).tolist() == []
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, -0.1, math.nan])
+def test_bh_refuses_a_level_outside_zero_one(q):
+    with pytest.raises(ValueError, match="fdr"):
+        benjamini_hochberg([0.1], q)
+
+
+def test_bh_controls_fdr_on_conformal_p_values():
+    """Shared calibration set (PRDS p-values): mean FDP over many batches stays under q."""
+    rng = np.random.default_rng(0)
+    q, fdp = 0.1, []
+    for _ in range(400):
+        cal = np.sort(rng.normal(size=200))
+        nulls, outliers = rng.normal(size=45), rng.normal(2.5, 1.0, size=5)
+        scores = np.concatenate([nulls, outliers])
+        p = (1 + len(cal) - np.searchsorted(cal, scores, side="left")) / (len(cal) + 1)
+        found = benjamini_hochberg(p, q)
+        fdp.append(found[:45].sum() / max(found.sum(), 1))
+    assert np.mean(fdp) <= q
+
+
+def test_binomial_tail_matches_scipy():
+    for n, alpha in [(9, 0.5), (3000, 0.05), (5000, 0.01)]:
+        tail = binomial_upper_tail(n, alpha)
+        k = np.arange(n + 2)
+        assert tail == pytest.approx(stats.binom.sf(k - 1, n, alpha), abs=1e-9)
+
+
+def test_conditional_rank_known_answer():
+    # n = 9, alpha = 0.5: P(Bin(9, .5) >= k) = 1 - 1/512, 1 - 10/512, 1 - 46/512 = .910, 1 - 130/512 = .746
+    assert conditional_rank(9, 0.5, 0.1) == 3  # .910 >= .9 but .746 < .9
+    assert conditional_rank(9, 0.5, 0.02) == 2  # 1 - 10/512 = .9805 >= .98
+    assert conditional_rank(9, 0.5, 0.015) == 1  # .9805 < .985
+    assert marginal_rank(9, 0.5) == 5  # the plain flag: p <= 5/10
+    assert p_value_threshold(9, 0.5, 0.1) == pytest.approx(0.3)
+    assert p_value_threshold(9, 0.5) == pytest.approx(0.5)
+    # too few calibration scores for any safe flag: (1 - 0.05)^20 = .36 > delta
+    assert conditional_rank(20, 0.05, 0.1) == 0
+    assert thresholds(np.arange(21.0), 0.05, 0.1).score is None
+    # the k-th largest calibration score is where the flag starts
+    cal = np.arange(1.0, 10.0)  # 1..9
+    assert thresholds(cal, 0.5, 0.1).score == 7.0  # the 3rd largest: p <= 3/10 iff s > 7
+    assert thresholds(cal, 0.5).score == 5.0
+
+
+def test_conditional_flags_hold_for_all_but_delta_of_calibration_sets():
+    """Normal scores, so each calibration set's true FPR is exact: P(S > threshold)."""
+    rng = np.random.default_rng(1)
+    n, alpha, delta, draws = 499, 0.05, 0.1, 3000
+    marginal, conditional = [], []
+    for _ in range(draws):
+        cal = np.sort(rng.normal(size=n))
+        marginal.append(stats.norm.sf(thresholds(cal, alpha).score))
+        conditional.append(stats.norm.sf(thresholds(cal, alpha, delta).score))
+    share = np.mean(np.array(conditional) > alpha)
+    assert share <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+    assert share >= delta / 3  # the correction is tight, not a blanket margin
+    assert np.mean(np.array(marginal) > alpha) > 0.3  # the plain flag misses the conditional bound often
+
+
+def test_every_bet_is_fair():
+    """Each power calibrator integrates to 1 on (0, 1): a fair bet against a uniform p-value."""
+    for kappa in KAPPAS:
+        value, _ = integrate.quad(lambda p, k=kappa: k * p ** (k - 1), 0, 1)
+        assert value == pytest.approx(1.0, abs=1e-6)
+
+
+def test_online_p_values_are_uniform_even_with_ties():
+    """Smoothed online conformal p-values of an exchangeable stream: i.i.d. uniform (discrete scores included)."""
+    rng = np.random.default_rng(2)
+    online = OnlineConformal(rng.integers(0, 5, size=50).astype(float), np.random.default_rng(3))
+    p = np.concatenate([online.add(rng.integers(0, 5, size=size).astype(float)) for size in (1, 7, 300, 2000)])
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    assert np.all((p > 0) & (p <= 1))
+    assert online.size == 50 + 2308
+
+
+def test_online_counts_match_a_brute_force_rank():
+    rng = np.random.default_rng(4)
+    cal = rng.normal(size=30)
+    online = OnlineConformal(cal, np.random.default_rng(0))
+    seen = list(cal)
+    for size in (3, 1, 9, 20, 2, 40):
+        batch = np.round(rng.normal(size=size), 1)  # ties within and across batches
+        p = online.add(batch)
+        for i, s in enumerate(batch):
+            before = np.array(seen + list(batch[:i]) + [s])
+            greater, equal = np.sum(before > s), np.sum(before == s)
+            assert greater / len(before) < p[i] <= (greater + equal) / len(before)
+        seen.extend(batch)
+
+
+def test_wealth_on_a_uniform_stream_stays_bounded():
+    martingale = TestMartingale()
+    martingale.update(np.random.default_rng(5).uniform(size=20000))
+    assert martingale.max_log10_wealth < 2.0  # never near 1/delta = 100
+
+
+def test_wealth_on_small_p_values_crosses_the_threshold():
+    martingale = TestMartingale()
+    rng = np.random.default_rng(6)
+    wealth = [martingale.update([p]) for p in rng.uniform(0, 0.05, size=60)]
+    assert wealth[-1] >= 2.0
+    assert np.argmax(np.array(wealth) >= 2.0) < 40
+
+
+def test_next_bet_is_fair_from_any_state():
+    """The martingale property: from whatever state a stream left, the expected factor of the next step is 1."""
+    martingale = TestMartingale()
+    martingale.update([0.001, 0.3, 0.02, 0.9, 0.5])  # some state far from the start
+    shares = (1 - martingale.jump) * martingale.shares + martingale.jump / martingale.bets
+    # p = u ** 20 takes the p ** -0.95 singularity out of the integrand: dp = 20 u ** 19 du
+    factor, _ = integrate.quad(lambda u: float(shares @ martingale.bet(u**20)) * 20 * u**19, 0, 1, limit=200)
+    assert factor == pytest.approx(1.0, abs=1e-6)
+
+
+def test_drift_alarm_latches_and_resets():
+    rng = np.random.default_rng(8)
+    drift = DriftMartingale(rng.normal(size=1000), delta=0.01, seed=0)
+    drift.observe(rng.normal(size=3000))  # in distribution
+    assert not drift.state().alarm and drift.state().images == 3000
+    drift.observe(rng.normal(2.0, 1.0, size=300))  # shifted
+    state = drift.state()
+    assert state.alarm and 3000 < state.alarm_at <= 3300 and state.log10_wealth >= 2.0
+    drift.observe(rng.normal(size=5000))
+    assert drift.state().alarm  # latched, whatever the wealth does next
+    drift.reset()
+    assert drift.state() == type(state)(0, 0.0, False, None)
+
+
+def test_drift_stops_at_its_image_budget():
+    drift = DriftMartingale(np.arange(10.0), max_images=25, seed=0)
+    drift.observe(np.arange(20.0))
+    drift.observe(np.arange(20.0))
+    assert drift.state().images == 25
