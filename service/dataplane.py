@@ -5,7 +5,9 @@ share, so ``POST /score`` and ``POST /v2/models/{name}/infer`` cannot drift
 apart: pick the model, decode and check the pixels, queue the images on the
 model's batcher under the request's deadline (its worker runs the graph and
 :mod:`service.postprocess`: PNG complexity, every score and p-value, once per
-batch), then apply the request's score and ``alpha`` to get each image's flag.
+batch), then apply the request's score and decision rule (``alpha``, the
+calibration-conditional cutoff, or Benjamini-Hochberg at ``fdr``: see
+:mod:`service.guarantees`) to get each image's flag.
 Decoding runs in a small thread pool, never on the event loop; only a tensor of
 a few images is checked on the loop, which is cheaper than the trip to the pool.
 """
@@ -26,6 +28,7 @@ from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
 from .errors import ServiceError
+from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, threshold_table
 from .metrics import Metrics
 from .ood import Decision
 from .postprocess import p_value_key, score_key
@@ -45,6 +48,9 @@ class ScoreParams:
     alpha: float | None = None
     score: str | None = None
     timeout_s: float | None = None
+    fdr: float | None = None  # decide the request's images by Benjamini-Hochberg at this level
+    conditional: bool | None = None  # None: the model's default (settings.conditional_models)
+    delta: float | None = None  # of the calibration-conditional flag; implies it
 
 
 @dataclass
@@ -52,14 +58,28 @@ class Scored:
     """One request's answer: per-image stats and decisions; ``failures`` maps index -> reason (500)."""
 
     entry: ModelEntry
-    alpha: float
+    alpha: float | None  # None when the rule decides the batch as a whole (fdr)
     score: str
     stats: dict[str, np.ndarray]
     decisions: list[Decision | None]
     failures: dict[int, str]
+    rule: DecisionRule | None = None
+    cutoff: float | None = None  # the largest p-value the rule flagged in this request
+
+    @property
+    def decision(self) -> dict | None:
+        """The response's ``decision`` object (None under the plain alpha rule: such answers do not change)."""
+        return None if self.rule is None else self.rule.describe(self.cutoff)
 
     def __len__(self) -> int:
         return len(self.decisions)
+
+
+def check_level(value: float, name: str, code: str) -> float:
+    """A level in (0, 1) or a 422 that names it."""
+    if not (0.0 < value < 1.0) or math.isnan(value):
+        raise ServiceError(422, code, f"{name} must lie strictly between 0 and 1, got {value}")
+    return value
 
 
 def finite(value) -> float | None:
@@ -100,17 +120,57 @@ class DataPlane:
             message = entry.batcher.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
             raise ServiceError(503, "not_ready", message, headers=retry, reason="not_ready")
 
-    def check_params(self, entry: ModelEntry, params: ScoreParams) -> tuple[float, str]:
+    def check_params(self, entry: ModelEntry, params: ScoreParams) -> tuple[DecisionRule, str]:
         detector = entry.detector
-        alpha = detector.default_alpha if params.alpha is None else params.alpha
-        if not (0.0 < alpha < 1.0) or math.isnan(alpha):
-            raise ServiceError(422, "invalid_alpha", f"alpha must lie strictly between 0 and 1, got {alpha}")
+        rule = self.decision_rule(entry, params)
         score = params.score or detector.default_score
         if score not in detector.score_names:
             raise ServiceError(
                 422, "unknown_score", f"model {entry.name} has no score {score!r}; it has {list(detector.score_names)}"
             )
-        return alpha, score
+        return rule, score
+
+    def conditional_by_default(self, entry: ModelEntry) -> bool:
+        wanted = self.settings.conditional_models
+        return entry.name in wanted or f"{entry.name}/{entry.version}" in wanted
+
+    def decision_rule(self, entry: ModelEntry, params: ScoreParams) -> DecisionRule:
+        """The request's rule (service/guarantees.py): per-image alpha, calibration-conditional, or BH."""
+        if params.fdr is not None:
+            if params.alpha is not None:
+                raise ServiceError(
+                    422, "conflicting_parameters", "alpha and fdr decide the flags in different ways: send one"
+                )
+            if params.conditional or params.delta is not None:
+                raise ServiceError(
+                    422,
+                    "conflicting_parameters",
+                    "fdr decides by Benjamini-Hochberg on the plain p-values; it takes no conditional or delta",
+                )
+            return DecisionRule(BH_RULE, check_level(params.fdr, "fdr", "invalid_fdr"))
+        alpha = entry.detector.default_alpha if params.alpha is None else params.alpha
+        alpha = check_level(alpha, "alpha", "invalid_alpha")
+        conditional = params.conditional
+        if conditional is False and params.delta is not None:
+            raise ServiceError(422, "conflicting_parameters", "delta is the calibration-conditional flag's; conditional=false")
+        if conditional is None:
+            conditional = params.delta is not None or self.conditional_by_default(entry)
+        if not conditional:
+            return DecisionRule(ALPHA_RULE, alpha)
+        delta = self.settings.conditional_delta if params.delta is None else params.delta
+        return DecisionRule(CONDITIONAL_RULE, alpha, check_level(delta, "delta", "invalid_delta"))
+
+    def describe(self, entry: ModelEntry) -> dict:
+        """``GET /models``'s entry: the model's info plus how its flags are decided and where they start."""
+        delta = self.settings.conditional_delta
+        return {
+            **entry.info(),
+            "decision": {
+                "default_rule": CONDITIONAL_RULE if self.conditional_by_default(entry) else ALPHA_RULE,
+                "conditional_delta": delta,
+                "thresholds": threshold_table(entry.detector.calibration, delta),
+            },
+        }
 
     def check_count(self, count: int) -> None:
         if count > self.settings.max_images_per_request:
@@ -133,24 +193,26 @@ class DataPlane:
     ) -> Scored:
         self.admit(entry)
         self.check_count(len(blobs))
-        alpha, score = self.check_params(entry, params)
+        rule, score = self.check_params(entry, params)
         s = self.settings
         images = await self.blocking(decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize)
-        return await self._score(entry, images, alpha, score, self.deadline(received, params))
+        return await self._score(entry, images, rule, score, self.deadline(received, params))
 
     async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
         self.admit(entry)
         if array.ndim in (3, 4):
             self.check_count(len(array))
-        alpha, score = self.check_params(entry, params)
+        rule, score = self.check_params(entry, params)
         convert = (tensor_to_images, array, entry.manifest.input, self.settings.resize)
         if array.size <= INLINE_PREPARE_PIXELS:  # checking a few pixels costs less than a trip to the pool
             images = convert[0](*convert[1:])
         else:
             images = await self.blocking(*convert)
-        return await self._score(entry, images, alpha, score, self.deadline(received, params))
+        return await self._score(entry, images, rule, score, self.deadline(received, params))
 
-    async def _score(self, entry: ModelEntry, images: np.ndarray, alpha: float, score: str, deadline: float) -> Scored:
+    async def _score(
+        self, entry: ModelEntry, images: np.ndarray, rule: DecisionRule, score: str, deadline: float
+    ) -> Scored:
         # admitted already: a request accepted before a drain began runs to its end
         if time.monotonic() >= deadline:
             raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
@@ -165,11 +227,12 @@ class DataPlane:
             raise ServiceError(503, "not_ready", str(exc), headers=retry, reason="not_ready") from None
         except DeadlineExceeded as exc:
             raise ServiceError(504, "deadline_exceeded", str(exc)) from None
-        decisions = self._decisions(entry, out, len(images), score, alpha)
+        decisions, cutoff = self._decisions(entry, out, len(images), score, rule)
         stats = out.stats or self._no_stats(entry, len(images))
         self._count(entry, decisions, score)
         self.drift.observe(entry, stats["bpd"], decisions)
-        return Scored(entry, alpha, score, stats, decisions, out.failures)
+        described = None if rule.rule == ALPHA_RULE else rule
+        return Scored(entry, rule.alpha, score, stats, decisions, out.failures, described, cutoff)
 
     @staticmethod
     def _no_stats(entry: ModelEntry, count: int) -> dict[str, np.ndarray]:
@@ -179,22 +242,28 @@ class DataPlane:
         return stats
 
     @staticmethod
-    def _decisions(entry: ModelEntry, out, count: int, score: str, alpha: float) -> list[Decision | None]:
-        """Per-image verdicts from the scores and p-values the worker computed for the whole batch."""
+    def _decisions(
+        entry: ModelEntry, out, count: int, score: str, rule: DecisionRule
+    ) -> tuple[list[Decision | None], float | None]:
+        """Per-image verdicts from the scores and p-values the worker computed, and the rule's p-value cutoff."""
         if len(out.failures) == count:
-            return [None] * count
+            return [None] * count, None
         names = entry.detector.score_names
         columns = [out.stats[score_key(name)].tolist() for name in names]
         p_values = out.stats.get(p_value_key(score))
         p_list = [None] * count if p_values is None else p_values.tolist()
+        cutoff = None
+        if p_values is not None:  # the rule sees only the images that were scored
+            scored = p_values if not out.failures else np.delete(p_values, list(out.failures))
+            cutoff = rule.cutoff(scored, len(entry.detector.calibration[score]))
         decisions: list[Decision | None] = []
         for i, row in enumerate(zip(*columns, strict=True)):
             if i in out.failures:
                 decisions.append(None)
                 continue
             p = p_list[i]
-            decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= alpha))
-        return decisions
+            decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= cutoff))
+        return decisions, cutoff
 
     def _count(self, entry: ModelEntry, decisions: list[Decision | None], score: str) -> None:
         key = (entry.name, entry.version, score)

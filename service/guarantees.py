@@ -51,13 +51,12 @@ was fitted on the *other* part of the held-out slice, so it is fixed). Any bet
 ``f`` with ``integral_0^1 f = 1`` then makes the running product a test
 martingale, and Ville's inequality bounds the chance that it *ever* reaches
 ``1/delta`` by delta, over an unbounded stream: the alarm's false-alarm
-probability. The bets are the power calibrators ``f_k(p) = k p^(k-1)`` for
-``k`` in :data:`KAPPAS` plus "no bet" ``f = 1``, mixed with a jumper (Vovk,
-Petej, Nouretdinov, Gammerman 2021, "Retrain or not retrain: conformal test
-martingales for change-point detection"): before each image a share
-:data:`JUMP` of the capital is spread evenly over the bets, so that a long
-in-distribution stretch does not starve the bet that a later drift would reward.
-Moving capital with past information only keeps the total a martingale. The
+probability. The bets are the power calibrators ``f_k(p) = k p^(k-1)`` (Vovk
+et al. 2003) for ``k`` in :data:`KAPPAS`, mixed evenly, and mixed again over the
+image at which betting starts with stakes ``1/(s (s+1))`` (half on the first
+image): a long in-distribution stretch then does not starve the bets a later
+drift would reward (see :class:`TestMartingale`). Each component is a test
+martingale and the stakes sum to 1, so the mixture is one too. The
 cost of validity is memory: every scored score is kept (8 bytes per image, in
 sorted runs), up to :data:`MAX_STREAM_IMAGES`; past that the martingale stops
 (a stopped martingale is still one) until it is reset.
@@ -77,7 +76,6 @@ DEFAULT_CONDITIONAL_DELTA = 0.1
 DEFAULT_DRIFT_DELTA = 0.01
 COMMON_ALPHAS = (0.01, 0.05, 0.1)  # the levels GET /models shows thresholds for
 KAPPAS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # power-calibrator exponents 0.05 ... 0.95
-JUMP = 0.001  # share of the capital spread over every bet before each image
 MAX_STREAM_IMAGES = 10_000_000  # 80 MB of scores; past it the martingale stops until reset
 CHUNK = 256  # images ranked against each other at once
 
@@ -169,6 +167,78 @@ def thresholds(calibration_sorted: np.ndarray, alpha: float, delta: float | None
     return Threshold(alpha, k / (n + 1.0), score_threshold(calibration_sorted, k))
 
 
+def threshold_table(
+    calibration: dict[str, np.ndarray], delta: float, alphas: tuple[float, ...] = COMMON_ALPHAS
+) -> dict[str, list[dict]]:
+    """Per score and alpha, where the plain and the calibration-conditional flags start (``GET /models``)."""
+    table = {}
+    for name, values in calibration.items():
+        rows = []
+        for alpha in alphas:
+            plain, conditional = thresholds(values, alpha), thresholds(values, alpha, delta)
+            rows.append(
+                {
+                    "alpha": alpha,
+                    "p_value": plain.p_value,
+                    "score": plain.score,
+                    "conditional_p_value": conditional.p_value,
+                    "conditional_score": conditional.score,
+                }
+            )
+        table[name] = rows
+    return table
+
+
+# --------------------------------------------------------------------------- the rule a request decides by
+
+ALPHA_RULE, CONDITIONAL_RULE, BH_RULE = "alpha", "conditional", "bh"
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How one request's p-values become flags.
+
+    ``alpha``: ``p <= level`` per image (the marginal bound; what every client got before).
+    ``conditional``: ``p <=`` the calibration-conditional cutoff for ``level`` and ``delta``.
+    ``bh``: the Benjamini-Hochberg discoveries at FDR ``level`` over the request's images.
+    """
+
+    rule: str
+    level: float
+    delta: float | None = None
+
+    def cutoff(self, p_values: np.ndarray, n_calibration: int) -> float:
+        """The largest p-value flagged in this request (``p <= cutoff``)."""
+        if self.rule == BH_RULE:
+            return bh_threshold(p_values, self.level)
+        if self.rule == CONDITIONAL_RULE:
+            return p_value_threshold(n_calibration, self.level, self.delta)
+        return self.level
+
+    @property
+    def alpha(self) -> float | None:
+        """The per-image level, None for a rule that decides the batch as a whole."""
+        return None if self.rule == BH_RULE else self.level
+
+    def describe(self, cutoff: float | None) -> dict | None:
+        """The response's ``decision`` object; None for the plain alpha rule, so its answers do not change."""
+        if self.rule == ALPHA_RULE:
+            return None
+        described = {"rule": self.rule, "level": self.level}
+        if self.delta is not None:
+            described["delta"] = self.delta
+        described["p_value_threshold"] = cutoff
+        return described
+
+    def explain(self, cutoff: float | None) -> str:
+        """What a flagged p-value was compared with, for messages."""
+        if self.rule == BH_RULE:
+            return f"the Benjamini-Hochberg cutoff {cutoff:.4g} at FDR {self.level}"
+        if self.rule == CONDITIONAL_RULE:
+            return f"the calibration-conditional cutoff {cutoff:.4g} (alpha {self.level}, delta {self.delta})"
+        return f"alpha {self.level}"
+
+
 # --------------------------------------------------------------------------- conformal test martingale
 
 
@@ -228,43 +298,74 @@ class OnlineConformal:
 
 
 class TestMartingale:
-    """A jumper mixture of power-calibrator bets on uniform p-values; wealth starts at 1.
+    """A test martingale over uniform p-values, mixed over the bet and over the image where betting starts.
 
-    Capital is kept normalised with its log10 apart, so neither a long
-    in-distribution stretch nor a long drift under- or overflows.
+    Component (kappa, s) holds its stake until image s, then bets it on every
+    p-value with the power calibrator ``kappa p^(kappa - 1)``. Stakes are
+    ``1/len(kappas)`` over kappa times ``pi_s = 1/(s (s+1))`` over s (half of it
+    on s = 1, the stream drifted from the start); they sum to 1 and each
+    component is a test martingale, so the total wealth is one. Summing over s
+    is a recursion per kappa, ``A <- (A + pi_t) * bet(p_t)``, plus the stake not
+    yet started, ``sum_{s > t} pi_s = 1/(t+1)``: O(len(kappas)) per image.
+
+    Why mix over the start: under the null every betting component loses, and a
+    martingale that has bet on a long in-distribution stretch is far below 1 when a
+    drift begins. A component that starts at the drift has lost nothing; the price
+    of not knowing when is its stake, about ``1/T^2`` after T images (2 log10 T
+    decades), where a fixed-share jumper pays a share of its wealth per image
+    (decades growing linearly in T).
     """
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, kappas: tuple[float, ...] = KAPPAS, jump: float = JUMP) -> None:
+    def __init__(self, kappas: tuple[float, ...] = KAPPAS) -> None:
         self.kappas = np.asarray(kappas, dtype=np.float64)
         if not np.all((self.kappas > 0) & (self.kappas < 1)):
             raise ValueError("power-calibrator exponents must lie in (0, 1)")
-        if not 0.0 <= jump <= 1.0:
-            raise ValueError(f"jump must lie in [0, 1], got {jump}")
-        self.jump = float(jump)
-        self.bets = len(self.kappas) + 1  # the last bet is "no bet", f = 1
-        self.shares = np.full(self.bets, 1.0 / self.bets)
+        self.t = 0  # p-values bet on so far
+        self.started = np.zeros(len(self.kappas))  # A per kappa, in units of 10**scale
+        self.scale = 0.0
         self.log10_wealth = 0.0
         self.max_log10_wealth = 0.0
 
-    def bet(self, p: float) -> np.ndarray:
-        """Each bet's payoff on p; every one integrates to 1 over (0, 1)."""
-        return np.append(self.kappas * p ** (self.kappas - 1.0), 1.0)
+    def payoffs(self, p: np.ndarray) -> np.ndarray:
+        """Each bet's payoff on each p-value, ``[len(p), len(kappas)]``; every bet integrates to 1 over (0, 1)."""
+        return self.kappas * np.asarray(p, dtype=np.float64)[:, None] ** (self.kappas - 1.0)
+
+    def expected_next(self, payoff: float | np.ndarray) -> float:
+        """The wealth after one more p-value whose bets pay ``payoff`` (per kappa), without betting it."""
+        pi = 1.0 / ((self.t + 1.0) * (self.t + 2.0))
+        started = (self.started * 10.0**self.scale + pi) * payoff
+        return float(started.mean() + 1.0 / (self.t + 2.0))
 
     def update(self, p_values: Iterable[float]) -> float:
         """Bet on each p-value in turn; returns log10 of the wealth after the last."""
-        jump, even = self.jump, self.jump / self.bets
-        for p in p_values:
-            if not 0.0 < p <= 1.0:
-                raise ValueError(f"p-values must lie in (0, 1], got {p}")
-            shares = (1.0 - jump) * self.shares + even
-            shares = shares * self.bet(float(p))
-            total = float(shares.sum())
-            self.shares = shares / total
-            self.log10_wealth += math.log10(total)
-            self.max_log10_wealth = max(self.max_log10_wealth, self.log10_wealth)
+        self.path(np.fromiter(p_values, dtype=np.float64))
         return self.log10_wealth
+
+    def path(self, p_values: np.ndarray) -> np.ndarray:
+        """Bet on each p-value in turn; log10 of the wealth after each."""
+        p = np.asarray(p_values, dtype=np.float64)
+        if np.any(~((p > 0.0) & (p <= 1.0))):
+            raise ValueError(f"p-values must lie in (0, 1], got {p[~((p > 0.0) & (p <= 1.0))][:3]}")
+        payoffs = self.payoffs(p)
+        started, scale, t = self.started, self.scale, self.t
+        wealth = np.empty(len(p))
+        for i, payoff in enumerate(payoffs):
+            unit = 10.0**-scale
+            started = (started + unit / ((t + 1.0) * (t + 2.0))) * payoff
+            t += 1
+            top = started.max()
+            if top > 1e100:  # keep the numbers in range; the scale carries the decades
+                started = started / top
+                scale += math.log10(top)
+                unit = 10.0**-scale
+            wealth[i] = scale + math.log10(started.mean() + unit / (t + 1.0))
+        self.started, self.scale, self.t = started, scale, t
+        if len(wealth):
+            self.log10_wealth = float(wealth[-1])
+            self.max_log10_wealth = max(self.max_log10_wealth, float(wealth.max()))
+        return wealth
 
 
 @dataclass(frozen=True)
@@ -292,30 +393,40 @@ class DriftMartingale:
         seed: int | None = None,
         max_images: int = MAX_STREAM_IMAGES,
         kappas: tuple[float, ...] = KAPPAS,
-        jump: float = JUMP,
     ) -> None:
         self.delta = check_level(delta, "drift delta")
         self.threshold = -math.log10(self.delta)
         self.calibration = np.sort(np.asarray(calibration, dtype=np.float64))
-        self.seed, self.max_images, self.kappas, self.jump = seed, int(max_images), kappas, jump
+        self.seed, self.max_images, self.kappas = seed, int(max_images), kappas
         self._lock = threading.Lock()
         self._start()
 
     def _start(self) -> None:
         self.online = OnlineConformal(self.calibration, np.random.default_rng(self.seed))
-        self.martingale = TestMartingale(self.kappas, self.jump)
+        self.martingale = TestMartingale(self.kappas)
         self.alarm_at: int | None = None
+        self._pending: list[float] = []
 
     def observe(self, scores: Iterable[float]) -> None:
-        """Add scored images in the order they were scored (NaN: unscorable, ranked most unusual)."""
+        """Add scored images in the order they were scored (NaN: unscorable, ranked most unusual).
+
+        They wait in a buffer and are bet on :data:`CHUNK` at a time (or when the
+        state is read), so a request of one image pays an append, not the ranking.
+        """
         with self._lock:
-            room = max(self.max_images - self.online.stream_images, 0)
-            scores = np.asarray(list(scores), dtype=np.float64)[:room]
-            for start in range(0, len(scores), CHUNK):  # the within-batch ranking is quadratic: bounded chunks
-                seen = self.online.stream_images
-                for i, p in enumerate(self.online.add(scores[start : start + CHUNK])):
-                    if self.martingale.update((p,)) >= self.threshold and self.alarm_at is None:
-                        self.alarm_at = seen + i + 1
+            self._pending.extend(float(s) for s in scores)
+            if len(self._pending) >= CHUNK:
+                self._flush()
+
+    def _flush(self) -> None:
+        room = max(self.max_images - self.online.stream_images, 0)
+        scores = np.asarray(self._pending[:room], dtype=np.float64)
+        self._pending = []
+        for start in range(0, len(scores), CHUNK):  # the within-batch ranking is quadratic: bounded chunks
+            seen = self.online.stream_images
+            wealth = self.martingale.path(self.online.add(scores[start : start + CHUNK]))
+            if self.alarm_at is None and len(crossed := np.nonzero(wealth >= self.threshold)[0]):
+                self.alarm_at = seen + int(crossed[0]) + 1
 
     def reset(self) -> None:
         with self._lock:
@@ -323,6 +434,7 @@ class DriftMartingale:
 
     def state(self) -> DriftState:
         with self._lock:
+            self._flush()
             return DriftState(
                 self.online.stream_images, self.martingale.log10_wealth, self.alarm_at is not None, self.alarm_at
             )

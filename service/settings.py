@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .guarantees import DEFAULT_CONDITIONAL_DELTA, DEFAULT_DRIFT_DELTA
 
 
 class Settings(BaseSettings):
@@ -89,6 +91,32 @@ class Settings(BaseSettings):
         500, ge=1, description="Images in each model's drift window (OOD rate, mean p-value, typicality test)."
     )
 
+    # --- guarantees (service/guarantees.py) ----------------------------------------------------
+    conditional_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models ('name' or 'name/version', comma-separated) whose flags are calibration-conditional "
+        "by default: false-positive rate <= alpha with probability >= 1 - conditional_delta over the calibration "
+        "set. A request overrides it with conditional=true/false.",
+    )
+    conditional_delta: float = Field(
+        DEFAULT_CONDITIONAL_DELTA,
+        gt=0,
+        lt=1,
+        description="Probability that a calibration-conditional flag's false-positive rate exceeds alpha "
+        "(over the draw of the calibration set); a request may send its own delta.",
+    )
+    drift_delta: float = Field(
+        DEFAULT_DRIFT_DELTA,
+        gt=0,
+        lt=1,
+        description="False-alarm probability of the drift alarm over an unbounded in-distribution stream: it "
+        "latches when the conformal test martingale's wealth reaches 1/drift_delta.",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the admin endpoints (POST /admin/drift/reset); unset, they answer 403.",
+    )
+
     # --- sidecar mode (service/sidecar.py) -------------------------------------------------------
     upstream: str | None = Field(
         None,
@@ -110,6 +138,13 @@ class Settings(BaseSettings):
         description="Where a JSON body holds base64 images: dotted keys, '*' for every item of a list "
         "(e.g. instances.*.b64).",
     )
+    sidecar_fdr: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Decide the sidecar's flags by Benjamini-Hochberg at this false-discovery rate over each "
+        "request's images (policy block: blocked when any image is a discovery); unset: per-image alpha.",
+    )
     upstream_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the upstream's answer (then 504).")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to connect to the upstream.")
     upstream_max_connections: int = Field(100, ge=1, description="Size of the pooled upstream connection pool.")
@@ -121,7 +156,7 @@ class Settings(BaseSettings):
             data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
         return data
 
-    @field_validator("sidecar_paths", mode="before")
+    @field_validator("sidecar_paths", "conditional_models", mode="before")
     @classmethod
     def _split_paths(cls, value):
         if isinstance(value, str):

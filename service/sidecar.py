@@ -8,7 +8,10 @@ all) is searched for images, which are scored in-process through the same data
 plane and batcher as ``POST /score``, and then handled by ``sidecar_policy``:
 
 ``block``     any OOD image: 422 with the scores and p-values, and the request
-              never reaches the classifier. Images oodgate cannot read are
+              never reaches the classifier. With ``sidecar_fdr`` set, the
+              request's flags are its Benjamini-Hochberg discoveries at that
+              false-discovery rate (service/guarantees.py), so it is blocked
+              when any image is a discovery. Images oodgate cannot read are
               refused too (fail closed: a gate that waves through what it cannot
               parse is no gate).
 ``annotate``  forward, adding ``X-OOD``, ``X-OOD-P-Value`` (the smallest of the
@@ -302,7 +305,8 @@ class SidecarProxy:
         try:
             entry = self.plane.model(None)
             request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
-            scored = await self.plane.score_encoded(entry, blobs, ScoreParams(), received)
+            params = ScoreParams(fdr=self.settings.sidecar_fdr)  # fdr unset: the model's own rule
+            scored = await self.plane.score_encoded(entry, blobs, params, received)
         except ServiceError as exc:
             return Verdict(None, None, error=exc)
         if scored.failures:
@@ -324,12 +328,16 @@ class SidecarProxy:
             "message": (
                 f"{len(flagged)} of {len(scored)} images are out of distribution for "
                 f"{scored.entry.name}/{scored.entry.version} (image {first}: {scored.score} p-value {p:.4g} <= "
-                f"alpha {scored.alpha}); the request was not forwarded"
+                f"{self.rule_text(scored)}); the request was not forwarded"
             ),
             "index": first,
         }
         content = {"error": content.pop("error"), **content}
         return JSONResponse(content, status_code=422)
+
+    @staticmethod
+    def rule_text(scored: Scored) -> str:
+        return f"alpha {scored.alpha}" if scored.rule is None else scored.rule.explain(scored.cutoff)
 
     # ---- forwarding --------------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ async def models(request: Request) -> dict:
         default = repository.default_name()
     except ServiceError:
         default = None
-    return {"default": default, "models": [e.info() for e in repository.all()], "errors": repository.errors}
+    models = [dataplane(request).describe(e) for e in repository.all()]
+    return {"default": default, "models": models, "errors": repository.errors}
 
 
 QUERY_PARAMETERS = [
@@ -55,6 +56,9 @@ QUERY_PARAMETERS = [
     ("score", "string", "Score that decides the flag; default: the model's."),
     ("levels", "boolean", "Also return log_pz and log_det per scale level."),
     ("timeout_ms", "number", "Deadline for this request in ms, > 0 (capped by settings)."),
+    ("fdr", "number", "Flag the Benjamini-Hochberg discoveries at this false-discovery rate, in (0, 1); not with alpha."),
+    ("conditional", "boolean", "Calibration-conditional flags (FPR <= alpha with probability >= 1 - delta)."),
+    ("delta", "number", "delta of the calibration-conditional flags, in (0, 1); implies conditional=true."),
 ]
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -67,6 +71,9 @@ class ScoreQuery:
     score: str | None = None
     levels: bool = False
     timeout_ms: float | None = None
+    fdr: float | None = None
+    conditional: bool | None = None
+    delta: float | None = None
 
 
 def score_query(request: Request) -> ScoreQuery:
@@ -79,7 +86,7 @@ def score_query(request: Request) -> ScoreQuery:
     query, parsed = request.query_params, ScoreQuery()
     for name in ("model", "version", "score"):
         setattr(parsed, name, query.get(name))
-    for name in ("alpha", "timeout_ms"):
+    for name in ("alpha", "timeout_ms", "fdr", "delta"):
         raw = query.get(name)
         if raw is None:
             continue
@@ -95,6 +102,11 @@ def score_query(request: Request) -> ScoreQuery:
         if raw.lower() not in TRUE | FALSE:
             raise ServiceError(422, "invalid_parameter", f"query.levels: {raw!r} is not a boolean")
         parsed.levels = raw.lower() in TRUE
+    raw = query.get("conditional")
+    if raw is not None:
+        if raw.lower() not in TRUE | FALSE:
+            raise ServiceError(422, "invalid_parameter", f"query.conditional: {raw!r} is not a boolean")
+        parsed.conditional = raw.lower() in TRUE
     return parsed
 
 
@@ -119,7 +131,14 @@ async def score(request: Request) -> Response:
     if not body:
         raise bad_request("empty_body", "the request body is empty; send images")
     timeout_s = None if query.timeout_ms is None else query.timeout_ms / 1000
-    params = ScoreParams(alpha=query.alpha, score=query.score, timeout_s=timeout_s)
+    params = ScoreParams(
+        alpha=query.alpha,
+        score=query.score,
+        timeout_s=timeout_s,
+        fdr=query.fdr,
+        conditional=query.conditional,
+        delta=query.delta,
+    )
     kind = media_type(request)
     if kind == "multipart/form-data":
         blobs = await multipart_images(replay(request, body), plane)
@@ -249,6 +268,8 @@ def render(scored: Scored, levels: bool) -> tuple[dict, int]:
         "score": scored.score,
         "results": results,
     }
+    if scored.decision is not None:  # only when the request (or the model's default) asked for another rule
+        content["decision"] = scored.decision
     if scored.failures:
         first = min(scored.failures)
         content["error"] = {

@@ -14,7 +14,10 @@ numeric types are accepted if every value is a whole number in 0..255), or
 ``BYTES [N]`` of encoded images (base64 strings in plain JSON). Outputs: the
 artifact's six, plus ``score`` (FP64, the deciding score), and, for calibrated
 models, ``p_value`` (FP64) and ``ood`` (BOOL). Request ``parameters``:
-``alpha``, ``score``, ``timeout_ms``, ``binary_data_output``.
+``alpha``, ``score``, ``timeout_ms``, ``binary_data_output``, and (service/guarantees.py)
+``fdr`` (Benjamini-Hochberg over the request's images; not with ``alpha``),
+``conditional`` (boolean) and ``delta`` (calibration-conditional flags); a rule
+other than plain ``alpha`` is reported in the response's ``parameters.decision``.
 """
 
 from __future__ import annotations
@@ -183,6 +186,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         timeout_s=None
         if parameters.get("timeout_ms") is None
         else number(parameters["timeout_ms"], "timeout_ms") / 1000,
+        fdr=number(parameters.get("fdr"), "fdr"),
+        conditional=boolean(parameters.get("conditional"), "conditional"),
+        delta=number(parameters.get("delta"), "delta"),
     )
     tensor = inputs[0]
     datatype = tensor.get("datatype")
@@ -248,6 +254,12 @@ def number(value, name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a number")
     return float(value)
+
+
+def boolean(value, name: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a boolean")
 
 
 def tensor_bytes(tensor: dict, binary: bytes) -> bytes | None:
@@ -357,6 +369,8 @@ def respond(entry: ModelEntry, header: dict, parameters: dict, scored: Scored) -
         "outputs": outputs,
         "parameters": {"alpha": scored.alpha, "score": scored.score},
     }
+    if scored.decision is not None:
+        content["parameters"]["decision"] = scored.decision
     if "id" in header:
         content["id"] = header["id"]
     document = json.dumps(content, separators=(",", ":")).encode()

@@ -144,13 +144,27 @@ def test_wealth_on_small_p_values_crosses_the_threshold():
 
 
 def test_next_bet_is_fair_from_any_state():
-    """The martingale property: from whatever state a stream left, the expected factor of the next step is 1."""
+    """The martingale property: from whatever state a stream left, the expected wealth after the next p-value is
+    the wealth now."""
     martingale = TestMartingale()
-    martingale.update([0.001, 0.3, 0.02, 0.9, 0.5])  # some state far from the start
-    shares = (1 - martingale.jump) * martingale.shares + martingale.jump / martingale.bets
+    martingale.update([0.001, 0.3, 0.02, 0.9, 0.5, 0.004])  # some state far from the start
     # p = u ** 20 takes the p ** -0.95 singularity out of the integrand: dp = 20 u ** 19 du
-    factor, _ = integrate.quad(lambda u: float(shares @ martingale.bet(u**20)) * 20 * u**19, 0, 1, limit=200)
-    assert factor == pytest.approx(1.0, abs=1e-6)
+    expected, _ = integrate.quad(
+        lambda u: martingale.expected_next(martingale.payoffs(np.array([u**20]))[0]) * 20 * u**19, 0, 1, limit=200
+    )
+    assert expected == pytest.approx(10**martingale.log10_wealth, rel=1e-6)
+    assert martingale.expected_next(martingale.payoffs(np.array([0.37]))[0]) == pytest.approx(
+        10 ** TestMartingale().update([0.001, 0.3, 0.02, 0.9, 0.5, 0.004, 0.37]), rel=1e-9
+    )
+
+
+def test_a_drift_after_a_long_quiet_stretch_is_still_found():
+    """Betting that starts late: 50,000 uniform p-values, then small ones, and the wealth still climbs fast."""
+    martingale = TestMartingale()
+    martingale.update(np.random.default_rng(9).uniform(size=50000))
+    assert martingale.log10_wealth < 0
+    wealth = martingale.path(np.random.default_rng(10).uniform(0, 0.05, size=300))
+    assert np.argmax(wealth >= 2.0) < 150
 
 
 def test_drift_alarm_latches_and_resets():

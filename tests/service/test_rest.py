@@ -343,6 +343,9 @@ def test_openapi_documents_the_score_query(client):
         "score": "string",
         "levels": "boolean",
         "timeout_ms": "number",
+        "fdr": "number",
+        "conditional": "boolean",
+        "delta": "number",
     }
 
 
