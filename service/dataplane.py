@@ -152,7 +152,9 @@ class DataPlane:
         alpha = check_level(alpha, "alpha", "invalid_alpha")
         conditional = params.conditional
         if conditional is False and params.delta is not None:
-            raise ServiceError(422, "conflicting_parameters", "delta is the calibration-conditional flag's; conditional=false")
+            raise ServiceError(
+                422, "conflicting_parameters", "delta belongs to the conditional flag, not conditional=false"
+            )
         if conditional is None:
             conditional = params.delta is not None or self.conditional_by_default(entry)
         if not conditional:

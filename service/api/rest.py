@@ -56,7 +56,7 @@ QUERY_PARAMETERS = [
     ("score", "string", "Score that decides the flag; default: the model's."),
     ("levels", "boolean", "Also return log_pz and log_det per scale level."),
     ("timeout_ms", "number", "Deadline for this request in ms, > 0 (capped by settings)."),
-    ("fdr", "number", "Flag the Benjamini-Hochberg discoveries at this false-discovery rate, in (0, 1); not with alpha."),
+    ("fdr", "number", "Flag the Benjamini-Hochberg discoveries at this false-discovery rate (0, 1); not with alpha."),
     ("conditional", "boolean", "Calibration-conditional flags (FPR <= alpha with probability >= 1 - delta)."),
     ("delta", "number", "delta of the calibration-conditional flags, in (0, 1); implies conditional=true."),
 ]
