@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from starlette.routing import Route
 
-from .api import errors, rest, v2
+from .api import admin, errors, rest, v2
 from .dataplane import DataPlane
 from .metrics import Metrics
 from .repository import ModelRepository, RuntimeFactory
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     errors.install(app)
     app.include_router(rest.router)  # documents POST /score in the OpenAPI schema...
     app.include_router(v2.router)
+    app.include_router(admin.router)  # POST /admin/drift/reset (token only)
     # ...and this serves it: a plain Starlette route skips FastAPI's per-request dependency solving and
     # exit stacks, which /score (it parses its own query) does not use and which showed up in py-spy
     # profiles of one-image requests. First in the table, so it is the one that matches.

@@ -98,7 +98,7 @@ class DataPlane:
         self.inflight = 0
         self._children: dict[tuple[str, str, str], tuple] = {}
         # sliding-window drift gauges per model (issue 5)
-        self.drift = DriftTracker(metrics, settings.drift_window)
+        self.drift = DriftTracker(metrics, settings.drift_window, delta=settings.drift_delta)
         self.drift.attach(repository.all(), settings.max_queue_images)
 
     async def blocking(self, fn, *args, **kwargs):

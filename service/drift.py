@@ -25,6 +25,14 @@ microseconds, without touching the hot path's latency.
 :class:`DriftTracker` keeps one monitor per model and backs the
 ``oodgate_drift_*`` gauges of :class:`service.metrics.Metrics` with callbacks,
 so the statistics are computed at scrape time, not on the request path.
+
+The window statistics have no error rate over time: watched long enough, an
+in-distribution stream crosses any fixed line. Calibrated models also get an
+anytime-valid test (:class:`service.guarantees.DriftMartingale`) over every image
+scored since start-up (or the last reset) with the model's default score: its
+alarm's probability of *ever* firing on an in-distribution stream is at most
+``drift_delta``. It latches; ``POST /admin/drift/reset`` clears it and restarts
+the test (:meth:`DriftTracker.reset_alarm`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from .guarantees import DEFAULT_DRIFT_DELTA, DriftMartingale, DriftState
 
 DEFAULT_WINDOW = 500
 DEFAULT_RESAMPLES = 2000
@@ -178,11 +188,19 @@ class DriftTracker:
         "drift_alpha": "alpha",
     }
 
-    def __init__(self, metrics, window: int = DEFAULT_WINDOW, resamples: int = DEFAULT_RESAMPLES) -> None:
+    def __init__(
+        self,
+        metrics,
+        window: int = DEFAULT_WINDOW,
+        resamples: int = DEFAULT_RESAMPLES,
+        delta: float = DEFAULT_DRIFT_DELTA,
+    ) -> None:
         self.metrics = metrics
         self.window = window
         self.resamples = resamples
+        self.delta = delta
         self.monitors: dict[tuple[str, str], DriftMonitor] = {}
+        self.martingales: dict[tuple[str, str], tuple[str, DriftMartingale]] = {}  # key -> (score, test)
         self._cache: dict[tuple[str, str], tuple[int, DriftSnapshot]] = {}
 
     def attach(self, entries: Iterable, queue_capacity: int | None = None) -> None:
@@ -194,6 +212,14 @@ class DriftTracker:
                 gauge.set_function(lambda key=key, field=field: getattr(self.snapshot(key), field))
             if queue_capacity is not None:
                 self.metrics.queue_capacity.labels(*key).set(queue_capacity)
+            detector = entry.detector
+            if getattr(detector, "fitted", False):  # an uncalibrated model has no scores to test
+                score = detector.default_score
+                test = DriftMartingale(detector.calibration[score], self.delta)
+                self.martingales[key] = (score, test)
+                self.metrics.drift_martingale.labels(*key).set_function(lambda t=test: t.state().log10_wealth)
+                self.metrics.drift_alarm.labels(*key).set_function(lambda t=test: float(t.state().alarm))
+                self.metrics.drift_alarm_resets.labels(*key)  # the series exists (at 0) before the first reset
 
     def snapshot(self, key: tuple[str, str]) -> DriftSnapshot:
         """The model's window statistics, recomputed only when images arrived since the last call."""
@@ -213,3 +239,18 @@ class DriftTracker:
         done = [i for i, d in enumerate(decisions) if d is not None]
         if done:
             monitor.observe([bpd[i] for i in done], [decisions[i].p_value for i in done])
+            martingale = self.martingales.get((entry.name, entry.version))
+            if martingale is not None:
+                score, test = martingale
+                test.observe([decisions[i].scores[score] for i in done])
+
+    def reset_alarm(self, key: tuple[str, str]) -> DriftState | None:
+        """Clear the model's drift alarm and restart its test; the state before (None: the model has no test)."""
+        martingale = self.martingales.get(key)
+        if martingale is None:
+            return None
+        test = martingale[1]
+        before = test.state()
+        test.reset()
+        self.metrics.drift_alarm_resets.labels(*key).inc()
+        return before

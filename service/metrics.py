@@ -33,12 +33,15 @@ status, ``reason``/``score`` from fixed sets.
 | ``oodgate_drift_calibration_mean_bpd`` | gauge | model, version | mean bits/dim of the calibration set |
 | ``oodgate_drift_typicality_p_value`` | gauge | model, version | typicality test of the window mean bpd |
 | ``oodgate_drift_alpha`` | gauge | model, version | the model's default alpha (the OOD-rate alert's yardstick) |
+| ``oodgate_drift_martingale`` | gauge | model, version | log10 wealth of the drift test martingale (guarantees.py) |
+| ``oodgate_drift_alarm`` | gauge | model, version | 1 once the wealth reached 1/drift_delta, latched until reset |
+| ``oodgate_drift_alarm_resets_total`` | counter | model, version | drift alarm resets (``POST /admin/drift/reset``) |
 | ``oodgate_sidecar_requests_total`` | counter | policy, outcome | sidecar requests, by outcome (below) |
 | ``oodgate_sidecar_upstream_duration_seconds`` | histogram | - | time the upstream took to answer |
 
 Rejection reasons: ``bad_request`` (400), ``unknown_model`` (404), ``too_large`` (413),
 ``unsupported_media_type`` (415), ``unprocessable`` (422), ``queue_full``, ``draining``,
-``not_ready`` (503), ``deadline`` (504).
+``not_ready`` (503), ``deadline`` (504), ``unauthorized`` (401/403 on the admin endpoints).
 
 Sidecar outcomes: ``forwarded``, ``blocked`` (OOD, 422), ``unscored`` (no image to score),
 ``refused`` (oodgate refused the images, e.g. 400), ``upstream_unreachable`` (502),
@@ -76,6 +79,7 @@ REJECTION_REASONS = (
     "draining",
     "not_ready",
     "deadline",
+    "unauthorized",
 )
 
 MODEL = ("model", "version")
@@ -162,6 +166,22 @@ class Metrics:
             registry=r,
         )
         self.drift_alpha = Gauge("oodgate_drift_alpha", "The model's default alpha.", MODEL, registry=r)
+        # anytime-valid drift test (service/guarantees.py): calibrated models only
+        self.drift_martingale = Gauge(
+            "oodgate_drift_martingale",
+            "log10 of the wealth of the conformal test martingale over the model's scored images.",
+            MODEL,
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "oodgate_drift_alarm",
+            "1 once the test martingale reached 1/drift_delta (false-alarm probability <= drift_delta); latched.",
+            MODEL,
+            registry=r,
+        )
+        self.drift_alarm_resets = Counter(
+            "oodgate_drift_alarm_resets", "Resets of the drift alarm and its martingale.", MODEL, registry=r
+        )
         # sidecar mode (service/sidecar.py)
         self.sidecar_requests = Counter(
             "oodgate_sidecar_requests", "Sidecar requests, by policy and outcome.", ("policy", "outcome"), registry=r

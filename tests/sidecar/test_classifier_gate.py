@@ -217,6 +217,33 @@ def test_metrics_count_what_the_gate_did(gate):
     assert blocked == mnist_flagged + fashion_flagged + (2 if REAL else 0)
 
 
+def test_fdr_policy_blocks_when_any_image_is_a_bh_discovery(gate, classifier):
+    """OODGATE_SIDECAR_FDR: the request's flags are its BH discoveries, exactly as POST /score?fdr= decides them."""
+    proxy = gate.app.state.sidecar
+    proxy.settings.sidecar_fdr = 0.1
+    try:
+        for chosen in (images("fashion_"), images("fashion_")[:3] + images("mnist_")[:1]):
+            files = [("files", (name, png, "image/png")) for name, png in chosen]
+            reference = httpx.post(f"{gate.url}/score", params={"fdr": 0.1}, files=files, timeout=60).json()
+            discoveries = [r["ood"] for r in reference["results"]]
+            before = classifier.counting.count
+            response = httpx.post(f"{gate.url}/predict", files=files, timeout=60)
+            if not any(discoveries):
+                assert response.status_code == 200 and classifier.counting.count == before + 1
+                continue
+            assert response.status_code == 422 and classifier.counting.count == before
+            body = response.json()
+            assert [r["ood"] for r in body["results"]] == discoveries
+            assert body["decision"] == reference["decision"]
+            assert "Benjamini-Hochberg" in body["error"]["message"]
+            if REAL:
+                assert discoveries == [False, False, False, True]
+        if REAL:
+            assert any(discoveries), "the mixed request was not blocked"
+    finally:
+        proxy.settings.sidecar_fdr = None
+
+
 def test_stopped_classifier_gives_502(gate, classifier, policy):
     """Last in the module: it stops the classifier for good."""
     png = passing_image(gate, policy)
@@ -258,3 +285,4 @@ def test_digit_traffic_moves_the_drift_gauges(tmp_path):
     assert gauges["oodgate_drift_ood_rate"] == 1.0
     assert gauges["oodgate_drift_mean_bpd"] == pytest.approx(sum(r["bpd"] for r in results) / len(digits))
     assert gauges["oodgate_drift_typicality_p_value"] < 0.01
+    assert gauges["oodgate_drift_alarm"] == 1.0  # the anytime-valid test (service/guarantees.py) too
