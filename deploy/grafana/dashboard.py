@@ -159,6 +159,18 @@ ROWS: list[tuple[str, list[tuple]]] = [
                 "Below 0.01 the alert fires.",
             ),
             (
+                "Drift: anytime-valid test martingale (log10 wealth) and alarm",
+                "short",
+                [
+                    (f"oodgate_drift_martingale{{{MSEL}}}", "log10 wealth {{model}}/{{version}} {{instance}}"),
+                    (f"oodgate_drift_alarm{{{MSEL}}}", "alarm {{model}}/{{version}} {{instance}}"),
+                ],
+                "timeseries",
+                "Conformal test martingale over every scored image (service/guarantees.py). The alarm latches at "
+                "log10 wealth >= log10(1/OODGATE_DRIFT_DELTA), 2 by default; on in-distribution traffic that "
+                "happens with probability at most delta, ever. POST /admin/drift/reset clears it.",
+            ),
+            (
                 "Drift: window OOD rate vs alpha",
                 "percentunit",
                 [

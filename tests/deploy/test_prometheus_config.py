@@ -18,7 +18,7 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_promtool_check_rules(promtool):
     result = run(promtool, "check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_alerts_fire_on_the_series_that_should_trigger_them(promtool):
@@ -35,6 +35,7 @@ def test_the_issue_alerts_are_all_there():
     assert "oodgate_drift_typicality_p_value < 0.01" in rules["OodgateDriftDetected"]["expr"]
     assert 'code=~"5.."' in rules["OodgateHigh5xxRate"]["expr"]
     assert "oodgate_queue_capacity_images" in rules["OodgateQueueNearFull"]["expr"]
+    assert rules["OodgateDriftAlarm"]["expr"].strip() == "oodgate_drift_alarm == 1"
     for rule in rules.values():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"]
