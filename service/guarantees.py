@@ -56,7 +56,20 @@ et al. 2003) for ``k`` in :data:`KAPPAS`, mixed evenly, and mixed again over the
 image at which betting starts with stakes ``1/(s (s+1))`` (half on the first
 image): a long in-distribution stretch then does not starve the bets a later
 drift would reward (see :class:`TestMartingale`). Each component is a test
-martingale and the stakes sum to 1, so the mixture is one too. The
+martingale and the stakes sum to 1, so the mixture is one too.
+
+What "valid" means here, precisely: the probability is over the draw of the
+calibration set *and* the stream, which is what exchangeability promises (the
+held-out slice was drawn from the same distribution as the traffic). For the one
+calibration set a deployment has, the false-alarm probability is a number whose
+average over calibration draws is at most delta; by Markov's inequality it
+exceeds ``delta / gamma`` for at most a share gamma of calibration sets (e.g. it
+is at most 0.1 for 90% of them at delta 0.01). A calibration set that happens to
+sit low makes in-distribution images look a little unusual for the first
+``~n`` images, and the martingale can gain on that bias. Betting on the stream
+alone (ranks among earlier stream images, calibration unused) would be valid for
+every calibration set, but blind to traffic that differs from the start, the
+first drift an operator needs to hear about; so the calibration stays the prefix. The
 cost of validity is memory: every scored score is kept (8 bytes per image, in
 sorted runs), up to :data:`MAX_STREAM_IMAGES`; past that the martingale stops
 (a stopped martingale is still one) until it is reset.

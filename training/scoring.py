@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.artifact import Manifest, load_manifest
+from service.artifact import ArtifactError, Manifest, load_manifest
 from service.complexity import complexity_bits
+from service.ood import Detector
 from service.runtimes import FlowRuntime, build_runtime
 
 
@@ -39,6 +40,15 @@ def open_bundle(
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir, verify=True)
     return Bundle(bundle_dir, manifest, build_runtime(manifest, bundle_dir, backend, "cpu", threads, orientation))
+
+
+def open_calibrated_bundle(bundle_dir: str | Path, threads: int = 0) -> tuple[Bundle, Detector]:
+    """The bundle's runtime and its calibrated detector; an uncalibrated bundle is an ArtifactError."""
+    bundle = open_bundle(bundle_dir, threads=threads)
+    detector = Detector.from_bundle(bundle.manifest, bundle.directory)
+    if not detector.fitted:
+        raise ArtifactError(f"{bundle_dir} carries no calibration: run oodgate-calibrate {bundle_dir} first")
+    return bundle, detector
 
 
 def check_images(images: np.ndarray, manifest: Manifest, source: str) -> np.ndarray:

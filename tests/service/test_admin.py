@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require_tool
 
-from .serving import LiveServer, calibrated_root, create_app, multipart_files, random_images, settings, smooth_images
+from .serving import LiveServer, create_app, multipart_files, random_images, settings, smooth_images
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,8 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def models_root(tmp_path_factory, tiny_models_root):
-    return calibrated_root(tmp_path_factory.mktemp("calibrated"), tiny_models_root)
+def models_root(calibrated_models_root):
+    return calibrated_models_root
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,14 @@ import pytest
 
 from service.guarantees import benjamini_hochberg, conditional_rank
 
-from .serving import LiveServer, calibrated_root, create_app, multipart_files, random_images, settings, smooth_images
+from .serving import LiveServer, create_app, multipart_files, random_images, settings, smooth_images
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def models_root(tmp_path_factory, tiny_models_root):
-    return calibrated_root(tmp_path_factory.mktemp("calibrated"), tiny_models_root)
+def models_root(calibrated_models_root):
+    return calibrated_models_root
 
 
 @pytest.fixture(scope="module")
