@@ -12,7 +12,7 @@ p-values that share one calibration set are positively dependent (PRDS), so
 Benjamini-Hochberg at level q over a batch's p-values keeps the expected share
 of in-distribution images among the flagged ones at most ``q * m0 / m <= q``
 (Bates, Candès, Lei, Romano, Sesia 2023, "Testing for outliers with conformal
-p-values", Ann. Statist., Theorem 2). Assumes the batch's in-distribution images
+p-values", Ann. Statist.). Assumes the batch's in-distribution images
 and the calibration set are exchangeable (i.i.d. from one distribution).
 
 **Calibration-conditional flags** (:func:`conditional_rank`). The marginal
@@ -34,19 +34,21 @@ delta is :data:`DEFAULT_CONDITIONAL_DELTA` (0.1).
 
 **Anytime-valid drift alarm** (:class:`DriftMartingale`). A conformal test
 martingale (Vovk, Nouretdinov, Gammerman 2003, "Testing exchangeability
-on-line"; Vovk, Gammerman, Shafer 2005, ch. 7) over the stream of scored
+on-line"; Vovk, Gammerman, Shafer 2005, "Algorithmic learning in a random world") over the stream of scored
 images. The split-conformal p-values above are *not* usable as they are: with a
 fixed calibration set, the p-values of new images are exchangeable but not
 independent, and conditionally on the calibration set they are i.i.d. but not
 uniform (``P(p <= k/(n+1) | cal) = V_(k)``), so a product of bets on them is no
-martingale (its expectation ``E_cal[(E[f(p) | cal])^t]`` grows with t by Jensen).
+martingale: given the calibration set every bet has the same bias, and the biases
+compound: ``E_cal[(E[f(p) | cal])^t]`` can exceed 1 and grows with t, by Jensen,
+whenever the bias varies with the calibration set.
 Instead the stream is treated as the continuation of the calibration sequence:
 image t gets the *smoothed online* conformal p-value against the calibration
 scores *and every earlier image of the stream*,
 ``p_t = (#{j: s_j > s_t} + theta_t * #{j: s_j = s_t}) / (n + t)`` (the count of
 ties includes the image itself, ``theta_t`` uniform on (0, 1]). When the
 calibration scores and the stream are exchangeable, these p-values are
-independent and exactly uniform (Vovk et al. 2003, Theorem 1; the score function
+independent and exactly uniform (Vovk et al. 2003; the score function
 was fitted on the *other* part of the held-out slice, so it is fixed). Any bet
 ``f`` with ``integral_0^1 f = 1`` then makes the running product a test
 martingale, and Ville's inequality bounds the chance that it *ever* reaches
