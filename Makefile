@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 .PHONY: help setup serve test lint system-deps train-default export-default
 
 help:
-	@echo "make serve          set up .venv and serve the bundled default model (OODGATE_* settings apply)"
+	@echo "make serve          set up .venv and serve every bundle in models/ (OODGATE_* settings apply)"
 	@echo "make test           set up .venv and run the test suite"
 	@echo "make lint           ruff"
 	@echo "make train-default  retrain models/fashion-glow/1: configs/fashion-glow.yaml, then fashion-glow-upright.yaml (CPU: ~1.3 h)"

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sidecar-policy", choices=["block", "annotate", "shadow"], help=fields["sidecar_policy"].description
     )
     parser.add_argument("--sidecar-paths", help=fields["sidecar_paths"].description)
+    parser.add_argument("--sidecar-model", help=fields["sidecar_model"].description)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:

@@ -197,7 +197,9 @@ class DataPlane:
         self.check_count(len(blobs))
         rule, score = self.check_params(entry, params)
         s = self.settings
-        images = await self.blocking(decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize)
+        images = await self.blocking(
+            decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize, s.convert_channels
+        )
         return await self._score(entry, images, rule, score, self.deadline(received, params))
 
     async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
@@ -205,7 +207,8 @@ class DataPlane:
         if array.ndim in (3, 4):
             self.check_count(len(array))
         rule, score = self.check_params(entry, params)
-        convert = (tensor_to_images, array, entry.manifest.input, self.settings.resize)
+        s = self.settings
+        convert = (tensor_to_images, array, entry.manifest.input, s.resize, s.convert_channels)
         if array.size <= INLINE_PREPARE_PIXELS:  # checking a few pixels costs less than a trip to the pool
             images = convert[0](*convert[1:])
         else:

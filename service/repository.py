@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .ood import Detector
 from .postprocess import make_postprocess
 from .runtimes import load_runtime
-from .settings import Settings
+from .settings import BUNDLED_DEFAULT_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,19 @@ class ModelRepository:
         return sorted((v for n, v in self.entries if n == name), key=_version_key)
 
     def default_name(self) -> str:
+        """The model a request that names none gets: the rule documented at ``Settings.default_model``."""
         if self.settings.default_model:
             return self.settings.default_model
         names = self.names()
+        if BUNDLED_DEFAULT_MODEL in names:
+            return BUNDLED_DEFAULT_MODEL
         if len(names) == 1:
             return names[0]
-        raise ServiceError(400, "model_required", f"this server holds several models {names}; name one with model=")
+        raise ServiceError(
+            400,
+            "model_required",
+            f"this server holds several models {names} and no default (OODGATE_DEFAULT_MODEL); name one with model=",
+        )
 
     def get(self, name: str | None, version: str | None = None) -> ModelEntry:
         """The entry for ``name`` (default model if None) at ``version`` (latest if None); 404 if none."""

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .guarantees import DEFAULT_CONDITIONAL_DELTA, DEFAULT_DRIFT_DELTA
 
+# the model a request that names none gets when OODGATE_DEFAULT_MODEL is unset and it is loaded
+BUNDLED_DEFAULT_MODEL = "fashion-glow"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OODGATE_", extra="ignore")
@@ -34,7 +37,10 @@ class Settings(BaseSettings):
         description="Bundles to load, as 'name' (every version) or 'name/version', comma-separated; empty loads all.",
     )
     default_model: str | None = Field(
-        None, description="Model used when a request names none; default: the only model, else an error (400)."
+        None,
+        description=f"Model used when a request names none. Unset: {BUNDLED_DEFAULT_MODEL!r} when it is loaded (the "
+        "bundled default, so its clients need not name it), else the only model loaded, else such requests get "
+        "400 model_required with the list of models.",
     )
     verify_files: bool = Field(True, description="Check every model file's sha256 against its manifest on load.")
 
@@ -75,8 +81,14 @@ class Settings(BaseSettings):
     )
     resize: bool = Field(
         False,
-        description="Convert color mode and resize images that do not match the model (bilinear); "
-        "false answers such images with 422.",
+        description="Resize images whose size does not match the model (bilinear); false answers them with 422. "
+        "Unless channel_mismatch says otherwise, also converts gray <-> RGB.",
+    )
+    channel_mismatch: Literal["convert", "refuse"] | None = Field(
+        None,
+        description="A gray image or tensor sent to an RGB model, or the reverse: 'convert' (gray repeated into R, G "
+        "and B; RGB to ITU-R 601 luma, as Pillow's convert('L')), 'refuse' (422 wrong_channels naming the mode the "
+        "model takes). Unset: convert when resize is on, else refuse.",
     )
     decode_threads: int = Field(2, ge=1, description="Threads that decode images and compute PNG complexity.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
@@ -145,6 +157,11 @@ class Settings(BaseSettings):
         description="Decide the sidecar's flags by Benjamini-Hochberg at this false-discovery rate over each "
         "request's images (policy block: blocked when any image is a discovery); unset: per-image alpha.",
     )
+    sidecar_model: str | None = Field(
+        None,
+        description="Model (name or name/version) that scores the sidecar's requests. Unset: default_model if set, "
+        "else the only model loaded; with several models and neither set, oodgate-serve refuses to start.",
+    )
     upstream_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the upstream's answer (then 504).")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to connect to the upstream.")
     upstream_max_connections: int = Field(100, ge=1, description="Size of the pooled upstream connection pool.")
@@ -172,6 +189,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
         return value
+
+    @property
+    def convert_channels(self) -> bool:
+        """Whether a gray <-> RGB mismatch is converted (True) or refused with 422 (False)."""
+        if self.channel_mismatch is None:
+            return self.resize
+        return self.channel_mismatch == "convert"
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

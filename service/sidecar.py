@@ -20,6 +20,10 @@ plane and batcher as ``POST /score``, and then handled by ``sidecar_policy``:
 ``shadow``    forward always, score alongside (concurrently, so the classifier's
               latency is not added to), only count.
 
+The model that scores is fixed at start-up (:func:`sidecar_model`): ``sidecar_model``,
+else ``default_model``, else the only model loaded; with several and none named,
+the server refuses to start rather than gate with a guess.
+
 A model without calibration has no flags (``X-OOD: unknown``): ``block`` then
 forwards, since it has nothing to block on.
 
@@ -66,6 +70,7 @@ from .api.rest import render
 from .dataplane import DataPlane, Scored, ScoreParams
 from .errors import ServiceError, bad_request
 from .metrics import Metrics
+from .repository import ModelRepository
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,6 +175,30 @@ def json_images(body: bytes, path: str) -> list[bytes]:
     return [decode_base64_image(value, i) for i, value in enumerate(json_lookup(document, path))]
 
 
+def sidecar_model(settings: Settings, repository: ModelRepository) -> str:
+    """The one model that gates the upstream, fixed at start-up: ``sidecar_model``, else ``default_model``,
+    else the only model loaded.
+
+    Never guessed among several (not even the bundled default): a gate in front of
+    one classifier must score with that classifier's model, and a wrong guess would
+    pass or block the wrong images. Unresolvable, the server does not start.
+    """
+    name = settings.sidecar_model or settings.default_model
+    loaded = [f"{e.name}/{e.version}" for e in repository.all()]
+    if name is None:
+        if len(repository.names()) == 1:
+            return repository.names()[0]
+        raise ValueError(
+            f"sidecar mode with several models loaded ({', '.join(loaded)}): name the one that guards "
+            f"{settings.upstream} with OODGATE_SIDECAR_MODEL (or --sidecar-model), or load only it (OODGATE_MODELS)"
+        )
+    try:
+        repository.get(name)
+    except ServiceError as exc:
+        raise ValueError(f"sidecar model {name!r} is not loaded ({exc.message}); loaded: {', '.join(loaded)}") from None
+    return name
+
+
 class SidecarProxy:
     """The catch-all route's handler: find images, score them, apply the policy, forward."""
 
@@ -181,6 +210,7 @@ class SidecarProxy:
         self.metrics = metrics
         self.policy = settings.sidecar_policy
         self.own_routes = own_routes
+        self.model = sidecar_model(settings, plane.repository)
         self.upstream = httpx.URL(settings.upstream)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
@@ -303,7 +333,7 @@ class SidecarProxy:
     async def verdict(self, request: Request, blobs: list[bytes], received: float) -> Verdict:
         """Score the images with the default model; errors become a verdict, never an exception."""
         try:
-            entry = self.plane.model(None)
+            entry = self.plane.model(self.model)
             request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
             params = ScoreParams(fdr=self.settings.sidecar_fdr)  # fdr unset: the model's own rule
             scored = await self.plane.score_encoded(entry, blobs, params, received)
@@ -433,5 +463,5 @@ def install(app: FastAPI) -> SidecarProxy:
 
     app.router.lifespan_context = lifespan
     paths = settings.sidecar_paths or "every path"
-    log.info("sidecar mode: %s -> %s (policy %s)", paths, settings.upstream, proxy.policy)
+    log.info("sidecar mode: %s -> %s (policy %s, model %s)", paths, settings.upstream, proxy.policy, proxy.model)
     return proxy

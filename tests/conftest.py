@@ -52,10 +52,12 @@ def make_tiny_flow(seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE, leve
     return flow.eval(), config
 
 
-def export_tiny_bundle(models_root: Path, name: str = "tiny", version: str = "1", seed: int = 0):
+def export_tiny_bundle(
+    models_root: Path, name: str = "tiny", version: str = "1", seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE
+):
     from training.export import export_bundle
 
-    flow, config = make_tiny_flow(seed)
+    flow, config = make_tiny_flow(seed, shape)
     bundle_dir = models_root / name / version
     manifest = export_bundle(flow, bundle_dir, name=name, version=version, architecture=config.model_dump(mode="json"))
     return bundle_dir, manifest
@@ -66,4 +68,16 @@ def tiny_models_root(tmp_path_factory) -> Path:
     """A model repository holding one exported tiny bundle, ``tiny/1``. Read-only: copy it to change it."""
     root = tmp_path_factory.mktemp("models")
     export_tiny_bundle(root)
+    return root
+
+
+GRAY8, RGB8 = (1, 8, 8), (3, 8, 8)
+
+
+@pytest.fixture(scope="session")
+def mixed_models_root(tmp_path_factory) -> Path:
+    """Two tiny bundles of different shapes: ``gray8/1`` (L, 8x8) and ``rgb8/1`` (RGB, 8x8). Read-only."""
+    root = tmp_path_factory.mktemp("mixed-models")
+    export_tiny_bundle(root, "gray8", shape=GRAY8, seed=1)
+    export_tiny_bundle(root, "rgb8", shape=RGB8, seed=2)
     return root

@@ -49,6 +49,8 @@ def test_services(compose):
     assert {"oodgate", "classifier", "classifier-sidecar", "prometheus", "grafana"} <= set(services)
     sidecar = environment(services["classifier-sidecar"])
     assert sidecar["OODGATE_SIDECAR_POLICY"] == "block"
+    # the image holds every bundle of models/: the sidecar names its classifier's, or it would not start
+    assert (ROOT / "models" / sidecar["OODGATE_SIDECAR_MODEL"]).is_dir()
     # The sidecar shares the classifier's namespace, so its upstream is loopback on the classifier's port.
     assert services["classifier-sidecar"]["network_mode"] == "service:classifier"
     command = services["classifier"]["command"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.deploy.conftest import K8S, PROMETHEUS_DIR, load_yaml_docs
+from tests.deploy.conftest import K8S, PROMETHEUS_DIR, ROOT, load_yaml_docs
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -114,6 +114,7 @@ def test_sidecar_example_is_one_pod_with_loopback_upstream(objects):
     env = {e["name"]: e["value"] for e in containers["oodgate"]["env"]}
     assert env["OODGATE_UPSTREAM"] == f"http://127.0.0.1:{command[command.index('--port') + 1]}"
     assert env["OODGATE_SIDECAR_POLICY"] in {"block", "annotate", "shadow"}
+    assert (ROOT / "models" / env["OODGATE_SIDECAR_MODEL"]).is_dir()  # several models in the image: name one
     assert containers["oodgate"]["ports"][0]["containerPort"] == int(env["OODGATE_PORT"])
     service = find(objects, "Service", "fashion-classifier")
     assert service["spec"]["ports"][0]["targetPort"] == containers["oodgate"]["ports"][0]["name"]
