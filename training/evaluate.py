@@ -5,9 +5,19 @@ Every image goes through the service's runtime and the bundle's own
 service returns. The report folder holds a markdown table (AUROC, FPR at 95%
 TPR and the flag rate at each alpha, per score and set; the realized
 false-positive rate on the in-distribution test set), histograms per score,
-example images per set, and every per-image score as CSV. The default score is
-recommended by its *worst* AUROC over all OOD sets, never by MNIST alone, among
-the scores that meet every target of the report (all scores when none does).
+example images per set, and every per-image score as CSV.
+
+Any bundle, any domain: the in-distribution test set is ``--in-dist``, else the
+test set the bundle's manifest records, else FashionMNIST's test split for a
+bundle trained on it. The default score is recommended by a rule that sees only
+in-distribution data and the domain-free synthetic sets (DESIGN.md, "Scores and
+calibration"): among the scores that meet every *choice* target (realized FPR,
+domain-free sets flagged; all scores when none does), the best *worst* AUROC over
+the domain-free OOD sets. The user's sets and the FashionMNIST-specific ones are
+measured and reported, never chosen on.
+
+:func:`evaluate_bundle` is the whole command as a function (typed
+:class:`EvalOptions`, no argparse), for ``oodgate-build`` and tests.
 """
 
 from __future__ import annotations
@@ -24,14 +34,47 @@ import numpy as np
 
 from service.artifact import ArtifactError
 from service.ood import Detector, conformal_p_values
-from training.data import DatasetError, load_fashion_mnist, load_image_folder, load_npz
+from training.data import DatasetError
 from training.metrics import auroc, flag_rate, fpr_at_tpr
-from training.ood_sets import BUILTIN_SETS, Context, ImageSet, SetUnavailable, build_set, fit_to_shape, load_set
+from training.ood_sets import (
+    BUILTIN_SETS,
+    DOMAIN_FREE_OOD,
+    FASHION_MNIST,
+    Context,
+    ImageSet,
+    SetUnavailable,
+    build_set,
+    default_sets,
+    load_set,
+    read_images,
+)
 from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
 
 ALPHAS = (0.01, 0.05, 0.1)
 AUROC_TIE = 0.01
 IN_DISTRIBUTION = "in-distribution"
+
+
+@dataclass
+class EvalOptions:
+    """What ``oodgate-eval`` measures, beyond the bundle; every field has the CLI's default."""
+
+    in_dist: str | None = None  # folder or .npz; None: the bundle's recorded test set (FashionMNIST's)
+    ood_sets: dict[str, str] = field(default_factory=dict)  # name -> folder or .npz, should be flagged
+    invariant_sets: dict[str, str] = field(default_factory=dict)  # name -> folder or .npz, should pass
+    sets: tuple[str, ...] | None = None  # built-in sets; None: those made for the bundle's data
+    limit: int | None = None  # only the first N in-distribution test images
+    per_set: int = 2000
+    checkpoint: str | None = None  # the eager flow for latent_zeroed (default: the bundle's weights.npz)
+    alphas: tuple[float, ...] = ALPHAS
+    seed: int = 0
+    batch_size: int = 256
+    threads: int = 0
+    progress: bool = True
+
+
+class SetNameError(ValueError):
+    """An extra set's name is taken (by a built-in set, the in-distribution set or another extra set)."""
 
 
 @dataclass
@@ -68,6 +111,12 @@ class Evaluation:
     @property
     def in_set(self) -> ScoredSet:
         return self.sets[0]
+
+    @property
+    def data_source(self) -> str | None:
+        """The training data's source as the manifest records it (``fashion-mnist``, ``folder``, ...)."""
+        data = self.bundle.manifest.data
+        return None if data is None else data.source
 
 
 def score_set(
@@ -109,9 +158,13 @@ def metric_rows(in_set: ScoredSet, sets: list[ScoredSet], alphas: tuple[float, .
 
 
 def recommend(
-    rows: list[dict], score_names: tuple[str, ...], tie: float = AUROC_TIE, eligible: set[str] | None = None
+    rows: list[dict],
+    score_names: tuple[str, ...],
+    tie: float = AUROC_TIE,
+    eligible: set[str] | None = None,
+    choice_sets: tuple[str, ...] | None = None,
 ) -> tuple[str | None, dict[str, tuple[float, str]]]:
-    """The score whose worst AUROC over the OOD sets is best, among ``eligible`` if any is.
+    """The score whose worst AUROC over the OOD sets in ``choice_sets`` (None: all) is best, among ``eligible``.
 
     Differences under ``tie`` (about two standard errors of an AUROC on a
     2,000-image set) are noise, not a ranking: such ties go to the next-worst
@@ -122,7 +175,11 @@ def recommend(
     """
     profiles, worst = {}, {}
     for name in score_names:
-        ood = sorted((r["auroc"], r["set"]) for r in rows if r["score"] == name and r["kind"] == "ood")
+        ood = sorted(
+            (r["auroc"], r["set"])
+            for r in rows
+            if r["score"] == name and r["kind"] == "ood" and (choice_sets is None or r["set"] in choice_sets)
+        )
         if ood:
             worst[name] = ood[0]
             if not eligible or name in eligible:
@@ -140,16 +197,26 @@ def recommend(
 
 
 def in_distribution_images(bundle: Bundle, path: str | None) -> tuple[np.ndarray, str]:
+    """The in-distribution test images: ``path``, else the manifest's recorded test set, else FashionMNIST's.
+
+    Never the training split: a test set the flow was trained or calibrated on would
+    make every number of the report optimistic.
+    """
     shape = tuple(bundle.manifest.input.shape)
     if path:
-        source = Path(path)
-        images = load_image_folder(source, shape[0], shape[1:]) if source.is_dir() else load_npz(source)
-        return fit_to_shape(images, shape), f"in-distribution test images from {path}"
+        return read_images(path, shape), f"in-distribution test images from {path}"
     data = bundle.manifest.data
-    if data is not None and data.source == "fashion-mnist":
-        images, _ = load_fashion_mnist("test", data.path)
+    if data is not None and data.test_path and data.test_source != FASHION_MNIST:
+        source = data.test_source or data.source
+        images = read_images(data.test_path, shape, source=source, split="test")
+        return images, f"the bundle's recorded test set {data.test_path} (never trained on, never calibrated on)"
+    if data is not None and FASHION_MNIST in (data.source, data.test_source):
+        images = read_images(data.test_path or data.path, shape, source=FASHION_MNIST, split="test")
         return images, "FashionMNIST test split (never trained on, never calibrated on)"
-    raise DatasetError("the bundle was not trained on FashionMNIST: pass --in-dist TEST_IMAGES(.npz|folder)")
+    recorded = f"trained on {data.source} data from {data.path}" if data is not None else "records no training data"
+    raise DatasetError(
+        f"the bundle {recorded} and no in-distribution test set: pass --in-dist TEST_IMAGES (a folder or .npz)"
+    )
 
 
 def eager_flow(bundle: Bundle, checkpoint: str | None, images: np.ndarray) -> tuple[object | None, str | None]:
@@ -183,40 +250,59 @@ def eager_flow(bundle: Bundle, checkpoint: str | None, images: np.ndarray) -> tu
     return flow, f"latent_zeroed inverts the eager flow from {source} (max |Δ bpd| {delta:.2g} against the graph)"
 
 
-def parse_extra(values: list[str], kind: str) -> list[tuple[str, str, str]]:
-    out = []
+def parse_extra(values: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` arguments as a dict; a malformed one is a usage error."""
+    out: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"oodgate-eval: expected NAME=PATH, got {value!r}")
-        out.append((name, path, kind))
+        if name in out:
+            raise SetNameError(f"set name {name!r} is given twice; every set needs its own name")
+        out[name] = path
     return out
 
 
-def evaluate(args: argparse.Namespace, command: str) -> Evaluation:
+def check_set_names(options: EvalOptions) -> None:
+    """Refuse an extra set whose name is taken: its row would merge with (or hide) the other set's."""
+    seen: set[str] = set()
+    for name in [*options.ood_sets, *options.invariant_sets]:
+        if name in BUILTIN_SETS:
+            raise SetNameError(
+                f"set name {name!r} is a built-in set ({BUILTIN_SETS[name].description}); choose another name"
+            )
+        if name == IN_DISTRIBUTION or name in seen:
+            raise SetNameError(f"set name {name!r} is already taken; choose another name")
+        seen.add(name)
+
+
+def evaluate(bundle_dir: str | Path, options: EvalOptions, command: str = "") -> Evaluation:
+    """Score the in-distribution test set and every OOD set through the bundle's own runtime and detector."""
     started = time.monotonic()
-    progress = not args.no_progress
-    bundle = open_bundle(args.bundle, threads=args.threads)
+    check_set_names(options)
+    progress = options.progress
+    bundle = open_bundle(bundle_dir, threads=options.threads)
     detector = Detector.from_bundle(bundle.manifest, bundle.directory)
     if not detector.fitted:
-        raise ArtifactError(f"{args.bundle} carries no calibration: run oodgate-calibrate {args.bundle} first")
+        raise ArtifactError(f"{bundle_dir} carries no calibration: run oodgate-calibrate {bundle_dir} first")
     shape = tuple(bundle.manifest.input.shape)
-    in_images, in_description = in_distribution_images(bundle, args.in_dist)
-    if args.limit:
-        in_images = in_images[: args.limit]
+    in_images, in_description = in_distribution_images(bundle, options.in_dist)
+    if options.limit:
+        in_images = in_images[: options.limit]
     notes: list[str] = []
-    names = list(BUILTIN_SETS) if args.sets == "all" else [s for s in args.sets.split(",") if s]
-    ctx = Context(shape, in_images, per_set=args.per_set, seed=args.seed)
+    data = bundle.manifest.data
+    names = list(options.sets) if options.sets is not None else default_sets(data.source if data else None)
+    unknown = [n for n in names if n not in BUILTIN_SETS]
+    if unknown:
+        raise SetNameError(f"unknown sets {unknown}; built-in: {', '.join(BUILTIN_SETS)}")
+    ctx = Context(shape, in_images, per_set=options.per_set, seed=options.seed)
     if "latent_zeroed" in names:
-        ctx.flow, said = eager_flow(bundle, args.checkpoint, in_images)
+        ctx.flow, said = eager_flow(bundle, options.checkpoint, in_images)
         if ctx.flow is None:
             ctx.why_no_flow = said
         else:
             notes.append(said)
 
-    unknown = [n for n in names if n not in BUILTIN_SETS]
-    if unknown:
-        raise SystemExit(f"oodgate-eval: unknown sets {unknown}; built-in: {', '.join(BUILTIN_SETS)}")
     image_sets: list[ImageSet] = []
     for name in names:
         try:
@@ -224,26 +310,68 @@ def evaluate(args: argparse.Namespace, command: str) -> Evaluation:
         except SetUnavailable as exc:
             notes.append(f"set {name} skipped: {exc}")
             print(f"oodgate-eval: set {name} skipped: {exc}", file=sys.stderr)
-    for name, path, kind in parse_extra(args.add, "ood") + parse_extra(args.add_invariant, "invariant"):
-        image_sets.append(load_set(name, path, kind, shape))
+    for extra, kind in ((options.ood_sets, "ood"), (options.invariant_sets, "invariant")):
+        image_sets.extend(load_set(name, path, kind, shape) for name, path in extra.items())
 
     in_source = ImageSet(IN_DISTRIBUTION, "in", in_images, in_description)
-    in_set = score_set(bundle, detector, in_source, "in", args.batch_size, progress)
+    in_set = score_set(bundle, detector, in_source, "in", options.batch_size, progress)
     scored = []
     for image_set in image_sets:
-        scored.append(score_set(bundle, detector, image_set, image_set.kind, args.batch_size, progress))
+        scored.append(score_set(bundle, detector, image_set, image_set.kind, options.batch_size, progress))
         print(f"  {image_set.name}: {len(image_set.images)} images, {scored[-1].seconds:.1f} s", file=sys.stderr)
     from training.report import target_checks  # report renders an Evaluation; import late, no cycle
 
-    rows = metric_rows(in_set, scored, tuple(args.alphas))
+    rows = metric_rows(in_set, scored, tuple(options.alphas))
     result = Evaluation(
-        bundle, detector, [in_set, *scored], tuple(args.alphas), rows, notes + ctx.notes, command=command
+        bundle, detector, [in_set, *scored], tuple(options.alphas), rows, notes + ctx.notes, command=command
     )
     result.meets_targets = {
-        name for name in detector.score_names if all(met is not False for _, met, _ in target_checks(result, name))
+        name
+        for name in detector.score_names
+        if all(check.met is not False for check in target_checks(result, name) if check.chooses)
     }
-    result.recommended, result.worst = recommend(rows, detector.score_names, eligible=result.meets_targets)
+    result.recommended, result.worst = recommend(
+        rows, detector.score_names, eligible=result.meets_targets, choice_sets=DOMAIN_FREE_OOD
+    )
     result.seconds = time.monotonic() - started
+    return result
+
+
+def set_default_score(result: Evaluation) -> bool:
+    """Write the recommended score into the bundle's calibration; False when there is nothing to change."""
+    if not result.recommended or result.recommended == result.detector.default_score:
+        return False
+    result.detector.default_score = result.recommended
+    result.bundle.manifest = result.detector.save(
+        result.bundle.directory, result.bundle.manifest, extra=_kept_calibration_fields(result.bundle.manifest)
+    )
+    result.notes.append(f"default score of {result.bundle.directory} set to {result.recommended} (--set-default)")
+    return True
+
+
+def evaluate_bundle(
+    bundle_dir: str | Path,
+    out_dir: str | Path,
+    options: EvalOptions | None = None,
+    *,
+    set_default: bool = False,
+    plots: bool = True,
+    command: str | None = None,
+) -> Evaluation:
+    """``oodgate-eval`` as a function: evaluate, optionally set the default score, write the report to ``out_dir``.
+
+    Raises :class:`ArtifactError` (not calibrated), :class:`DatasetError` (no
+    readable in-distribution test set) or :class:`SetNameError`; never exits.
+    """
+    from training.report import write_report
+
+    options = options or EvalOptions()
+    if command is None:
+        command = f"evaluate_bundle({str(bundle_dir)!r}, {str(out_dir)!r}, {options!r}, set_default={set_default})"
+    result = evaluate(bundle_dir, options, command)
+    if set_default:
+        set_default_score(result)
+    write_report(result, Path(out_dir), plots=plots)
     return result
 
 
@@ -259,14 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bundle", help="a calibrated models/<name>/<version>/ (see oodgate-calibrate)")
     parser.add_argument("--out", default="ood-report", help="report folder (default: ./ood-report)")
     parser.add_argument(
-        "--sets", default="all", help=f"comma-separated built-in sets, or 'all': {','.join(BUILTIN_SETS)}"
+        "--sets",
+        default="all",
+        help="comma-separated built-in sets, or 'all': those made for the bundle's data (the domain-free ones; "
+        f"for FashionMNIST bundles every one): {','.join(BUILTIN_SETS)}",
     )
     parser.add_argument(
         "--add",
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="an extra OOD set: a folder of images or an .npz (repeatable)",
+        help="an extra OOD set: a folder of images or an .npz (repeatable); NAME must not be taken",
     )
     parser.add_argument(
         "--add-invariant",
@@ -275,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="an extra set that should NOT be flagged (repeatable)",
     )
-    parser.add_argument("--in-dist", help="in-distribution test images (default: FashionMNIST test for such bundles)")
+    parser.add_argument(
+        "--in-dist",
+        help="in-distribution test images, a folder or .npz (default: the test set the bundle records; "
+        "FashionMNIST's test split for bundles trained on it)",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N in-distribution test images")
     parser.add_argument("--per-set", type=int, default=2000, help="images per transformed/synthetic set (cap)")
     parser.add_argument(
@@ -293,26 +428,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.report import write_report
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    return EvalOptions(
+        in_dist=args.in_dist,
+        ood_sets=parse_extra(args.add),
+        invariant_sets=parse_extra(args.add_invariant),
+        sets=None if args.sets == "all" else tuple(s for s in args.sets.split(",") if s),
+        limit=args.limit,
+        per_set=args.per_set,
+        checkpoint=args.checkpoint,
+        alphas=tuple(args.alphas),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = "oodgate-eval " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
-        result = evaluate(args, command)
+        options = options_from_args(args)
+        result = evaluate_bundle(
+            args.bundle, args.out, options, set_default=args.set_default, plots=not args.no_plots, command=command
+        )
     except (ArtifactError, DatasetError, ValueError) as exc:
         print(f"oodgate-eval: {exc}", file=sys.stderr)
         return 2
-    if args.set_default and result.recommended and result.recommended != result.detector.default_score:
-        result.detector.default_score = result.recommended
-        result.bundle.manifest = result.detector.save(
-            result.bundle.directory, result.bundle.manifest, extra=_kept_calibration_fields(result.bundle.manifest)
-        )
-        result.notes.append(f"default score of {args.bundle} set to {result.recommended} (--set-default)")
-    out = write_report(result, Path(args.out), plots=not args.no_plots)
+    recommended = result.recommended
+    worst = result.worst.get(recommended) if recommended else None
     print(
-        f"wrote {out}; recommended default score: {result.recommended} "
-        f"(worst AUROC {result.worst[result.recommended][0]:.4f} on {result.worst[result.recommended][1]})"
+        f"wrote {args.out}; recommended default score: {recommended}"
+        + (f" (worst AUROC {worst[0]:.4f} on {worst[1]}, over the domain-free sets)" if worst else "")
     )
     return 0
 

@@ -9,6 +9,11 @@ random and real images) and refuses to write a manifest when ``|Δ bpd|`` exceed
 the tolerance, so a bundle with a manifest is a bundle that passed. Beside the
 graphs it writes ``weights.npz`` (:mod:`training.weights`), so that the bundle
 alone can rebuild the eager flow and its inverse.
+
+Test bpd is measured on the in-distribution test set (``--test``, else the
+config's, FashionMNIST's test split for FashionMNIST runs), which the manifest
+records for ``oodgate-eval``. :func:`export_checkpoint` is the command as a
+function, for ``oodgate-build``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from service.artifact import (
     write_manifest,
 )
 from training.architectures import MultiScaleFlow
-from training.data import DatasetError, sha256_array, split_training_set
+from training.data import DatasetError, detect_source, sha256_array, split_training_set
 from training.flows import dequantize, freeze_invertible_convs
 from training.weights import save_weights
 
@@ -249,12 +254,15 @@ def export_checkpoint(
     *,
     force: bool = False,
     measure_test: bool = True,
+    test: str | Path | None = None,
 ) -> Manifest:
     """``oodgate-export`` as a function: checkpoint -> parity-checked bundle with its data record and metrics.
 
-    Test bpd is measured on the config's in-distribution test set (FashionMNIST's
-    test split, or ``data.test_path``) when there is one and ``measure_test``.
-    Raises :class:`BundleExists`, :class:`ExportParityError`.
+    Test bpd is measured on the in-distribution test set when there is one and
+    ``measure_test``: ``test`` (a folder, .npz, IDX file or CIFAR binary), else the
+    config's (``data.test_path``, or FashionMNIST's test split). The manifest records
+    that set, where ``oodgate-eval`` finds it. Raises :class:`BundleExists`,
+    :class:`ExportParityError`, or :class:`DatasetError` when ``test`` cannot be read.
     """
     from training.train import evaluate_bpd, model_from_checkpoint
 
@@ -263,6 +271,10 @@ def export_checkpoint(
     bundle_dir = Path(models_dir) / config.name / version
     if (bundle_dir / "manifest.json").exists() and not force:
         raise BundleExists(f"{bundle_dir} exists; pass --force to overwrite")
+    if test is not None:  # the user's test set stands in for the config's; unreadable, it is an error
+        data = config.data.model_copy(update={"test_source": detect_source(test), "test_path": str(test)})
+        data.load_test(tuple(flow.input_shape))
+        config = config.model_copy(update={"data": data})
 
     record, real, metrics, train_images = None, None, {}, None
     try:
@@ -276,6 +288,8 @@ def export_checkpoint(
         if test_images is not None:
             print(f"measuring test bpd on {len(test_images)} images...", file=sys.stderr)
             metrics["test_bpd"] = evaluate_bpd(flow, test_images, torch.device("cpu"))
+        elif measure_test:
+            print("oodgate-export: no in-distribution test set (pass --test PATH); no test bpd", file=sys.stderr)
     except DatasetError as exc:
         print(f"oodgate-export: training data unavailable ({exc}); exporting without data record", file=sys.stderr)
 
@@ -313,14 +327,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a best.pt / last.pt written by oodgate-train")
     parser.add_argument("--models-dir", default="models", help="model repository root (default: models)")
     parser.add_argument("--version", help="bundle version (default: the config's)")
+    parser.add_argument(
+        "--test",
+        metavar="PATH",
+        help="in-distribution test images (folder, .npz, IDX file or CIFAR binary) to measure test bpd on; "
+        "recorded in the manifest, where oodgate-eval finds them (default: the config's test set)",
+    )
     parser.add_argument("--no-test", action="store_true", help="skip measuring test bpd on the test set")
     parser.add_argument("--force", action="store_true", help="overwrite an existing bundle")
     args = parser.parse_args(argv)
     try:
         manifest = export_checkpoint(
-            args.checkpoint, args.models_dir, args.version, force=args.force, measure_test=not args.no_test
+            args.checkpoint,
+            args.models_dir,
+            args.version,
+            force=args.force,
+            measure_test=not args.no_test,
+            test=args.test,
         )
-    except BundleExists as exc:
+    except (BundleExists, DatasetError) as exc:
         print(f"oodgate-export: {exc}", file=sys.stderr)
         return 2
     except ExportParityError as exc:

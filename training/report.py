@@ -15,13 +15,18 @@ import io
 import json
 import math
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from service.artifact import sha256_file
+from training.ood_sets import BUILTIN_SETS, DOMAIN_FREE_OOD
 
+# domain-free sets (training.ood_sets, scope "any") that every score worth choosing flags nearly always
 TARGET_SETS_FLAGGED = ("constant", "noise", "vflip", "inverted")
+# the bar MNIST is held to under a FashionMNIST flow, and the user's own OOD sets under any flow
+TARGET_AUROC, TARGET_FPR95 = 0.99, 0.05
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -41,25 +46,52 @@ def _row(rows: list[dict], set_name: str, score: str) -> dict | None:
     return next((r for r in rows if r["set"] == set_name and r["score"] == score), None)
 
 
-def target_checks(result, score: str) -> list[tuple[str, bool | None, str]]:
-    """The issue's targets, each as (target, met, measured); ``None`` when the set was not measured."""
+@dataclass
+class Target:
+    """One target of the report: what, whether met (None: not measured), the measured value.
+
+    ``chooses``: whether it enters the default-score choice, i.e. whether it is
+    measured on in-distribution data or a domain-free synthetic set only (never on
+    the user's OOD sets or the FashionMNIST-specific ones; DESIGN.md).
+    """
+
+    target: str
+    met: bool | None
+    measured: str
+    chooses: bool
+
+
+def _auroc_target(row: dict, label: str) -> Target:
+    met = row["auroc"] >= TARGET_AUROC and row["fpr95"] <= TARGET_FPR95
+    return Target(
+        f"{label}: AUROC >= {TARGET_AUROC} and FPR95 <= {TARGET_FPR95}",
+        met,
+        f"AUROC {row['auroc']:.4f}, FPR95 {row['fpr95']:.4f}",
+        chooses=False,
+    )
+
+
+def target_checks(result, score: str) -> list[Target]:
+    """The report's targets for ``score``, defined for every domain.
+
+    Realized FPR against alpha and the domain-free sets flagged (these choose the
+    default score); the user's OOD sets held to MNIST's bar; MNIST itself only for
+    bundles trained on FashionMNIST. A set that was not measured gives no target.
+    """
     rows, checks = result.rows, []
     mnist = _row(rows, "mnist", score)
-    if mnist:
-        met = mnist["auroc"] >= 0.99 and mnist["fpr95"] <= 0.05
-        checks.append(
-            ("MNIST: AUROC >= 0.99 and FPR95 <= 0.05", met, f"AUROC {mnist['auroc']:.4f}, FPR95 {mnist['fpr95']:.4f}")
-        )
+    if mnist and result.data_source == "fashion-mnist":
+        checks.append(_auroc_target(mnist, "MNIST"))
     for name in TARGET_SETS_FLAGGED:
         row = _row(rows, name, score)
         if row and "flag@0.05" in row:
+            met = row["flag@0.05"] >= 0.99
             checks.append(
-                (
-                    f"{name}: >= 99% flagged at alpha 0.05",
-                    row["flag@0.05"] >= 0.99,
-                    f"{100 * row['flag@0.05']:.1f}% flagged",
-                )
+                Target(f"{name}: >= 99% flagged at alpha 0.05", met, f"{100 * row['flag@0.05']:.1f}% flagged", True)
             )
+    for scored in result.sets:
+        if scored.kind == "ood" and scored.name not in BUILTIN_SETS:
+            checks.append(_auroc_target(_row(rows, scored.name, score), f"your set {scored.name}"))
     in_row = _row(rows, result.in_set.name, score)
     for alpha in result.alphas:
         rate = in_row.get(f"flag@{alpha:g}")
@@ -69,7 +101,7 @@ def target_checks(result, score: str) -> list[tuple[str, bool | None, str]]:
             met, band = rate <= 2 * alpha, f"<= {2 * alpha:g}"
         else:
             met, band = 0.8 * alpha <= rate <= 1.2 * alpha, f"in [{0.8 * alpha:.3g}, {1.2 * alpha:.3g}]"
-        checks.append((f"realized FPR at alpha {alpha:g} {band}", met, f"{rate:.4f}"))
+        checks.append(Target(f"realized FPR at alpha {alpha:g} {band}", met, f"{rate:.4f}", True))
     return checks
 
 
@@ -117,14 +149,15 @@ def realized_fpr_table(result) -> str:
 
 def worst_table(result) -> str:
     lines = [
-        "| score | meets every target | worst AUROC over OOD sets | on set | mean AUROC |",
-        "|---|---|---:|---|---:|",
+        "| score | meets every choosing target | worst AUROC, domain-free sets | on set | "
+        "worst AUROC, every OOD set | on set |",
+        "|---|---|---:|---|---:|---|",
     ]
     for name, (value, where) in sorted(result.worst.items(), key=lambda kv: -kv[1][0]):
-        mean = np.mean([r["auroc"] for r in result.rows if r["score"] == name and r["kind"] == "ood"])
+        every = min((r["auroc"], r["set"]) for r in result.rows if r["score"] == name and r["kind"] == "ood")
         mark = " **(recommended)**" if name == result.recommended else ""
         meets = "yes" if name in result.meets_targets else "no"
-        lines.append(f"| `{name}`{mark} | {meets} | {value:.4f} | {where} | {mean:.4f} |")
+        lines.append(f"| `{name}`{mark} | {meets} | {value:.4f} | {where} | {every[0]:.4f} | {every[1]} |")
     return "\n".join(lines)
 
 
@@ -177,8 +210,8 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         negative_training_line(manifest.training),
         f"- runtime: {cal.get('runtime')} on the exported graph, the service's own; code at commit `{_git_commit()}`;"
         f" {result.seconds:.0f} s; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
-        f"- default score of the bundle: **`{score}`**; recommended (meets every target, then best worst AUROC "
-        f"over the OOD sets): **`{result.recommended}`**",
+        f"- default score of the bundle: **`{score}`**; recommended (meets every choosing target, then best worst "
+        f"AUROC over the domain-free OOD sets): **`{result.recommended}`**",
         "",
         "Scores: higher = more OOD. AUROC and FPR95 (false-positive rate at 95% true-positive rate) compare each set "
         "with the in-distribution test set; flag rates are `p_value <= alpha` with the bundle's conformal calibration.",
@@ -189,17 +222,22 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         "",
         f"## Targets (default score `{score}`)",
         "",
-        "| target | met | measured |",
-        "|---|---|---|",
+        "| target | met | measured | chooses the default score |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {t} | {'yes' if m else 'NO'} | {v} |" for t, m, v in checks]
+    lines += [
+        f"| {c.target} | {'yes' if c.met else 'NO'} | {c.measured} | {'yes' if c.chooses else 'no'} |" for c in checks
+    ]
     lines += [
         "",
-        "## Choosing the default score: worst AUROC over every OOD set",
+        "## Choosing the default score: worst AUROC over the domain-free sets",
         "",
-        "Among the scores that meet every target of the table above (all scores, if none does), the one whose "
-        "worst AUROC over the OOD sets is highest; differences under 0.01 (about two standard errors on a "
-        "2,000-image set) count as ties and go to the next-worst set, then to the mean.",
+        "The choice sees only in-distribution data and the domain-free synthetic sets "
+        f"({', '.join(DOMAIN_FREE_OOD)}), never the sets the bundle is judged on: among the scores that meet "
+        "every target of the table above marked as choosing (all scores, if none does), the one whose worst "
+        "AUROC over the domain-free OOD sets is highest; differences under 0.01 (about two standard errors on "
+        "a 2,000-image set) count as ties and go to the next-worst set, then to the mean. The last two columns "
+        "show every OOD set measured, for reading, not choosing.",
         "",
         worst_table(result),
         "",
@@ -257,7 +295,8 @@ def write_csvs(result, out: Path) -> None:
         "notes": result.notes,
         "worst_auroc": {k: {"auroc": v[0], "set": v[1]} for k, v in result.worst.items()},
         "targets": [
-            {"target": t, "met": m, "measured": v} for t, m, v in target_checks(result, result.detector.default_score)
+            {"target": c.target, "met": c.met, "measured": c.measured, "chooses": c.chooses}
+            for c in target_checks(result, result.detector.default_score)
         ],
         "rows": [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in result.rows

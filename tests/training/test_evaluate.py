@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,14 +14,15 @@ import torch
 
 from service.artifact import load_manifest, write_manifest
 from service.ood import Detector
-from tests.conftest import make_tiny_flow
+from tests.conftest import GRAY8, RGB8, make_tiny_flow
+from tests.training.recorded import recorded_bundle
 from training.calibrate import calibrate_bundle
 from training.config import RunConfig
-from training.evaluate import main, recommend
+from training.evaluate import DOMAIN_FREE_OOD, EvalOptions, SetNameError, evaluate_bundle, main, recommend
 from training.metrics import auroc, flag_rate, fpr_at_tpr
-from training.ood_sets import BUILTIN_SETS, Context, build_set, fit_to_shape, latent_zeroed
-from training.report import negative_training_line
-from training.scoring import open_bundle
+from training.ood_sets import BUILTIN_SETS, Context, build_set, default_sets, fit_to_shape, latent_zeroed
+from training.report import negative_training_line, target_checks
+from training.scoring import open_bundle, run_statistics
 from training.weights import flow_from_bundle
 
 SHAPE = (1, 28, 28)
@@ -241,3 +243,99 @@ def test_eval_refuses_an_uncalibrated_bundle(tmp_path, tiny_models_root, capsys)
 def test_report_says_when_an_ood_transform_was_trained_against():
     line = negative_training_line({"negative": {"transform": "vflip", "margin_bpd": 0.3, "weight": 1.0}})
     assert "`vflip` set" in line and "not zero-shot" in line and "0.3 bits/dim" in line
+
+
+# ---- any bundle, any domain ------------------------------------------------------------------
+
+
+def test_default_sets_are_the_domain_free_ones_except_for_fashion_mnist():
+    assert default_sets("fashion-mnist") == list(BUILTIN_SETS)
+    for source in ("npz", "folder", None):
+        names = default_sets(source)
+        assert "mnist" not in names and "glyphs" not in names and "textures" not in names
+        assert set(DOMAIN_FREE_OOD) <= set(names) and {"shift1", "hflip"} <= set(names)
+    assert "mnist" not in DOMAIN_FREE_OOD and {"constant", "noise", "inverted", "vflip"} <= set(DOMAIN_FREE_OOD)
+
+
+def test_the_choice_sees_only_the_domain_free_sets():
+    rows = [
+        {"set": "constant", "kind": "ood", "score": "dose", "auroc": 0.97},
+        {"set": "constant", "kind": "ood", "score": "bpd", "auroc": 0.90},
+        {"set": "mine", "kind": "ood", "score": "dose", "auroc": 0.20},  # a user's set: dose fails it
+        {"set": "mine", "kind": "ood", "score": "bpd", "auroc": 0.99},
+    ]
+    assert recommend(rows, ("dose", "bpd"))[0] == "bpd"  # unrestricted, the user's set would decide
+    best, worst = recommend(rows, ("dose", "bpd"), choice_sets=DOMAIN_FREE_OOD)
+    assert best == "dose" and worst["dose"] == (0.97, "constant")
+
+
+def fake_result(data_source: str, rows: list[dict], set_names: list[str]):
+    sets = [SimpleNamespace(name=n, kind="in" if n == "in-distribution" else "ood") for n in set_names]
+    return SimpleNamespace(rows=rows, data_source=data_source, sets=sets, in_set=sets[0], alphas=(0.05,))
+
+
+def test_mnist_is_a_target_only_for_fashion_mnist_bundles_and_user_sets_never_choose():
+    rows = [
+        {"set": "in-distribution", "score": "dose", "flag@0.05": 0.05},
+        {"set": "mnist", "score": "dose", "auroc": 0.5, "fpr95": 0.9, "flag@0.05": 0.1},
+        {"set": "mine", "score": "dose", "auroc": 0.995, "fpr95": 0.01, "flag@0.05": 0.9},
+    ]
+    names = ["in-distribution", "mnist", "mine"]
+    fashion = {c.target: c for c in target_checks(fake_result("fashion-mnist", rows, names), "dose")}
+    other = {c.target: c for c in target_checks(fake_result("folder", rows, names), "dose")}
+    mnist_target = "MNIST: AUROC >= 0.99 and FPR95 <= 0.05"
+    assert mnist_target in fashion and not fashion[mnist_target].met and not fashion[mnist_target].chooses
+    assert mnist_target not in other
+    mine = other["your set mine: AUROC >= 0.99 and FPR95 <= 0.05"]
+    assert mine.met and not mine.chooses
+    fpr = other["realized FPR at alpha 0.05 in [0.04, 0.06]"]
+    assert fpr.met and fpr.chooses
+
+
+@pytest.fixture(scope="module", params=[GRAY8, RGB8], ids=["gray", "rgb"])
+def recorded(request, tmp_path_factory, mixed_models_root):
+    name = "gray8" if request.param == GRAY8 else "rgb8"
+    root = tmp_path_factory.mktemp(f"recorded-{name}")
+    return recorded_bundle(root, mixed_models_root, name, request.param), request.param
+
+
+def test_evaluate_bundle_on_any_domain_uses_the_recorded_test_set(recorded, tmp_path):
+    bundle, shape = recorded
+    stripes = np.zeros((9, *shape), np.uint8)
+    stripes[..., ::2] = 255
+    np.savez(tmp_path / "stripes.npz", images=stripes)
+    options = EvalOptions(ood_sets={"stripes": str(tmp_path / "stripes.npz")}, per_set=20, threads=1, progress=False)
+    result = evaluate_bundle(bundle, tmp_path / "report", options, set_default=True, plots=shape == RGB8)
+
+    assert result.in_set.n == 120 and "recorded test set" in result.in_set.description
+    in_scores = result.in_set.stats["bpd"]
+    expected = run_statistics(open_bundle(bundle, threads=1), np.load(bundle.parents[1] / "test.npz")["images"])
+    np.testing.assert_allclose(in_scores, expected["bpd"], rtol=1e-6)
+    names = [s.name for s in result.sets]
+    assert names == ["in-distribution", *default_sets("npz"), "stripes"]  # latent_zeroed included: weights.npz
+    assert {s.images.shape[1:] for s in result.sets} == {shape}
+    assert result.recommended is not None and all(where in DOMAIN_FREE_OOD for _, where in result.worst.values())
+    summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    targets = {t["target"]: t for t in summary["targets"]}
+    assert not any(t.startswith("MNIST") for t in targets)
+    assert targets["your set stripes: AUROC >= 0.99 and FPR95 <= 0.05"]["chooses"] is False
+    assert load_manifest(bundle).calibration["default_score"] == result.recommended
+    assert "your set stripes" in (tmp_path / "report" / "README.md").read_text()
+
+
+def test_an_extra_set_may_not_take_a_name(recorded, tmp_path, capsys):
+    bundle, shape = recorded
+    np.savez(tmp_path / "x.npz", images=np.zeros((3, *shape), np.uint8))
+    for args in (["--add", f"photos={tmp_path / 'x.npz'}"], ["--add", "a=1", "--add-invariant", "a=2"]):
+        code = main([str(bundle), "--out", str(tmp_path / "r"), "--sets", "constant", "--no-progress", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and "choose another name" in err, err
+    with pytest.raises(SetNameError, match="built-in set"):
+        evaluate_bundle(bundle, tmp_path / "r", EvalOptions(ood_sets={"constant": str(tmp_path / "x.npz")}))
+    assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_a_bundle_without_a_test_set_says_to_pass_in_dist(calibrated_bundle, tmp_path, capsys):
+    code = main([str(calibrated_bundle), "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--in-dist" in err and "Traceback" not in err

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from service.artifact import OUTPUT_NAMES, ArtifactError, load_manifest
-from tests.conftest import make_tiny_flow
-from training.export import ExportParityError, check_parity, export_bundle, prepare_for_export
+from tests.conftest import RGB8, make_tiny_flow
+from training.data import sha256_array
+from training.export import (
+    BundleExists,
+    ExportParityError,
+    check_parity,
+    export_bundle,
+    export_checkpoint,
+    main,
+    prepare_for_export,
+)
 
 
 def test_tiny_export_passes_parity_and_records_manifest(tiny_models_root):
@@ -100,3 +109,42 @@ def test_saturated_coupling_scale_exports_a_finite_log_det(tmp_path):
     assert np.all(np.isfinite(eager["log_det"])) and np.all(eager["log_det"] < -1e4)  # the scale did saturate
     assert np.all(np.isfinite(onnx["log_det"]))
     np.testing.assert_allclose(onnx["log_det"], eager["log_det"], rtol=1e-5)
+
+
+def rgb_checkpoint(tmp_path):
+    """An oodgate-train checkpoint of a tiny 8x8 RGB flow trained on (recorded) .npz data."""
+    from tests.training.recorded import blobs
+    from training.config import RunConfig
+
+    flow, config = make_tiny_flow(seed=5, shape=RGB8)
+    np.savez(tmp_path / "train.npz", images=blobs(60, RGB8, seed=0))
+    np.savez(tmp_path / "test.npz", images=blobs(30, RGB8, seed=1))
+    data = {"source": "npz", "path": str(tmp_path / "train.npz"), "slices": {"validation": 10, "holdout": 20}}
+    run = RunConfig(name="rgb", model=config, data=data)
+    path = tmp_path / "rgb.pt"
+    state = {"model": flow.state_dict(), "config": run.model_dump(mode="json"), "input_shape": list(RGB8)}
+    torch.save({**state, "step": 3, "best_val_bpd": 8.0}, path)
+    return path, flow
+
+
+def test_export_checkpoint_measures_and_records_the_users_test_set(tmp_path, capsys):
+    from training.train import evaluate_bpd
+
+    checkpoint, flow = rgb_checkpoint(tmp_path)
+    test = str(tmp_path / "test.npz")
+    manifest = export_checkpoint(checkpoint, tmp_path / "models", test=test)
+    expected = evaluate_bpd(flow, np.load(test)["images"], torch.device("cpu"))
+    assert manifest.metrics["test_bpd"] == pytest.approx(expected, rel=1e-9)
+    data = load_manifest(tmp_path / "models" / "rgb" / "1").data
+    assert (data.test_source, data.test_path, data.slices["holdout"]) == ("npz", test, (40, 60))
+    assert data.test_sha256 == sha256_array(np.load(test)["images"])
+
+    with pytest.raises(BundleExists):
+        export_checkpoint(checkpoint, tmp_path / "models")
+    # no --test and none in the config: exported, saying there is no test bpd
+    code = main([str(checkpoint), "--models-dir", str(tmp_path / "models"), "--force"])
+    assert code == 0 and "no in-distribution test set (pass --test" in capsys.readouterr().err
+    assert "test_bpd" not in load_manifest(tmp_path / "models" / "rgb" / "1").metrics
+    # an explicit test set that cannot be read is an error, not a silent skip
+    assert main([str(checkpoint), "--models-dir", str(tmp_path / "m2"), "--test", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "m2").exists()
