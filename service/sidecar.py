@@ -331,7 +331,7 @@ class SidecarProxy:
         return blobs
 
     async def verdict(self, request: Request, blobs: list[bytes], received: float) -> Verdict:
-        """Score the images with the default model; errors become a verdict, never an exception."""
+        """Score the images with the sidecar's model; errors become a verdict, never an exception."""
         try:
             entry = self.plane.model(self.model)
             request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)

@@ -59,9 +59,9 @@ IN_DISTRIBUTION = "in-distribution"
 class EvalOptions:
     """What ``oodgate-eval`` measures, beyond the bundle; every field has the CLI's default."""
 
-    in_dist: str | None = None  # folder or .npz; None: the bundle's recorded test set (FashionMNIST's)
-    ood_sets: dict[str, str] = field(default_factory=dict)  # name -> folder or .npz, should be flagged
-    invariant_sets: dict[str, str] = field(default_factory=dict)  # name -> folder or .npz, should pass
+    in_dist: str | None = None  # folder, .npz, IDX, CIFAR binary; None: the bundle's recorded test set
+    ood_sets: dict[str, str] = field(default_factory=dict)  # name -> images (same forms), should be flagged
+    invariant_sets: dict[str, str] = field(default_factory=dict)  # name -> images (same forms), should pass
     sets: tuple[str, ...] | None = None  # built-in sets; None: those made for the bundle's data
     limit: int | None = None  # only the first N in-distribution test images
     per_set: int = 2000
@@ -215,7 +215,8 @@ def in_distribution_images(bundle: Bundle, path: str | None) -> tuple[np.ndarray
         return images, "FashionMNIST test split (never trained on, never calibrated on)"
     recorded = f"trained on {data.source} data from {data.path}" if data is not None else "records no training data"
     raise DatasetError(
-        f"the bundle {recorded} and no in-distribution test set: pass --in-dist TEST_IMAGES (a folder or .npz)"
+        f"the bundle {recorded} and no in-distribution test set: pass --in-dist TEST_IMAGES "
+        "(a folder, .npz, IDX file or CIFAR binary)"
     )
 
 
@@ -408,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--in-dist",
-        help="in-distribution test images, a folder or .npz (default: the test set the bundle records; "
-        "FashionMNIST's test split for bundles trained on it)",
+        help="in-distribution test images: a folder, .npz, IDX file or CIFAR binary (default: the test set "
+        "the bundle records; FashionMNIST's test split for bundles trained on it)",
     )
     parser.add_argument("--limit", type=int, help="use only the first N in-distribution test images")
     parser.add_argument("--per-set", type=int, default=2000, help="images per transformed/synthetic set (cap)")
