@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.settings import BUNDLED_DEFAULT_MODEL
 from tests.conftest import GRAY8, RGB8
+from tests.sidecar.servers import DATA, DEFAULT_BUNDLE
 
 from .serving import LiveServer, create_app, npy, png, random_images, reference_stats, settings
 
@@ -63,6 +66,7 @@ def test_every_bundle_is_served_with_its_own_input(client):
     rgb = client.get("/v2/models/rgb8").json()
     assert rgb["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 8, 8, 3]}]
     assert client.get("/v2/models/gray8").json()["inputs"][0]["shape"] == [-1, 8, 8]
+    assert client.get("/v2/models/rgb8/config").json()["input"][0]["dims"] == [8, 8, 3]
 
 
 def test_each_model_scores_its_own_images(client, mixed_models_root):
@@ -97,3 +101,27 @@ def test_a_request_naming_no_model_gets_400_without_a_default(client):
     error = response.json()["error"]
     assert error["code"] == "model_required" and "gray8" in error["message"] and "rgb8" in error["message"]
     assert client.get("/models").json()["default"] is None
+
+
+@pytest.mark.slow
+def test_fashion_glow_clients_naming_no_model_work_beside_another_model(tmp_path, mixed_models_root):
+    """The bundled default keeps answering requests that name no model when a colour model is served too."""
+    root = tmp_path / "models"
+    (root / BUNDLED_DEFAULT_MODEL).mkdir(parents=True)
+    (root / BUNDLED_DEFAULT_MODEL / "1").symlink_to(DEFAULT_BUNDLE)
+    (root / "rgb8").symlink_to(mixed_models_root / "rgb8")
+    boot = (DATA / "fashion_00_ankle-boot.png").read_bytes()
+    with LiveServer(create_app(settings(root))) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        assert client.get("/models").json()["default"] == BUNDLED_DEFAULT_MODEL
+        response = client.post("/score", files=[("files", ("boot.png", boot, "image/png"))])
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["model"], body["version"]) == (BUNDLED_DEFAULT_MODEL, "1")
+        pixels = np.asarray(Image.open(io.BytesIO(boot)))[None, None]
+        expected = reference_stats(root, pixels, name=BUNDLED_DEFAULT_MODEL)["bpd"]
+        np.testing.assert_allclose(body["results"][0]["bpd"], expected, rtol=1e-5)
+        assert body["results"][0]["ood"] is False  # the committed bundle is calibrated: a real flag
+        rgb = client.post(
+            "/score?model=rgb8", files=[("files", ("x.png", png(random_images(1, shape=RGB8)[0]), "image/png"))]
+        )
+        assert rgb.status_code == 200 and rgb.json()["model"] == "rgb8"
