@@ -75,8 +75,16 @@ CHANNEL_MODES = {1: "L", 3: "RGB"}
 LUMA_FIXED_POINT = (19595, 38470, 7471)
 
 
-def channels_of(mode: str) -> int | None:
-    """1 for gray modes, 3 for colour modes, None for the rest (16/32-bit, float): never guessed."""
+def channels_of(image: Image.Image) -> int | None:
+    """1 for gray images, 3 for colour ones, None for the rest (16/32-bit, float): never guessed.
+
+    A palette image (every GIF is one) whose palette holds only grays counts as gray.
+    """
+    mode = image.mode
+    if mode in ("P", "PA"):
+        palette = image.getpalette() or []
+        if all(r == g == b for r, g, b in zip(palette[0::3], palette[1::3], palette[2::3], strict=False)):
+            return 1
     return 1 if mode in GRAY_MODES else 3 if mode in COLOUR_MODES else None
 
 
@@ -95,7 +103,7 @@ def on_white(image: Image.Image) -> Image.Image:
     if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-        return flat.convert("L") if channels_of(image.mode) == 1 else flat
+        return flat.convert("L") if image.mode in GRAY_MODES else flat
     return image
 
 
@@ -104,7 +112,7 @@ def _conform(image: Image.Image, index: int, spec: InputSpec, resize: bool, conv
     channels, height, width = spec.shape
     mode = spec.color_mode
     if image.mode != mode:
-        have = channels_of(image.mode)
+        have = channels_of(image)
         if have is None:
             raise unprocessable(
                 "unsupported_color_mode", f"image {index} has color mode {image.mode}; send 8-bit gray or RGB", index

@@ -70,6 +70,21 @@ def test_converted_mismatch_matches_pillow():
     np.testing.assert_array_equal(tensor_to_images(rgb[None], GRAY_SPEC, False, True)[0], as_gray)
 
 
+def test_a_gray_palette_image_is_gray_and_a_colour_one_is_colour():
+    gray = random_images(1, seed=7, shape=GRAY8)[0, 0]
+    gif = io.BytesIO()
+    Image.fromarray(gray, "L").save(gif, format="GIF")  # GIF: always a palette image, here of grays
+    as_gray = decode_image(gif.getvalue(), 0, GRAY_SPEC, 10_000, resize=False, convert_channels=False)
+    np.testing.assert_array_equal(as_gray[0], gray)
+    colour = Image.fromarray(random_images(1, seed=8, shape=RGB8)[0].transpose(1, 2, 0), "RGB").quantize(16)
+    buffer = io.BytesIO()
+    colour.save(buffer, format="PNG")
+    with pytest.raises(ServiceError, match="colour"):
+        decode_image(buffer.getvalue(), 0, GRAY_SPEC, 10_000, resize=False, convert_channels=False)
+    as_rgb = decode_image(buffer.getvalue(), 0, RGB_SPEC, 10_000, resize=False, convert_channels=False)
+    np.testing.assert_array_equal(as_rgb, np.asarray(colour.convert("RGB")).transpose(2, 0, 1))
+
+
 def test_alpha_is_composited_on_white_and_deep_modes_are_refused():
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[:4, :, :3] = (10, 20, 30)
