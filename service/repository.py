@@ -119,6 +119,11 @@ class ModelRepository:
         missing = [m for m in self.settings.models if not any(self._match(m, key) for key in self.entries)]
         for m in missing:
             self.errors.setdefault(m, "named in settings but not found under models_root (or failed to load)")
+        default = self.settings.default_model
+        if default and not any(self._match(default, key) for key in self.entries):
+            self.errors.setdefault(
+                default, "OODGATE_DEFAULT_MODEL names it, but it is not loaded: requests naming no model get 404"
+            )
         if not self.entries:
             raise ArtifactError(
                 f"no servable model under {self.settings.models_root}"

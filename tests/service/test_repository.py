@@ -42,8 +42,9 @@ def test_default_model_rule(tmp_path, tiny_models_root):
         renamed_copy(bundle, tmp_path, name)
     # the bundled default answers requests that name no model, however many others are served
     assert repository(tmp_path).get(None).name == BUNDLED_DEFAULT_MODEL
-    # an explicit OODGATE_DEFAULT_MODEL wins over it
+    # an explicit OODGATE_DEFAULT_MODEL wins over it; naming one that is not loaded is reported
     assert repository(tmp_path, default_model="b").get(None).name == "b"
+    assert "not loaded" in repository(tmp_path, default_model="zzz").errors["zzz"]
     # without the bundled default: the only model, else 400 model_required naming every model
     assert repository(tmp_path, models=["a"]).get(None).name == "a"
     with pytest.raises(ServiceError) as required:
