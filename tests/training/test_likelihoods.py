@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from service.artifact import load_manifest, write_manifest
 from tests.conftest import RGB8
@@ -11,6 +12,7 @@ from training.likelihoods import main
 from training.scoring import open_bundle, run_statistics
 
 
+@pytest.mark.filterwarnings("ignore:Creating legend with loc=.best.")  # matplotlib on 200+ values: harmless
 def test_likelihoods_of_a_non_fashion_bundle_are_its_own_slices(tmp_path, mixed_models_root, capsys):
     bundle = recorded_bundle(tmp_path, mixed_models_root, "rgb8", RGB8)
     assert main([str(bundle), "--no-progress", "--train-images", "50", "--figure", str(tmp_path / "f.png")]) == 0
