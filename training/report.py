@@ -174,6 +174,16 @@ def negative_training_line(training: dict) -> str:
     )
 
 
+def guarantees_line(result, out: Path) -> list[str]:
+    """A link to ``python -m training.guarantees``' account when it sits in the same folder, so a rerun keeps it."""
+    if not (out / "guarantees.md").exists():
+        return []
+    return [
+        "- guarantees (FDR per batch, calibration-conditional flags, the anytime-valid drift alarm): "
+        f"[`guarantees.md`](guarantees.md), by `python -m training.guarantees {result.bundle.directory}`"
+    ]
+
+
 def write_markdown(result, out: Path, plots: bool) -> None:
     manifest, detector = result.bundle.manifest, result.detector
     score = detector.default_score
@@ -189,6 +199,7 @@ def write_markdown(result, out: Path, plots: bool) -> None:
         result.command,
         "```",
         "",
+        *guarantees_line(result, out),
         f"- bundle: `{result.bundle.directory}`, `model.onnx` sha256 `{onnx_sha[:16]}…`,"
         f" test bpd {manifest.metrics.get('test_bpd', float('nan')):.4f}",
         f"- calibration: {cal.get('method')} on {cal.get('n_holdout')} held-out training images "

@@ -305,6 +305,8 @@ def test_evaluate_bundle_on_any_domain_uses_the_recorded_test_set(recorded, tmp_
     stripes[..., ::2] = 255
     np.savez(tmp_path / "stripes.npz", images=stripes)
     options = EvalOptions(ood_sets={"stripes": str(tmp_path / "stripes.npz")}, per_set=20, threads=1, progress=False)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "guarantees.md").write_text("# written by python -m training.guarantees\n")
     result = evaluate_bundle(bundle, tmp_path / "report", options, set_default=True, plots=shape == RGB8)
 
     assert result.in_set.n == 120 and "recorded test set" in result.in_set.description
@@ -320,7 +322,9 @@ def test_evaluate_bundle_on_any_domain_uses_the_recorded_test_set(recorded, tmp_
     assert not any(t.startswith("MNIST") for t in targets)
     assert targets["your set stripes: AUROC >= 0.99 and FPR95 <= 0.05"]["chooses"] is False
     assert load_manifest(bundle).calibration["default_score"] == result.recommended
-    assert "your set stripes" in (tmp_path / "report" / "README.md").read_text()
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "your set stripes" in readme
+    assert f"[`guarantees.md`](guarantees.md), by `python -m training.guarantees {bundle}`" in readme  # kept
 
 
 def test_an_extra_set_may_not_take_a_name(recorded, tmp_path, capsys):
