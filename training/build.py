@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ VALIDATION_SHARE, VALIDATION_RANGE = 0.07, (20, 2000)  # checkpoint selection
 AFTER_TRAINING_SHARE = 0.2  # of the budget, kept for export, calibration and evaluation
 MIN_TRAIN_MINUTES = 0.25
 PROBE_STEPS = 6  # optimizer steps timed to size the schedule
+BUDGET_USED = 0.98  # a run that trained this share of its minutes is done, even short of the planned steps
 
 
 class BuildError(RuntimeError):
@@ -85,6 +87,7 @@ class BuildOptions:
     preset: str = "auto"
     threads: int | None = None
     progress: bool = True
+    command: str | None = None  # recorded in the report as what produced it
 
     @property
     def run_dir(self) -> Path:
@@ -163,6 +166,10 @@ def images_per_second(flow_config: FlowConfig, train: np.ndarray, threads: int |
     return PROBE_STEPS * len(batch) / (time.monotonic() - started)
 
 
+def training_minutes(options: BuildOptions) -> float:
+    return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE))
+
+
 def plan(options: BuildOptions) -> RunConfig:
     """Write (once) and return the run config: data, slices, architecture and a schedule sized to the budget."""
     path = options.run_dir / "config.yaml"
@@ -176,7 +183,7 @@ def plan(options: BuildOptions) -> RunConfig:
     flow_config = FlowConfig(architecture="glow", levels=levels_for(h, w), **PRESETS[preset])
     train = split_training_set(images, data.slices).train
     rate = images_per_second(flow_config, train, options.threads)
-    train_minutes = max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE))
+    train_minutes = training_minutes(options)
     steps = max(1, int(rate * 60 * train_minutes / BATCH_SIZE))
     steps_per_epoch = max(1, len(train) // BATCH_SIZE)
     config = RunConfig(
@@ -218,10 +225,14 @@ def train_stage(config: RunConfig, options: BuildOptions, deadline: float) -> Pa
 
     best = config.run_dir / "best.pt"
     last = config.run_dir / "last.pt"
-    if last.exists() and load_checkpoint(last)["step"] >= config.train.max_steps:
-        log(f"train: done earlier ({last})")
-        return best
-    minutes = max(MIN_TRAIN_MINUTES, (deadline - time.monotonic()) / 60 - options.minutes * AFTER_TRAINING_SHARE)
+    budget_s = 60 * training_minutes(options)
+    if last.exists():
+        state = load_checkpoint(last)
+        if state["step"] >= config.train.max_steps or state.get("seconds", 0.0) >= BUDGET_USED * budget_s:
+            log(f"train: done earlier ({state['step']} steps in {state.get('seconds', 0.0) / 60:.1f} min; {last})")
+            return best
+        budget_s -= state.get("seconds", 0.0)  # an interrupted build trains only for what its budget has left
+    minutes = max(MIN_TRAIN_MINUTES, min(budget_s / 60, (deadline - time.monotonic()) / 60))
     code = run_training(Trainer, config, "auto", minutes, "oodgate-build", progress=options.progress)
     if code != 0:
         raise BuildError(f"training stopped with exit code {code}; fix the cause and re-run to resume")
@@ -280,21 +291,26 @@ def build(options: BuildOptions) -> Path:
 
 def evaluate_stage(options: BuildOptions) -> None:
     """The OOD report into ``<bundle>/report/``; its domain-free rule picks the default score."""
-    from training.evaluate import EvalOptions, evaluate
+    from training.evaluate import EvalOptions, evaluate_bundle
 
     report_dir = options.bundle_dir / "report"
-    evaluate(
+    report, manifest = report_dir / "README.md", options.bundle_dir / MANIFEST_NAME
+    if report.exists() and report.stat().st_mtime >= manifest.stat().st_mtime:
+        log(f"evaluate: {report_dir} is current")
+        return
+    result = evaluate_bundle(
+        options.bundle_dir,
+        report_dir,
         EvalOptions(
-            bundle=str(options.bundle_dir),
-            out=str(report_dir),
             in_dist=options.test,
-            add=[f"{name}={path}" for name, path in (options.ood or {}).items()],
-            set_default=True,
+            ood_sets=dict(options.ood or {}),
             progress=options.progress,
             threads=options.threads or 0,
-        )
+        ),
+        set_default=True,
+        command=options.command,
     )
-    log(f"evaluate: report in {report_dir}")
+    log(f"evaluate: report in {report_dir}; default score {result.recommended}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -347,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         preset=args.preset,
         threads=args.threads,
         progress=not args.no_progress,
+        command="oodgate-build " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
     )
     try:
         RunConfig(name=options.name, version=options.version)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.decode import LUMA_FIXED_POINT
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HINT = "install it with: sudo apt-get install -y dataset-fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -95,7 +97,6 @@ def load_npz(path: str | Path, key: str | None = None) -> np.ndarray:
 SOURCES = ("fashion-mnist", "folder", "npz", "idx", "cifar")
 CIFAR_IMAGE_BYTES = 3 * 32 * 32
 CIFAR_LABEL_BYTES = {"cifar10": 1, "cifar100": 2}  # bytes before each record's pixels
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
 
 
 def load_image_folder(path: str | Path, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -153,7 +154,7 @@ def infer_channels(images: np.ndarray) -> int:
 
 
 def convert_channels(images: np.ndarray, channels: int, source: str = "array") -> np.ndarray:
-    """[N, C, H, W] to ``channels``: gray repeated to RGB, or RGB to ITU-R 601 luma (rounded, as Pillow)."""
+    """[N, C, H, W] to ``channels``: gray repeated to RGB, or RGB to ITU-R 601 luma in the service's fixed point."""
     if channels not in (1, 3):
         raise DatasetError(f"{source}: channels must be 1 or 3, got {channels}")
     have = images.shape[1]
@@ -161,9 +162,9 @@ def convert_channels(images: np.ndarray, channels: int, source: str = "array") -
         return images
     if channels == 3:
         return np.ascontiguousarray(np.repeat(images, 3, axis=1))
-    weights = np.asarray(LUMA_WEIGHTS, dtype=np.float64)[None, :, None, None]
-    luma = (images.astype(np.float64) * weights).sum(axis=1, keepdims=True)
-    return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)
+    r, g, b = (images[:, i : i + 1].astype(np.uint32) for i in range(3))
+    wr, wg, wb = LUMA_FIXED_POINT
+    return ((r * wr + g * wg + b * wb + 0x8000) >> 16).astype(np.uint8)
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

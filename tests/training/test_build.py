@@ -1,0 +1,105 @@
+"""oodgate-build: a folder of images in, a served and calibrated gate out; re-running resumes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.app import create_app
+from tests.service.serving import LiveServer, png, settings
+from training.build import BuildError, BuildOptions, build, levels_for, main, slice_spec
+
+pytestmark = pytest.mark.slow
+
+
+def colour_folder(root, n: int = 360, size: int = 16, seed: int = 0):
+    """Smooth colour blobs in three class subfolders (sorted by class, as users store them)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        base = rng.integers(40, 216, 3)
+        image = np.clip(base + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        folder = root / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    images = colour_folder(tmp / "images")
+    test = colour_folder(tmp / "test", n=60, seed=1)
+    options = BuildOptions(
+        images=str(images),
+        name="tiny-rgb",
+        test=str(test),
+        minutes=0.3,
+        models_root=str(tmp / "models"),
+        runs_root=str(tmp / "runs"),
+        preset="tiny",
+        threads=1,
+        progress=False,
+    )
+    return options, build(options)
+
+
+def test_a_folder_of_rgb_images_builds_a_calibrated_rgb_bundle_with_its_report(built):
+    options, bundle_dir = built
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [3, 16, 16] and manifest["input"]["color_mode"] == "RGB"
+    assert manifest["data"]["source"] == "folder" and manifest["data"]["slice_seed"] == 0
+    assert manifest["data"]["test_sha256"] and np.isfinite(manifest["metrics"]["test_bpd"])
+    calibration = manifest["calibration"]
+    assert calibration["default_score"] in calibration["scores"]
+    assert (bundle_dir / "report" / "README.md").exists()
+    config = (options.run_dir / "config.yaml").read_text()
+    assert "levels: 3" in config and "hidden: 16" in config  # 16x16 squeezes three times
+
+
+def test_the_built_bundle_is_served_with_no_further_step(built):
+    options, bundle_dir = built
+    app = create_app(settings(bundle_dir.parents[1]))
+    rng = np.random.default_rng(5)
+    image = np.clip(rng.integers(40, 216, 3)[:, None, None] + rng.normal(0, 12, (3, 16, 16)), 0, 255).astype(np.uint8)
+    with LiveServer(app) as server:
+        response = httpx.post(f"{server.url}/score", files=[("files", ("a.png", png(image), "image/png"))])
+        meta = httpx.get(f"{server.url}/v2/models/tiny-rgb").json()
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert np.isfinite(result["bpd"]) and 0 < result["p_value"] <= 1 and isinstance(result["ood"], bool)
+    assert meta["inputs"][0]["shape"] == [-1, 16, 16, 3]  # v2 is NHWC: the RGB input shows
+
+
+def test_rerunning_resumes_and_redoes_nothing(built, capsys):
+    options, bundle_dir = built
+    before = (bundle_dir / "manifest.json").stat().st_mtime
+    build(options)
+    assert (bundle_dir / "manifest.json").stat().st_mtime == before
+    err = capsys.readouterr().err
+    assert "train: done earlier" in err and "export: " in err and "is current" in err
+
+
+def test_mixed_sizes_are_refused_with_a_clear_error(tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "b.png")
+    assert main([str(tmp_path), "--name", "x", "--runs-root", str(tmp_path / "runs")]) == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_presets_fit_the_image_size_and_slices_fit_the_data():
+    assert levels_for(28, 28) == 2 and levels_for(32, 32) == 3 and levels_for(24, 24) == 3
+    with pytest.raises(BuildError):
+        levels_for(7, 7)
+    spec = slice_spec(7308)
+    assert (spec.holdout, spec.validation, spec.shuffle_seed) == (1462, 512, 0)
+    with pytest.raises(BuildError, match="at least"):
+        slice_spec(60)
+
+
+def test_a_build_options_object_names_its_directories(tmp_path):
+    options = BuildOptions(images="x", name="m", version="2", models_root=str(tmp_path), runs_root="r")
+    assert options.bundle_dir == tmp_path / "m" / "2" and str(options.run_dir) == "r/m/2"
