@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from .api import admin, errors, rest, v2
 from .dataplane import DataPlane
+from .limits import RequestGuards
 from .metrics import Metrics
 from .repository import ModelRepository, RuntimeFactory
 from .settings import Settings
@@ -124,4 +125,6 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
 
         install_sidecar(app)
     app.add_middleware(RequestMetrics, metrics=metrics, plane=plane)
+    # outermost: body deadlines and memory budget for every route; Connection: close while draining
+    app.add_middleware(RequestGuards, settings=settings, draining=lambda: plane.draining)
     return app

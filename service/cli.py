@@ -7,6 +7,15 @@ false: new scoring requests get 503 with ``Retry-After`` (so clients retry on
 another replica), queued and in-flight requests finish, bounded by
 ``drain_timeout_s``; then uvicorn is told to exit and the process ends with
 status 0. A second signal exits at once.
+
+No request is lost on the way (issue 14): every answer given while draining
+carries ``Connection: close`` (:mod:`service.limits`), so a keep-alive client's
+next request goes out on a fresh connection instead of one about to be cut; and
+the exit comes within :func:`shutdown_budget_s` whatever the clients do: slow
+uploads are cut by the body deadlines, slow heads by the header deadline
+(:mod:`service.protocol`), and after the drain uvicorn waits at most
+``shutdown_grace_s`` for the last answers. ``k8s/deployment.yaml`` sizes
+``terminationGracePeriodSeconds`` from that budget.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import sys
 import uvicorn
 
 from .app import create_app
+from .protocol import protocol_class
 from .settings import Settings
 
 log = logging.getLogger("service.cli")
@@ -54,17 +64,30 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(drain_then_exit()))
 
 
-def serve(app, settings: Settings) -> None:
-    """Serve ``app`` in this (main) thread until SIGTERM/SIGINT, draining first."""
-    config = uvicorn.Config(
+def shutdown_budget_s(settings: Settings) -> float:
+    """Longest time from SIGTERM to exit: the drain, then uvicorn's grace for the last answers."""
+    return settings.drain_timeout_s + settings.shutdown_grace_s
+
+
+def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
+    """uvicorn with the connection limits of ``settings`` (header size, count and deadline, keep-alive, load)."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        http=protocol_class(settings),
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # the same bound, were h11 ever chosen
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
         access_log=False,
     )
-    DrainingServer(config, app).run()
+
+
+def serve(app, settings: Settings) -> None:
+    """Serve ``app`` in this (main) thread until SIGTERM/SIGINT, draining first."""
+    DrainingServer(uvicorn_config(app, settings), app).run()
 
 
 def main(argv: list[str] | None = None) -> int:

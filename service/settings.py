@@ -98,6 +98,58 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM: longest wait for queued and in-flight requests before exiting."
     )
 
+    # --- connection limits and timeouts (service/protocol.py, service/limits.py; issue 14) -----
+    # Enforced by ``oodgate-serve``; under a bare ``uvicorn --factory`` only the body limits apply.
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request line plus headers larger than this get 431 and the connection closes."
+    )
+    max_header_count: int = Field(100, ge=1, description="More header lines than this get 431.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a client may take to send a request's line and headers, from its connect or its first "
+        "byte (slowloris guard); past it: 408 and the connection closes.",
+    )
+    body_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the next chunk of a request body; past it: 408, connection closed."
+    )
+    body_min_rate_bytes_s: float = Field(
+        1024.0,
+        ge=0,
+        description="Slowest average upload accepted once a body has been read for body_idle_timeout_s "
+        "(1-byte-per-second clients are cut there); 0 turns the rate check off.",
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections or running requests past which new requests get 503 (uvicorn)."
+    )
+    max_buffered_body_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Request-body bytes all requests together may hold in memory; a body that would pass it gets "
+        "503 + Retry-After before it is read.",
+    )
+    shutdown_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="After the drain: longest wait for the last answers to be written before connections are cut. "
+        "Exit comes at most drain_timeout_s + shutdown_grace_s after SIGTERM, whatever the clients do.",
+    )
+    max_upstream_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Sidecar mode: an upstream answer larger than this is not relayed; the client gets 502.",
+    )
+
+    # --- live model management (service/repository.py; issue 14) --------------------------------
+    poll_models_s: float = Field(
+        0.0,
+        ge=0,
+        description="Every this many seconds, look under models_root for new, removed or changed versions: a new "
+        "one is loaded and warmed beside the old, then switched to; 0 turns polling off (the /v2/repository "
+        "API still works).",
+    )
+
     # --- drift monitoring (service/drift.py) ---------------------------------------------------
     drift_window: int = Field(
         500, ge=1, description="Images in each model's drift window (OOD rate, mean p-value, typicality test)."
@@ -201,4 +253,10 @@ class Settings(BaseSettings):
     def _check_limits(self) -> Settings:
         if self.max_images_per_request > self.max_queue_images:
             raise ValueError("max_images_per_request must not exceed max_queue_images (such a request could never run)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_body_budget(self) -> Settings:
+        if self.max_request_bytes > self.max_buffered_body_bytes:
+            raise ValueError("max_request_bytes must not exceed max_buffered_body_bytes (such a body could never be read)")
         return self

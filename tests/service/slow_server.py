@@ -1,12 +1,13 @@
 """A real ``oodgate-serve`` process whose runtime sleeps per batch, for the SIGTERM test.
 
-``python -m tests.service.slow_server MODELS_ROOT PORT SECONDS`` serves through
+``python -m tests.service.slow_server MODELS_ROOT PORT SECONDS [SETTINGS_JSON]`` serves through
 :func:`service.cli.serve` (the CLI's own code path) in the main thread, so the
 signal is delivered exactly as in production.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,15 +30,9 @@ class SlowRuntime:
 
 def main() -> None:
     root, port, seconds = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    settings = Settings(
-        models_root=root,
-        port=port,
-        runtime="onnx",
-        max_batch_size=2,
-        warmup=False,
-        drain_timeout_s=30,
-        log_level="warning",
-    )
+    overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    base = {"runtime": "onnx", "max_batch_size": 2, "warmup": False, "drain_timeout_s": 30, "log_level": "warning"}
+    settings = Settings(models_root=root, port=port, **{**base, **overrides})
 
     def factory(manifest, bundle_dir, s):
         return SlowRuntime(default_runtime_factory(manifest, bundle_dir, s), seconds)
