@@ -81,9 +81,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
-                self._refuse(
-                    431, "headers_too_large", f"request line and headers pass {self.max_header_bytes} bytes"
-                )
+                self._refuse(431, "headers_too_large", f"request line and headers pass {self.max_header_bytes} bytes")
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:  # our own callback stopped the parser: answer with our status

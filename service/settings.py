@@ -258,5 +258,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_body_budget(self) -> Settings:
         if self.max_request_bytes > self.max_buffered_body_bytes:
-            raise ValueError("max_request_bytes must not exceed max_buffered_body_bytes (such a body could never be read)")
+            raise ValueError(
+                "max_request_bytes must not exceed max_buffered_body_bytes (such a body could never be read)"
+            )
         return self

@@ -1,4 +1,4 @@
-"""``oodgate-serve``'s shutdown (service/cli.py): nothing lost on SIGTERM, exit within the budget whatever clients do."""
+"""``oodgate-serve``'s shutdown (service/cli.py): nothing lost on SIGTERM, exit in budget whatever clients do."""
 
 from __future__ import annotations
 
@@ -37,7 +37,15 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def slow_server(root, port: int, seconds: float, **overrides):
-    args = [sys.executable, "-m", "tests.service.slow_server", str(root), str(port), str(seconds), json.dumps(overrides)]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.service.slow_server",
+        str(root),
+        str(port),
+        str(seconds),
+        json.dumps(overrides),
+    ]
     return start(args, {})
 
 
@@ -56,7 +64,9 @@ def test_a_keep_alive_client_sending_after_a_draining_503_loses_nothing(tiny_mod
     try:
         wait_ready(url, proc=proc)
         busy = threading.Thread(  # 3 batches of 2 images, 0.5 s each: keeps the drain open for ~1.5 s
-            target=lambda: results.append(httpx.post(f"{url}/score", files=multipart_files(random_images(6)), timeout=60))
+            target=lambda: results.append(
+                httpx.post(f"{url}/score", files=multipart_files(random_images(6)), timeout=60)
+            )
         )
         busy.start()
         wait_inflight(url, 1)
@@ -81,7 +91,9 @@ def test_a_keep_alive_client_sending_after_a_draining_503_loses_nothing(tiny_mod
         assert keep_alive.recv(1) == b""  # ...and the server closes it: nothing can be sent into the void
         keep_alive.close()
         with httpx.Client(base_url=url, timeout=10) as client:  # a pooled client sending back to back
-            answers = [client.post("/score", content=body, headers={"content-type": "application/x-npy"}) for _ in range(3)]
+            answers = [
+                client.post("/score", content=body, headers={"content-type": "application/x-npy"}) for _ in range(3)
+            ]
         assert [a.status_code for a in answers] == [503, 503, 503]
         assert all(a.headers["connection"] == "close" for a in answers)
         busy.join(60)
@@ -103,7 +115,9 @@ def test_slow_clients_are_cut_and_do_not_hold_the_exit_past_the_budget(tiny_mode
     try:
         wait_ready(url, proc=proc)
         slow_body = socket.create_connection(("127.0.0.1", port), timeout=10)
-        slow_body.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\nContent-Length: 1000\r\n\r\n")
+        slow_body.sendall(
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\nContent-Length: 1000\r\n\r\n"
+        )
         slow_head = socket.create_connection(("127.0.0.1", port), timeout=10)
         slow_head.sendall(b"POST /score HTTP/1.1\r\n")
         sockets += [slow_body, slow_head]
