@@ -24,7 +24,10 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
+import struct
 import sys
+import time
 
 import uvicorn
 
@@ -59,9 +62,51 @@ class DrainingServer(uvicorn.Server):
 
         async def drain_then_exit():
             await plane.drain(timeout)
+            await quiesce_listeners(self.servers)
             self.should_exit = True
 
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(drain_then_exit()))
+
+
+# classic BPF: one instruction, "return 0" (keep no byte of the packet): the socket drops whatever reaches it
+DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+TCP_INFO_UNACKED = 24  # offset of tcpi_unacked, which for a listening socket is its accept queue length
+QUIESCE_LIMIT_S = 1.0
+
+
+async def quiesce_listeners(servers) -> None:
+    """Stop taking new connections without resetting any the kernel already took, then return.
+
+    Closing a listening socket resets the connections waiting in its accept queue,
+    whose clients may have sent a request already: lost requests. So first every
+    new SYN is dropped (a socket filter; the client retries its SYN a second later,
+    by then the port is closed and it sees a clean refusal), then the queue is left
+    to empty, which the event loop does by accepting (each such request is answered
+    503 + ``Connection: close``). Linux only; elsewhere the listener simply closes.
+    """
+    import ctypes
+
+    listeners = [sock for server in servers for sock in (server.sockets or ())]
+    program = ctypes.create_string_buffer(DROP_ALL)  # kept alive until the filter is attached (it is copied)
+    try:
+        for sock in listeners:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", 1, ctypes.addressof(program)))
+    except OSError as exc:
+        log.debug("cannot filter the listening sockets (%s); closing them as they are", exc)
+        return
+    end = time.monotonic() + QUIESCE_LIMIT_S
+    while time.monotonic() < end:
+        try:
+            queued = sum(
+                struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), TCP_INFO_UNACKED)[0]
+                for sock in listeners
+            )
+        except OSError:
+            queued = 0
+        if queued == 0:
+            return
+        await asyncio.sleep(0.01)
 
 
 def shutdown_budget_s(settings: Settings) -> float:

@@ -23,6 +23,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import Settings
 
+# at exit, how long a connection between requests may still deliver one (see shutdown)
+LINGER_S = 0.3
 REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
@@ -106,6 +108,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def shutdown(self) -> None:
+        """Called at exit. A connection between requests is not cut at once: its client may be sending
+        right now (a fresh connection's first request is often already on the wire). It gets
+        ``LINGER_S`` to do so (that request is answered 503 + ``Connection: close``), then it is closed."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(LINGER_S, self._close_if_idle)
+        else:
+            super().shutdown()
+
+    def _close_if_idle(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+        else:
+            self.cycle.keep_alive = False
 
 
 def protocol_class(settings: Settings) -> type[LimitedHttpToolsProtocol]:
