@@ -45,7 +45,7 @@ Rejection reasons: ``bad_request`` (400), ``unknown_model`` (404), ``too_large``
 
 Sidecar outcomes: ``forwarded``, ``blocked`` (OOD, 422), ``unscored`` (no image to score),
 ``refused`` (oodgate refused the images, e.g. 400), ``upstream_unreachable`` (502),
-``upstream_timeout`` (504).
+``upstream_timeout`` (504), ``upstream_too_large`` (502: the answer passed ``max_upstream_response_bytes``).
 
 Each app gets its own :class:`Metrics` on its own registry, so several apps can
 live in one process (the tests do) without clashing; ``GET /metrics`` exposes it.

@@ -25,6 +25,8 @@ from .settings import Settings
 
 # at exit, how long a connection between requests may still deliver one (see shutdown)
 LINGER_S = 0.3
+# after refusing a request head, how long the rest of what the client sends is read and dropped
+REFUSAL_LINGER_S = 1.0
 REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
@@ -51,7 +53,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_head = False
-        self._refusal: tuple[int, str, str] | None = None
+        self._refusal: tuple[int, str, str] | None = None  # answered already: what still comes is dropped
+        self._parser_stop: tuple[int, str, str] | None = None
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc) -> None:
@@ -65,29 +68,41 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or not (self._in_head or self.cycle is None):
+        if self._refusal or self.transport.is_closing() or not (self._in_head or self.cycle is None):
             return
         message = f"the request line and headers did not arrive within {self.header_timeout_s:g} s"
         self._refuse(408, "header_timeout", message)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer, then close gently: closing with the client's bytes unread would reset the connection and
+        could wipe the answer from its buffer, so what still comes is read and dropped for up to ``LINGER_S``."""
         self.logger.warning("refused a request head: %s", message)
         self._cancel_head_timer()
+        self._refusal = (status, code, message)
         self.transport.write(raw_error(status, code, message))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def eof_received(self):
+        if self._refusal is not None:
+            self.transport.close()
+        return super().eof_received()
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None or self.transport.is_closing():
-            return
+            return  # refused: dropped unread
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and self._refusal is None and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._refuse(431, "headers_too_large", f"request line and headers pass {self.max_header_bytes} bytes")
 
     def send_400_response(self, msg: str) -> None:
-        if self._refusal is not None:  # our own callback stopped the parser: answer with our status
-            self._refuse(*self._refusal)
+        if self._parser_stop is not None:  # our own callback stopped the parser: answer with our status
+            self._refuse(*self._parser_stop)
             return
         super().send_400_response(msg)
 
@@ -101,8 +116,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
         if len(self.headers) > self.max_header_count:
-            self._refusal = (431, "too_many_headers", f"more than {self.max_header_count} header lines")
-            raise ValueError(self._refusal[2])  # stops the parser; send_400_response answers with 431
+            self._parser_stop = (431, "too_many_headers", f"more than {self.max_header_count} header lines")
+            raise ValueError(self._parser_stop[2])  # stops the parser; send_400_response answers with 431
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -39,7 +39,8 @@ hop-by-hop headers (RFC 9110 7.6.1, plus any the ``Connection`` header names)
 are dropped both ways; ``X-Forwarded-*`` are added; ``X-OOD*`` headers from
 the client are removed, so they can be trusted downstream. The upstream's
 status, headers and body bytes come back untouched (``Date``/``Server`` are
-set by our own server; the body is buffered, fine for classifier answers).
+set by our own server; the body is buffered, fine for classifier answers, up to
+``max_upstream_response_bytes``: a larger answer is not relayed, the client gets 502 ``upstream_too_large``).
 Upstream unreachable gives 502, upstream too slow 504,
 each a JSON error naming which. No cookie jar: the client never carries one
 caller's cookies to another.
@@ -412,9 +413,12 @@ class SidecarProxy:
         try:
             upstream = await self.client.send(outgoing, stream=True)
             try:
-                content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+                content = await read_capped(upstream, self.settings.max_upstream_response_bytes)
             finally:
                 await upstream.aclose()
+        except UpstreamTooLarge as exc:
+            self.count("upstream_too_large")
+            return self.upstream_error(502, "upstream_too_large", str(exc))
         except httpx.TimeoutException as exc:
             self.count("upstream_timeout")
             return self.upstream_error(
@@ -443,6 +447,25 @@ class SidecarProxy:
 
     def count(self, outcome: str) -> None:
         self.metrics.sidecar_requests.labels(self.policy, outcome).inc()
+
+
+class UpstreamTooLarge(Exception):
+    """The upstream's answer passes ``max_upstream_response_bytes``: it is not relayed (502)."""
+
+
+async def read_capped(upstream: httpx.Response, limit: int) -> bytes:
+    """The upstream's body as sent, refused once it passes ``limit`` bytes (declared or counted), so one
+    huge answer cannot take the sidecar's memory: at most ``limit`` bytes are ever held for it."""
+    declared = upstream.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UpstreamTooLarge(f"the upstream's answer declares {declared} bytes; the limit is {limit}")
+    chunks, total = [], 0
+    async for chunk in upstream.aiter_raw():
+        total += len(chunk)
+        if total > limit:
+            raise UpstreamTooLarge(f"the upstream's answer passes the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def install(app: FastAPI) -> SidecarProxy:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.artifact import load_manifest
+from service.cli import uvicorn_config
 from service.complexity import complexity_bits
 from service.ood import Detector
 from service.repository import default_runtime_factory
@@ -64,6 +65,15 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class CliLiveServer(LiveServer):
+    """A :class:`LiveServer` with ``oodgate-serve``'s uvicorn configuration (its connection limits)."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        super().__init__(app)
+        self.server = uvicorn.Server(uvicorn_config(app, settings))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
 
 def wait_for(url: str, timeout: float = 120.0, proc=None) -> None:
