@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull
+from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
 from .errors import ServiceError
@@ -197,10 +197,11 @@ class DataPlane:
         self.check_count(len(blobs))
         rule, score = self.check_params(entry, params)
         s = self.settings
-        images = await self.blocking(
-            decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize, s.convert_channels
-        )
-        return await self._score(entry, images, rule, score, self.deadline(received, params))
+        with self.reserve(entry, len(blobs)) as places:  # refused before decoding, not after
+            images = await self.blocking(
+                decode_images, blobs, entry.manifest.input, s.max_image_pixels, s.resize, s.convert_channels
+            )
+            return await self._score(entry, images, rule, score, self.deadline(received, params), places)
 
     async def score_tensor(self, entry: ModelEntry, array: np.ndarray, params: ScoreParams, received: float) -> Scored:
         self.admit(entry)
@@ -209,21 +210,36 @@ class DataPlane:
         rule, score = self.check_params(entry, params)
         s = self.settings
         convert = (tensor_to_images, array, entry.manifest.input, s.resize, s.convert_channels)
-        if array.size <= INLINE_PREPARE_PIXELS:  # checking a few pixels costs less than a trip to the pool
-            images = convert[0](*convert[1:])
-        else:
-            images = await self.blocking(*convert)
-        return await self._score(entry, images, rule, score, self.deadline(received, params))
+        with self.reserve(entry, len(array) if array.ndim in (3, 4) else 0) as places:
+            if array.size <= INLINE_PREPARE_PIXELS:  # checking a few pixels costs less than a trip to the pool
+                images = convert[0](*convert[1:])
+            else:
+                images = await self.blocking(*convert)
+            return await self._score(entry, images, rule, score, self.deadline(received, params), places)
+
+    def reserve(self, entry: ModelEntry, count: int) -> Reservation:
+        """The request's places in the model's queue, held while its images decode (503 at once if full)."""
+        try:
+            return entry.batcher.reserve(count)
+        except QueueFull as exc:
+            retry = {"Retry-After": str(self.settings.retry_after_s)}
+            raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
 
     async def _score(
-        self, entry: ModelEntry, images: np.ndarray, rule: DecisionRule, score: str, deadline: float
+        self,
+        entry: ModelEntry,
+        images: np.ndarray,
+        rule: DecisionRule,
+        score: str,
+        deadline: float,
+        places: Reservation | None = None,
     ) -> Scored:
         # admitted already: a request accepted before a drain began runs to its end
         if time.monotonic() >= deadline:
             raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         try:
-            out = await entry.batcher.submit(images, deadline)
+            out = await entry.batcher.submit(images, deadline, places)
         except QueueFull as exc:
             raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
         except Draining as exc:

@@ -255,6 +255,24 @@ def test_a_model_that_fails_to_load_is_not_ready_and_says_why():
     batcher.stop(1)
 
 
+def test_reserved_places_count_against_the_bound_until_submitted_or_released():
+    runtime = FakeRuntime()
+    batcher = make_batcher(runtime, max_queue_images=4)
+    try:
+        places = batcher.reserve(3)
+        with pytest.raises(QueueFull):
+            batcher.reserve(2)  # 3 held + 2 > 4, though nothing is queued yet
+        with batcher.reserve(1):
+            pass  # released on leaving
+        out = asyncio.run(batcher.submit(images_with_means([1, 2, 3]), later(), places))
+        assert out.stats["bpd"].tolist() == [1, 2, 3] and not places.held
+        places.release()  # a second release (after submit took the places) changes nothing
+        with batcher.reserve(4):
+            pass  # every place is free again
+    finally:
+        batcher.stop(1)
+
+
 # ---- the same behaviour seen through HTTP -----------------------------------------------------------
 
 
@@ -302,6 +320,9 @@ def test_http_backpressure_503_and_deadline_504(controlled):
         refused = httpx.post(f"{url}/score", files=multipart_files(random_images(1, seed=4)))
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
         assert refused.json()["error"]["code"] == "queue_full"
+        # admission comes before decoding: bytes that are no image are refused for the full queue, not decoded
+        undecoded = httpx.post(f"{url}/score", files=[("files", ("x.png", b"no image at all", "image/png"))])
+        assert undecoded.status_code == 503 and undecoded.json()["error"]["code"] == "queue_full"
     finally:
         runtime.gate.set()
     first.join(30)
@@ -309,7 +330,7 @@ def test_http_backpressure_503_and_deadline_504(controlled):
     assert sorted(r.status_code for r in results) == [200, 200]
     assert runtime.batches == [1, 4]  # the 504's two images were dropped, never run
     text = httpx.get(f"{url}/metrics").text
-    assert 'oodgate_rejections_total{model="tiny",reason="queue_full",version="1"} 1.0' in text
+    assert 'oodgate_rejections_total{model="tiny",reason="queue_full",version="1"} 2.0' in text
     assert 'oodgate_rejections_total{model="tiny",reason="deadline",version="1"} 1.0' in text
 
 
