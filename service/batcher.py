@@ -239,6 +239,12 @@ class Batcher:
             self._reserved_images += count
         return Reservation(self, count)
 
+    def check_room(self, count: int) -> None:
+        """Raise :class:`QueueFull` if ``count`` more images would not fit now (a cheap early refusal that
+        holds nothing: a request that passes still reserves its places before decoding)."""
+        with self._cond:
+            self._check_room(count)
+
     def _release(self, reservation: Reservation) -> None:
         with self._cond:
             if reservation.held:

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,8 @@ class DataPlane:
         if entry is not None and not entry.ready:
             message = entry.batcher.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
             raise ServiceError(503, "not_ready", message, headers=retry, reason="not_ready")
+        if entry is not None:
+            self.check_room(entry)  # a full queue refuses before the body is even read
 
     def check_params(self, entry: ModelEntry, params: ScoreParams) -> tuple[DecisionRule, str]:
         detector = entry.detector
@@ -219,8 +222,18 @@ class DataPlane:
 
     def reserve(self, entry: ModelEntry, count: int) -> Reservation:
         """The request's places in the model's queue, held while its images decode (503 at once if full)."""
-        try:
+        with self._queue_full_is_503():
             return entry.batcher.reserve(count)
+
+    def check_room(self, entry: ModelEntry, count: int = 1) -> None:
+        """503 at once, before the body is read or parsed, when ``count`` images would not fit the queue."""
+        with self._queue_full_is_503():
+            entry.batcher.check_room(count)
+
+    @contextmanager
+    def _queue_full_is_503(self):
+        try:
+            yield
         except QueueFull as exc:
             retry = {"Retry-After": str(self.settings.retry_after_s)}
             raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None

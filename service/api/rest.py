@@ -141,6 +141,7 @@ async def score(request: Request) -> Response:
     )
     kind = media_type(request)
     if kind == "multipart/form-data":
+        plane.check_room(entry, multipart_parts(request, body))  # overload refuses before the parse
         blobs = await multipart_images(replay(request, body), plane)
         scored = await plane.score_encoded(entry, blobs, params, received)
     elif kind == "application/json":
@@ -158,6 +159,20 @@ async def score(request: Request) -> Response:
         )
     content, status = render(scored, query.levels)
     return JSONResponse(content, status_code=status)
+
+
+def multipart_parts(request: Request, body: bytes) -> int:
+    """How many parts a multipart body holds, by counting its delimiters (no parsing); 1 if unsure.
+
+    An upper bound on its images, cheap enough to refuse an overloaded server's requests
+    before the full parse (which costs more than the refusal is worth).
+    """
+    boundary = request.headers.get("content-type", "").partition("boundary=")[2].split(";", 1)[0].strip('" ')
+    if not boundary:
+        return 1
+    return max(
+        1, body.count(b"\r\n--" + boundary.encode("latin-1")) + body.startswith(b"--" + boundary.encode("latin-1")) - 1
+    )
 
 
 async def multipart_images(request: Request, plane: DataPlane) -> list[bytes]:
