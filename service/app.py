@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.routing import Route
 
 from .api import admin, errors, rest, v2
+from .api import repository as repository_api
 from .dataplane import DataPlane
 from .limits import RequestGuards
 from .metrics import Metrics
@@ -87,14 +88,20 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     repository = ModelRepository(settings, metrics, runtime_factory)
     repository.load()
     plane = DataPlane(settings, repository, metrics)
+    repository.on_loaded.append(lambda entry: plane.drift.attach([entry], settings.max_queue_images))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         repository.start()
         log.info("serving %s from %s", [f"{e.name}/{e.version}" for e in repository.all()], settings.models_root)
+        polling = None
+        if settings.poll_models_s > 0:  # live model management (issue 14): follow models_root
+            polling = asyncio.create_task(repository.poll_forever(settings.poll_models_s))
         try:
             yield
         finally:
+            if polling is not None:
+                polling.cancel()
             plane.begin_drain()
             await plane.drain(settings.drain_timeout_s)
             await asyncio.to_thread(plane.close, settings.drain_timeout_s)
@@ -111,6 +118,7 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     app.include_router(rest.router)  # documents POST /score in the OpenAPI schema...
     app.include_router(v2.router)
     app.include_router(admin.router)  # POST /admin/drift/reset (token only)
+    app.include_router(repository_api.router)  # the V2 model-repository extension (issue 14)
     # ...and this serves it: a plain Starlette route skips FastAPI's per-request dependency solving and
     # exit stacks, which /score (it parses its own query) does not use and which showed up in py-spy
     # profiles of one-image requests. First in the table, so it is the one that matches.

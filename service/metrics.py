@@ -36,6 +36,7 @@ status, ``reason``/``score`` from fixed sets.
 | ``oodgate_drift_martingale`` | gauge | model, version | log10 wealth of the drift test martingale (guarantees.py) |
 | ``oodgate_drift_alarm`` | gauge | model, version | 1 once the wealth reached 1/drift_delta, latched until reset |
 | ``oodgate_drift_alarm_resets_total`` | counter | model, version | drift alarm resets (``POST /admin/drift/reset``) |
+| ``oodgate_model_loads_total`` | counter | model, version, outcome | live loads: loaded, refused, unloaded |
 | ``oodgate_sidecar_requests_total`` | counter | policy, outcome | sidecar requests, by outcome (below) |
 | ``oodgate_sidecar_upstream_duration_seconds`` | histogram | - | time the upstream took to answer |
 
@@ -181,6 +182,13 @@ class Metrics:
         )
         self.drift_alarm_resets = Counter(
             "oodgate_drift_alarm_resets", "Resets of the drift alarm and its martingale.", MODEL, registry=r
+        )
+        # live model management (service/repository.py)
+        self.model_loads = Counter(
+            "oodgate_model_loads",
+            "Versions put in service live (loaded), refused (corrupt or failing), or taken out (unloaded).",
+            (*MODEL, "outcome"),
+            registry=r,
         )
         # sidecar mode (service/sidecar.py)
         self.sidecar_requests = Counter(

@@ -140,6 +140,7 @@ class FlowRuntime:
     background: object | None = None
     timings: dict[str, float] = field(default_factory=dict)
     orientation: bool = False
+    warnings: list[str] = field(default_factory=list)  # backends that failed to load under 'auto' (shown in /models)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self.orientation:
@@ -259,6 +260,10 @@ def load_runtime(
             errors.append(f"{name}: {exc}")
     if not candidates:
         raise RuntimeUnavailable(f"no runtime can run {bundle_dir}: {'; '.join(errors)}")
+    if errors:  # a fallback, not a choice: it may be far slower, and a broken file is worth knowing about
+        log.warning("%s/%s: runtime auto fell back: %s", manifest.name, manifest.version, "; ".join(errors))
+        for runtime in candidates:
+            runtime.warnings = [f"{e} (fell back)" for e in errors]
     if len(candidates) == 1:
         return candidates[0]
     rng = np.random.default_rng(0)

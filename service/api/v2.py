@@ -98,7 +98,11 @@ def server_version() -> str:
 
 @router.get("")
 async def server_metadata() -> dict:
-    return {"name": "oodgate", "version": server_version(), "extensions": ["binary_tensor_data", "model_configuration"]}
+    return {
+        "name": "oodgate",
+        "version": server_version(),
+        "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
+    }
 
 
 @router.get("/health/live")
