@@ -52,7 +52,9 @@ def multipart_body(count: int, size: int = 28) -> tuple[bytes, str]:
         Image.fromarray(rng.integers(0, 256, size=(size, size), dtype=np.uint8)).save(buffer, format="PNG")
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
-            "Content-Type: image/png\r\n\r\n".encode() + buffer.getvalue() + b"\r\n"
+            "Content-Type: image/png\r\n\r\n".encode()
+            + buffer.getvalue()
+            + b"\r\n"
         )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 

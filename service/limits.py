@@ -49,7 +49,9 @@ class BodyBudget:
                 503,
                 "memory_budget",
                 f"request bodies in memory would pass {self.limit} bytes ({self.used} held, {size} more); retry",
-                headers={"Retry-After": str(retry_after_s), **CLOSE},
+                # no Connection: close: uvicorn then reads and drops the unread body, so the client, still
+                # sending, gets this answer instead of a reset connection
+                headers={"Retry-After": str(retry_after_s)},
                 reason="memory_budget",
             )
         self.used += size
@@ -77,6 +79,7 @@ class GuardedBody:
         self.received = 0
         self.held = 0
         self.done = False
+        self.too_slow = False
 
     async def __call__(self):
         if self.done:  # the body is in: what follows (http.disconnect) is not ours to time
@@ -97,6 +100,7 @@ class GuardedBody:
                 message = await self.receive()
         except TimeoutError:
             elapsed = time.monotonic() - self.started
+            self.too_slow = True
             raise ServiceError(
                 408,
                 "body_timeout",
@@ -112,6 +116,23 @@ class GuardedBody:
             if not message.get("more_body", False):
                 self.done = True
         return message
+
+    async def discard(self) -> None:
+        """Read and drop the rest of the body (bounded by the idle timeout), holding none of it.
+
+        Before an answer that closes the connection: closing with request bytes unread makes the
+        kernel reset the connection, and the reset can wipe the answer from the client's buffer.
+        """
+        if self.too_slow:
+            return  # a client cut for slowness is not waited for again
+        try:
+            async with asyncio.timeout(self.settings.body_idle_timeout_s):  # in all, whatever the client does
+                while not self.done:
+                    message = await self.receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        self.done = True
+        except TimeoutError:
+            pass
 
     def _hold(self, size: int) -> None:
         self.budget.take(size, self.settings.retry_after_s)
@@ -137,9 +158,13 @@ class RequestGuards:
         body = GuardedBody(scope, receive, self.settings, self.budget)
 
         async def send_closing(message):
-            if message["type"] == "http.response.start" and self.draining():
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            if message["type"] == "http.response.start":
+                closing = self.draining() or (b"connection", b"close") in message.get("headers", ())
+                if closing and not body.done:
+                    await body.discard()
+                if self.draining():
+                    headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         try:

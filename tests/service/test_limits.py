@@ -70,7 +70,7 @@ def test_bodies_past_the_memory_budget_get_503_before_they_are_read(server):
         time.sleep(0.1)
         refused = httpx.post(f"{server.url}/score", content=b"x" * 100_000, headers=NPY)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "memory_budget"
-        assert refused.headers["retry-after"] and refused.headers["connection"] == "close"
+        assert refused.headers["retry-after"]  # and no Connection: close: the unread body is dropped, not reset
         small = httpx.post(f"{server.url}/score", content=b"x" * 1000, headers=NPY)
         assert small.status_code == 400  # within the budget: read, and refused for what it is (not a .npy)
     finally:
