@@ -5,7 +5,9 @@ clients, each sending multipart requests of ``--images`` PNGs back to back (a 50
 is not waited out: the client sends again at once, the harshest case). First
 ``--capacity-clients`` clients (the load the server can just keep up with), then
 ten times as many. Goodput counts only images answered 200. The target: goodput
-under overload >= 80% of goodput at capacity.
+under overload >= 80% of goodput at capacity. The server's and the load
+generator's CPU seconds are printed too: on a small shared machine the generator's
+own work under overload takes CPU from the server.
 
     python scripts/overload_goodput.py                           # this checkout
     python scripts/overload_goodput.py --checkout /path/to/older/checkout
@@ -59,7 +61,15 @@ def multipart_body(count: int, size: int = 28) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-async def phase(url: str, clients: int, seconds: float, body: bytes, content_type: str, images: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def phase(
+    url: str, clients: int, seconds: float, body: bytes, content_type: str, images: int, honor_retry_after: bool
+) -> dict:
     tally: Counter = Counter()
     end = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -70,6 +80,8 @@ async def phase(url: str, clients: int, seconds: float, body: bytes, content_typ
                 try:
                     response = await http.post("/score", content=body, headers={"content-type": content_type})
                     tally[response.status_code] += 1
+                    if honor_retry_after and response.status_code == 503:
+                        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 except httpx.HTTPError:
                     tally["error"] += 1
 
@@ -91,6 +103,9 @@ def main() -> int:
     parser.add_argument("--capacity-clients", type=int, default=4)
     parser.add_argument("--overload", type=int, default=10, help="overload = this many times the capacity clients")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument(
+        "--honor-retry-after", action="store_true", help="clients wait out a 503's Retry-After (as they should)"
+    )
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -109,11 +124,20 @@ def main() -> int:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.2)
         body, content_type = multipart_body(args.images)
-        capacity = asyncio.run(phase(url, args.capacity_clients, args.seconds, body, content_type, args.images))
-        print(json.dumps({"phase": "capacity", **capacity}), flush=True)
-        clients = args.capacity_clients * args.overload
-        overload = asyncio.run(phase(url, clients, args.seconds, body, content_type, args.images))
-        print(json.dumps({"phase": f"{args.overload}x overload", **overload}), flush=True)
+        results = []
+        for name, clients in (
+            ("capacity", args.capacity_clients),
+            (f"{args.overload}x overload", args.capacity_clients * args.overload),
+        ):
+            server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+            result = asyncio.run(
+                phase(url, clients, args.seconds, body, content_type, args.images, args.honor_retry_after)
+            )
+            result["server_cpu_s"] = round(cpu_seconds(proc.pid) - server_cpu, 1)
+            result["client_cpu_s"] = round(time.process_time() - client_cpu, 1)  # the load generator, same machine
+            results.append(result)
+            print(json.dumps({"phase": name, **result}), flush=True)
+        capacity, overload = results
     finally:
         proc.terminate()
         proc.wait(60)

@@ -196,6 +196,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     )
     tensor = inputs[0]
     datatype = tensor.get("datatype")
+    first = (tensor.get("shape") or [None])[0] if isinstance(tensor.get("shape"), list) else None
+    if type(first) is int and first > 0:
+        plane.check_room(entry, first)  # overload refuses before the tensor is built or its images decoded
     raw = tensor_bytes(tensor, binary)
     if datatype == "BYTES":
         blobs = bytes_elements(tensor, raw)
