@@ -135,6 +135,10 @@ def main() -> int:
             )
             result["server_cpu_s"] = round(cpu_seconds(proc.pid) - server_cpu, 1)
             result["client_cpu_s"] = round(time.process_time() - client_cpu, 1)  # the load generator, same machine
+            # images answered per CPU second the server got: goodput with the machine's other load taken out
+            result["images_per_server_cpu_s"] = round(
+                result["answers"].get("200", 0) * args.images / max(result["server_cpu_s"], 1e-9), 1
+            )
             results.append(result)
             print(json.dumps({"phase": name, **result}), flush=True)
         capacity, overload = results
@@ -142,7 +146,17 @@ def main() -> int:
         proc.terminate()
         proc.wait(60)
     ratio = overload["goodput_images_s"] / max(capacity["goodput_images_s"], 1e-9)
-    print(json.dumps({"overload_over_capacity": round(ratio, 3), "target": 0.8, "met": ratio >= 0.8}))
+    per_cpu = overload["images_per_server_cpu_s"] / max(capacity["images_per_server_cpu_s"], 1e-9)
+    print(
+        json.dumps(
+            {
+                "overload_over_capacity": round(ratio, 3),
+                "per_server_cpu_overload_over_capacity": round(per_cpu, 3),
+                "target": 0.8,
+                "met": ratio >= 0.8,
+            }
+        )
+    )
     return 0 if ratio >= 0.8 else 1
 
 
