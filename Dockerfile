@@ -68,6 +68,7 @@ EXPOSE 8000
 # Warm-up takes a few seconds; readiness stays false until every batch size has run once.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('OODGATE_PORT', '8000'), timeout=2)"]
-# SIGTERM starts a graceful drain (OODGATE_DRAIN_TIMEOUT_S); give `docker stop -t` at least that.
+# SIGTERM starts a graceful drain; the process exits within OODGATE_DRAIN_TIMEOUT_S + OODGATE_SHUTDOWN_GRACE_S
+# (35 s by default): give `docker stop -t` at least that (docker-compose.yml gives 40 s).
 STOPSIGNAL SIGTERM
 CMD ["oodgate-serve"]

@@ -110,3 +110,15 @@ def test_grafana_provisioning(compose):
     assert sorted(p.name for p in (ROOT / dashboards_dir).glob("*.json")) == ["oodgate.json"]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert Path(home).parent.as_posix() == provider["options"]["path"]
+
+
+def test_every_oodgate_service_gets_its_shutdown_budget_before_sigkill(compose):
+    from service.cli import shutdown_budget_s
+    from service.settings import Settings
+
+    servers = {name: s for name, s in compose["services"].items() if "OODGATE_PORT" in environment(s)}
+    assert servers
+    for name, service in servers.items():
+        settings = Settings(**{k[len("OODGATE_") :].lower(): v for k, v in environment(service).items()})
+        grace = service["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) >= shutdown_budget_s(settings), name
