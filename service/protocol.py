@@ -23,8 +23,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import Settings
 
-# at exit, how long a connection between requests may still deliver one (see shutdown)
-LINGER_S = 0.3
+# at exit, how long a connection between requests may still deliver one (see shutdown); long enough for a
+# client thread descheduled on a busy machine, short against shutdown_grace_s
+LINGER_S = 1.0
 # after refusing a request head, how long the rest of what the client sends is read and dropped
 REFUSAL_LINGER_S = 1.0
 REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
@@ -75,7 +76,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer, then close gently: closing with the client's bytes unread would reset the connection and
-        could wipe the answer from its buffer, so what still comes is read and dropped for up to ``LINGER_S``."""
+        could wipe the answer from its buffer, so what still comes is dropped for up to ``REFUSAL_LINGER_S``."""
         self.logger.warning("refused a request head: %s", message)
         self._cancel_head_timer()
         self._refusal = (status, code, message)
