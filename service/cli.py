@@ -68,8 +68,20 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(drain_then_exit()))
 
 
-# classic BPF: one instruction, "return 0" (keep no byte of the packet): the socket drops whatever reaches it
-DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
+# classic BPF on the listening socket (packets seen from the TCP header on): drop a SYN that opens a connection
+# (SYN set, ACK not); pass everything else, so handshakes already under way still complete into the accept queue
+DROP_NEW_SYNS = b"".join(
+    struct.pack("HBBI", code, jt, jf, k)
+    for code, jt, jf, k in (
+        (0x30, 0, 0, 13),  # ldb [13]: the TCP flags byte
+        (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+        (0x15, 0, 1, 0x02),  # jeq #SYN: next (drop), else skip it (pass)
+        (0x06, 0, 0, 0),  # ret #0: drop
+        (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: pass the whole packet
+    )
+)
+INSTRUCTIONS = len(DROP_NEW_SYNS) // 8
+HANDSHAKE_SETTLE_S = 0.05  # lets a handshake that began before the filter reach the accept queue
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 TCP_INFO_UNACKED = 24  # offset of tcpi_unacked, which for a listening socket is its accept queue length
 QUIESCE_LIMIT_S = 1.0
@@ -78,23 +90,26 @@ QUIESCE_LIMIT_S = 1.0
 async def quiesce_listeners(servers) -> None:
     """Stop taking new connections without resetting any the kernel already took, then return.
 
-    Closing a listening socket resets the connections waiting in its accept queue,
-    whose clients may have sent a request already: lost requests. So first every
-    new SYN is dropped (a socket filter; the client retries its SYN a second later,
-    by then the port is closed and it sees a clean refusal), then the queue is left
-    to empty, which the event loop does by accepting (each such request is answered
-    503 + ``Connection: close``). Linux only; elsewhere the listener simply closes.
+    Closing a listening socket resets the connections waiting in its accept queue
+    or still in their handshake, whose clients may have sent a request already: lost
+    requests. So first every new SYN is dropped (a socket filter; the client retries
+    its SYN a second later, by then the port is closed and it sees a clean refusal),
+    handshakes under way complete, then the queue is left to empty, which the event
+    loop does by accepting (each such request is answered 503 + ``Connection:
+    close``). Linux only; elsewhere the listener simply closes.
     """
     import ctypes
 
     listeners = [sock for server in servers for sock in (server.sockets or ())]
-    program = ctypes.create_string_buffer(DROP_ALL)  # kept alive until the filter is attached (it is copied)
+    program = ctypes.create_string_buffer(DROP_NEW_SYNS)  # kept alive until attached (the kernel copies it)
+    fprog = struct.pack("HL", INSTRUCTIONS, ctypes.addressof(program))
     try:
         for sock in listeners:
-            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", 1, ctypes.addressof(program)))
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
     except OSError as exc:
         log.debug("cannot filter the listening sockets (%s); closing them as they are", exc)
         return
+    await asyncio.sleep(HANDSHAKE_SETTLE_S)
     end = time.monotonic() + QUIESCE_LIMIT_S
     while time.monotonic() < end:
         try:
