@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         description="Proxied paths as glob patterns (e.g. /predict,/v1/*), comma-separated; empty: every path "
         "except oodgate's own endpoints.",
     )
+    sidecar_passthrough_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxied paths (glob patterns, comma-separated) where block mode forwards a request in which "
+        "no image is found (e.g. /health,/labels); everywhere else such a request gets 422 no_image. Images found "
+        "on these paths are still scored.",
+    )
     sidecar_json_path: str = Field(
         "image",
         description="Where a JSON body holds base64 images: dotted keys, '*' for every item of a list "
@@ -173,7 +179,7 @@ class Settings(BaseSettings):
             data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
         return data
 
-    @field_validator("sidecar_paths", "conditional_models", mode="before")
+    @field_validator("sidecar_paths", "conditional_models", "sidecar_passthrough_paths", mode="before")
     @classmethod
     def _split_paths(cls, value):
         if isinstance(value, str):

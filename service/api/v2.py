@@ -29,7 +29,6 @@ import json
 import math
 import struct
 import time
-import zlib
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -39,7 +38,7 @@ from ..artifact import OUTPUT_NAMES
 from ..dataplane import DataPlane, Scored, ScoreParams
 from ..errors import ServiceError, bad_request
 from ..repository import ModelEntry
-from .body import read_body
+from .body import inflate, read_body
 
 router = APIRouter(prefix="/v2")
 
@@ -209,21 +208,6 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             first,
         )
     return respond(entry, header, parameters, scored)
-
-
-def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise ServiceError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or deflate")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise bad_request("bad_encoding", f"cannot inflate the {encoding} body: {exc}") from None
-    if len(out) > limit:
-        raise ServiceError(413, "body_too_large", f"inflated body passes the limit of {limit} bytes")
-    return out
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 # one loopback server helper for every test package; re-exported for the sidecar and deploy tests
-from tests.service.serving import LiveServer, free_port, wait_for  # noqa: F401
+from tests.service.serving import LiveServer, free_port, raw_http, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"

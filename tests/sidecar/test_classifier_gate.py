@@ -68,6 +68,7 @@ def gate(classifier, models_root):
         upstream=classifier.url,
         sidecar_policy="block",
         sidecar_paths="/predict,/nope",
+        sidecar_passthrough_paths="/nope",
     )
     server = LiveServer(create_app(settings)).start()
     yield server
@@ -181,7 +182,7 @@ def test_classifier_errors_pass_through_untouched(gate, classifier, policy):
     assert response.status_code == reference.status_code == 422
     assert response.content == reference.content
     assert response.json()["error"]["code"] == "bad_top_k"
-    missing = httpx.get(f"{gate.url}/nope")  # no image: forwarded unscored, the classifier's 404 comes back
+    missing = httpx.get(f"{gate.url}/nope")  # no image on a pass-through path: forwarded unscored, 404 comes back
     assert missing.status_code == 404
     assert missing.content == httpx.get(f"{classifier.url}/nope").content
 
