@@ -172,6 +172,22 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to connect to the upstream.")
     upstream_max_connections: int = Field(100, ge=1, description="Size of the pooled upstream connection pool.")
 
+    # --- authentication (service/api/auth.py) ------------------------------------------------------
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Bearer tokens accepted on every endpoint but the health probes (and /metrics unless "
+        "metrics_auth), comma-separated; with api_tokens_file, both are accepted. Neither set: no authentication.",
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        description="File of accepted bearer tokens, one per line ('#' comments), re-read when it changes (e.g. a "
+        "mounted Kubernetes Secret); empty or unreadable, only api_tokens are accepted.",
+    )
+    metrics_auth: bool = Field(
+        False, description="Also require a bearer token on /metrics (then give Prometheus one of the tokens)."
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_models(cls, data):
@@ -179,7 +195,7 @@ class Settings(BaseSettings):
             data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
         return data
 
-    @field_validator("sidecar_paths", "conditional_models", "sidecar_passthrough_paths", mode="before")
+    @field_validator("sidecar_paths", "conditional_models", "sidecar_passthrough_paths", "api_tokens", mode="before")
     @classmethod
     def _split_paths(cls, value):
         if isinstance(value, str):

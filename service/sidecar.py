@@ -203,10 +203,13 @@ class SidecarProxy:
         """A path where ``block`` forwards image-less requests: only those the settings name."""
         return any(fnmatch.fnmatchcase(path, p) for p in self.settings.sidecar_passthrough_paths)
 
+    def serves_own(self, scope) -> bool:
+        """Whether one of oodgate's own routes takes this request as sent (then oodgate's auth applies)."""
+        return any(route.matches(scope)[0] != Match.NONE for route in self.own_routes)
+
     def own_path(self, request: Request, path: NormalPath) -> bool:
         """A path one of oodgate's own routes serves (with another method, or spelled oddly): never proxied."""
-        scope = {**request.scope, "path": path.decoded, "raw_path": path.raw}
-        return any(route.matches(scope)[0] != Match.NONE for route in self.own_routes)
+        return self.serves_own({**request.scope, "path": path.decoded, "raw_path": path.raw})
 
     # ---- the request ---------------------------------------------------------------------------
 

@@ -110,3 +110,13 @@ def test_grafana_provisioning(compose):
     assert sorted(p.name for p in (ROOT / dashboards_dir).glob("*.json")) == ["oodgate.json"]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert Path(home).parent.as_posix() == provider["options"]["path"]
+
+
+def test_api_tokens_reach_every_oodgate_as_a_secret_file(compose):
+    """Both oodgate processes read bearer tokens from a compose secret (from the environment, not the repo)."""
+    secret = compose["secrets"]["oodgate_api_tokens"]
+    assert set(secret) == {"environment"}  # no file with a token in the repository
+    for name in ("oodgate", "classifier-sidecar"):
+        service = compose["services"][name]
+        assert service["secrets"] == ["oodgate_api_tokens"]
+        assert environment(service)["OODGATE_API_TOKENS_FILE"] == "/run/secrets/oodgate_api_tokens"
