@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from urllib.parse import unquote_to_bytes
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from .api.body import load_json
 from .errors import ServiceError, bad_request
 
 MAX_DEPTH = 3  # multipart inside multipart inside multipart: deeper is refused
@@ -117,14 +117,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def parse_json(data: bytes):
     """JSON with duplicate keys and too-deep nesting refused as 400."""
-    try:
-        return json.loads(data, object_pairs_hook=_unique_keys)
-    except RecursionError:
-        raise bad_request("bad_json", "the JSON body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, ServiceError):
-            raise
-        raise bad_request("bad_json", f"the body is declared JSON but does not parse: {exc}") from None
+    return load_json(data, "the JSON body", object_pairs_hook=_unique_keys)
 
 
 def _path_matches(path: tuple, pattern: list[str]) -> bool:

@@ -8,6 +8,7 @@ a chunked body is counted as it streams in and refused as soon as it passes.
 
 from __future__ import annotations
 
+import json
 import zlib
 
 from fastapi import Request
@@ -64,3 +65,15 @@ def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
     if len(out) > limit:
         raise ServiceError(413, "body_too_large", f"inflated body passes the limit of {limit} bytes")
     return out
+
+
+def load_json(data: bytes, what: str, object_pairs_hook=None):
+    """Parse a JSON body; malformed, badly encoded or nested past the parser's depth: 400 ``bad_json``."""
+    try:
+        return json.loads(data, object_pairs_hook=object_pairs_hook)
+    except RecursionError:
+        raise bad_request("bad_json", f"{what} is JSON nested too deeply") from None
+    except ServiceError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_json", f"{what} is not JSON: {exc}") from None

@@ -16,7 +16,6 @@ import base64
 import binascii
 import functools
 import io
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from starlette.formparsers import MultiPartException
 
 from ..dataplane import LEVEL_OUTPUTS, SCALAR_OUTPUTS, DataPlane, Scored, ScoreParams, finite
 from ..errors import ServiceError, bad_request
-from .body import media_type, read_body, replay
+from .body import load_json, media_type, read_body, replay
 
 router = APIRouter()
 
@@ -183,10 +182,7 @@ async def multipart_images(request: Request, plane: DataPlane) -> list[bytes]:
 
 
 def json_images(body: bytes) -> list[bytes]:
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"the body is not JSON: {exc}") from None
+    document = load_json(body, "the body")
     items = document.get("images") if isinstance(document, dict) else None
     if not isinstance(items, list) or not items:
         raise bad_request("no_images", 'send {"images": [{"b64": "..."}, ...]} with at least one image')
