@@ -148,9 +148,13 @@ class BearerAuth:
         await error_response(request, error)(scope, receive, send)
 
 
+def auth_enabled(settings: Settings) -> bool:
+    return bool(settings.api_tokens) or settings.api_tokens_file is not None
+
+
 def install(app, settings: Settings) -> None:
     """Authenticate requests when tokens are configured; without them the service is open, as before."""
-    if settings.api_tokens or settings.api_tokens_file is not None:
+    if auth_enabled(settings):
         tokens = TokenSet(settings.api_tokens, settings.api_tokens_file)  # here: a missing file fails at start-up
         app.add_middleware(BearerAuth, tokens=tokens, metrics_auth=settings.metrics_auth)
         log.info("auth: bearer tokens required (metrics %s)", "too" if settings.metrics_auth else "open")

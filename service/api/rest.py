@@ -49,15 +49,35 @@ async def models(request: Request) -> dict:
 
 
 QUERY_PARAMETERS = [
-    ("model", "string", "Model name (or name/version); default: the server's default."),
-    ("version", "string", "Model version; default: the latest."),
-    ("alpha", "number", "False-positive bound of the OOD flag, in (0, 1); default: the model's."),
-    ("score", "string", "Score that decides the flag; default: the model's."),
-    ("levels", "boolean", "Also return log_pz and log_det per scale level."),
-    ("timeout_ms", "number", "Deadline for this request in ms, > 0 (capped by settings)."),
-    ("fdr", "number", "Flag the Benjamini-Hochberg discoveries at this false-discovery rate (0, 1); not with alpha."),
-    ("conditional", "boolean", "Calibration-conditional flags (FPR <= alpha with probability >= 1 - delta)."),
-    ("delta", "number", "delta of the calibration-conditional flags, in (0, 1); implies conditional=true."),
+    ("model", {"type": "string"}, "Model name (or name/version); default: the server's default."),
+    ("version", {"type": "string"}, "Model version; default: the latest."),
+    (
+        "alpha",
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "False-positive bound of the OOD flag, in (0, 1); default: the model's.",
+    ),
+    ("score", {"type": "string"}, "Score that decides the flag; default: the model's."),
+    ("levels", {"type": "boolean"}, "Also return log_pz and log_det per scale level."),
+    (
+        "timeout_ms",
+        {"type": "number", "exclusiveMinimum": 0},
+        "Deadline for this request in ms, > 0 (capped by settings); past it: 504.",
+    ),
+    (
+        "fdr",
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "Flag the Benjamini-Hochberg discoveries at this false-discovery rate (0, 1); not with alpha.",
+    ),
+    (
+        "conditional",
+        {"type": "boolean"},
+        "Calibration-conditional flags (FPR <= alpha with probability >= 1 - delta).",
+    ),
+    (
+        "delta",
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "delta of the calibration-conditional flags, in (0, 1); implies conditional=true.",
+    ),
 ]
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -113,8 +133,8 @@ def score_query(request: Request) -> ScoreQuery:
     "/score",
     openapi_extra={
         "parameters": [
-            {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
-            for name, kind, text in QUERY_PARAMETERS
+            {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+            for name, schema, text in QUERY_PARAMETERS
         ]
     },
 )
