@@ -34,7 +34,9 @@ def corpus_cases() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=75, help="examples per operation, mode and run (x4 per operation)")
+    parser.add_argument(
+        "--examples", type=int, default=75, help="examples per operation, mode and run (x4 per operation)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability-fuzz.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
