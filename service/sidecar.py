@@ -96,6 +96,7 @@ HOP_BY_HOP = frozenset(
 )
 # recomputed for the new message, or set by our own server
 # (``expect``: the body is already read here, a 100-continue handshake upstream would only stall)
+INLINE_SEARCH_BYTES = 64 * 1024  # smaller bodies are searched for images on the loop (cheaper than a thread hop)
 REQUEST_DROP = frozenset({"host", "content-length", "expect"})
 RESPONSE_DROP = frozenset({"content-length", "date", "server"})
 
@@ -245,7 +246,10 @@ class SidecarProxy:
             raise ServiceError(404, "not_proxied", f"{path.decoded} is not one of the proxied paths")
         self.plane.admit()
         body = await read_body(request, self.settings.max_request_bytes)
-        blobs = self.images(request, body)
+        if len(body) > INLINE_SEARCH_BYTES:  # parsing and sniffing a large body would stall the event loop
+            blobs = await self.plane.blocking(self.images, request, body)
+        else:
+            blobs = self.images(request, body)
         if not blobs:
             if self.policy == "block" and not self.passes_without_images(path.decoded):
                 raise unprocessable(
