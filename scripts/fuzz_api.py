@@ -32,6 +32,15 @@ def corpus_cases() -> int:
     return len(CASES) + len(RAW_CASES)
 
 
+def run_tests(path: str, **env: str) -> tuple[bool, float]:
+    """Run one test file of this checkout in a fresh interpreter: (passed, seconds)."""
+    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    began = time.monotonic()
+    command = [sys.executable, "-m", "pytest", path, "-q", "-p", "no:logging", "-p", "no:cacheprovider"]
+    result = subprocess.run(command, cwd=ROOT, env=environment)
+    return result.returncode == 0, time.monotonic() - began
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -41,54 +50,25 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "fuzz.json"
-        env = {**os.environ, "OODGATE_FUZZ_EXAMPLES": str(args.examples), "OODGATE_FUZZ_REPORT": str(report)}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        began = time.monotonic()
-        fuzz = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "tests/service/test_openapi.py",
-                "-q",
-                "-p",
-                "no:logging",
-                "-p",
-                "no:cacheprovider",
-            ],
-            cwd=ROOT,
-            env=env,
+        fuzz_ok, fuzz_s = run_tests(
+            "tests/service/test_openapi.py",
+            OODGATE_FUZZ_EXAMPLES=str(args.examples),
+            OODGATE_FUZZ_REPORT=str(report),
         )
-        fuzz_s = time.monotonic() - began
         summary = json.loads(report.read_text())
-    began = time.monotonic()
-    corpus = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "tests/service/test_errors.py",
-            "-q",
-            "-p",
-            "no:logging",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    corpus_ok, corpus_s = run_tests("tests/service/test_errors.py")
     summary.update(
         {
-            "schemathesis_passed": fuzz.returncode == 0,
+            "schemathesis_passed": fuzz_ok,
             "schemathesis_seconds": round(fuzz_s, 1),
             "corpus_cases": corpus_cases(),
-            "corpus_passed": corpus.returncode == 0,  # each case asserts its 4xx, so passing means 0 5xx
-            "corpus_seconds": round(time.monotonic() - began, 1),
+            "corpus_passed": corpus_ok,  # each case asserts its 4xx, so passing means no 5xx
+            "corpus_seconds": round(corpus_s, 1),
         }
     )
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    return 0 if fuzz.returncode == 0 and corpus.returncode == 0 else 1
+    return 0 if fuzz_ok and corpus_ok else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,30 @@ def default_model_calibrated() -> bool:
         return False
 
 
+class Recording:
+    """ASGI wrapper keeping the raw path of every HTTP request that reaches the wrapped app."""
+
+    def __init__(self, app) -> None:
+        self.app, self.paths = app, []
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.paths.append(scope["raw_path"].decode("latin-1"))
+        await self.app(scope, receive, send)
+
+
+def recorded_classifier() -> LiveServer:
+    """The demo classifier on loopback, every request it gets recorded in ``server.recording``."""
+    recording = Recording(classifier_app())
+    server = LiveServer(recording).start(health="/health")
+    server.recording = recording
+    return server
+
+
 def default_models_root(tmp_path: Path) -> Path:
     """A repository holding only the default model (symlinked: nothing is copied)."""
     root = tmp_path / "models"

@@ -22,60 +22,15 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.settings import Settings
-from tests.sidecar.servers import (
-    LiveServer,
-    classifier_app,
-    default_model_calibrated,
-    default_models_root,
-    images,
-    raw_http,
-)
-
-REAL = default_model_calibrated()
-
-
-class Recording:
-    """ASGI wrapper keeping the raw path of every HTTP request that reaches the classifier."""
-
-    def __init__(self, app) -> None:
-        self.app, self.paths = app, []
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            self.paths.append(scope["raw_path"].decode("latin-1"))
-        await self.app(scope, receive, send)
+from tests.service.serving import settings
+from tests.sidecar.servers import LiveServer, images, raw_http
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    recording = Recording(classifier_app())
-    server = LiveServer(recording).start(health="/health")
-    server.recording = recording
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory, request):
-    if REAL:
-        return default_models_root(tmp_path_factory.mktemp("default"))
-    return request.getfixturevalue("calibrated_tiny")
-
-
-@pytest.fixture(scope="module")
-def gate(classifier, models_root):
-    settings = Settings(
-        models_root=models_root,
-        runtime="onnx",
-        log_level="warning",
-        decode_threads=1,
-        upstream=classifier.url,
-        sidecar_policy="block",
-        sidecar_paths="/predict*,/health",
-        sidecar_passthrough_paths="/health",
-    )
-    server = LiveServer(create_app(settings)).start()
+def gate(classifier, gate_models_root):
+    overrides = {"sidecar_paths": "/predict*,/health", "sidecar_passthrough_paths": "/health"}
+    app = create_app(settings(gate_models_root, upstream=classifier.url, sidecar_policy="block", **overrides))
+    server = LiveServer(app).start()
     yield server
     server.stop()
 
@@ -231,15 +186,9 @@ def test_doubled_slashes_collapse_and_the_upstream_gets_the_matched_path(gate, c
 
 
 def test_block_without_calibration_refuses_instead_of_forwarding(classifier, tiny_models_root):
-    settings = Settings(
-        models_root=tiny_models_root,
-        runtime="onnx",
-        log_level="warning",
-        upstream=classifier.url,
-        sidecar_policy="block",
-    )
     before = len(classifier.recording.paths)
-    with LiveServer(create_app(settings)) as server:
+    app = create_app(settings(tiny_models_root, upstream=classifier.url, sidecar_policy="block"))
+    with LiveServer(app) as server:
         png = images("fashion_")[0][1]
         response = httpx.post(f"{server.url}/predict", content=png, headers={"content-type": "image/png"}, timeout=60)
     assert response.status_code == 503
