@@ -264,10 +264,10 @@ def describe(path: str, method: str, operation: dict, protected: bool) -> None:
             "content": json_content(ref("Readiness")),
         }
         errors = LOOKUP_ERRORS if "{name}" in path else PLAIN_ERRORS
-    elif "{name}" in path:
-        errors = LOOKUP_ERRORS
     elif method in ("post", "put", "patch", "delete"):
         errors = SCORING_ERRORS  # an operation added later: document the full set rather than too little
+    elif "{name}" in path:
+        errors = LOOKUP_ERRORS
     else:
         errors = PLAIN_ERRORS
     for status in (*errors, *((401,) if protected else ())):

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
+try:
+    import schemathesis
+except ImportError:  # a test extra (pyproject.toml): skipped on a developer's machine, a failure under CI
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        raise
+    pytest.skip("schemathesis is not installed (pip install -e '.[test]')", allow_module_level=True)
 from hypothesis import HealthCheck, Phase, given  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
