@@ -70,7 +70,7 @@ from starlette.routing import Match
 from .api.body import inflate, read_body
 from .api.rest import render
 from .dataplane import DataPlane, Scored, ScoreParams
-from .errors import ServiceError, unprocessable
+from .errors import ServiceError, bad_request, unprocessable
 from .extract import ImageFinder
 from .metrics import Metrics
 from .repository import ModelRepository
@@ -238,9 +238,12 @@ class SidecarProxy:
             self.metrics.request_duration.labels(ENDPOINT, *model).observe(time.perf_counter() - began)
 
     async def handle(self, request: Request, received: float) -> Response:
-        path = normalise(request.scope.get("raw_path") or request.url.path.encode())
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        path = normalise(raw_path)
         request.scope["oodgate_path"] = path  # what is matched is what is forwarded
         if self.own_path(request, path):
+            if path.raw != raw_path:  # e.g. //score: neither proxied nor served in this spelling
+                raise bad_request("bad_path", f"{path.decoded} is oodgate's own endpoint: send its path in normal form")
             raise ServiceError(405, "method_not_allowed", f"{request.method} {path.decoded} is oodgate's own")
         if not self.proxied(path.decoded):
             raise ServiceError(404, "not_proxied", f"{path.decoded} is not one of the proxied paths")
