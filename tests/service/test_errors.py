@@ -522,3 +522,19 @@ def test_the_server_still_answers_after_the_corpus(server):
     response = httpx.post(f"{server.url}/score", timeout=60, **files(GOOD_PNG))
     assert response.status_code == 200
     assert len(response.json()["results"]) == 1
+
+
+def test_an_unexpected_exception_is_a_generic_500_logged_in_full(tiny_models_root, caplog):
+    app = create_app(settings(tiny_models_root))
+
+    def broken():
+        raise RuntimeError("secret internals at /srv/x")
+
+    with LiveServer(app) as live, caplog.at_level("ERROR", logger="service.api.errors"):
+        app.state.dataplane.repository.all = broken  # after start-up, which lists the models too
+        rest = httpx.get(f"{live.url}/models", timeout=30)
+    assert rest.status_code == 500
+    assert rest.json()["error"]["code"] == "internal_error"
+    assert b"secret" not in rest.content and b"RuntimeError" not in rest.content
+    logged = [r for r in caplog.records if r.exc_info and "secret internals" in str(r.exc_info[1])]
+    assert logged, "the exception must be in the server's log"
