@@ -13,6 +13,7 @@ import base64
 import gzip
 import io
 import json
+import logging
 import struct
 import zlib
 
@@ -524,17 +525,25 @@ def test_the_server_still_answers_after_the_corpus(server):
     assert len(response.json()["results"]) == 1
 
 
-def test_an_unexpected_exception_is_a_generic_500_logged_in_full(tiny_models_root, caplog):
+def test_an_unexpected_exception_is_a_generic_500_logged_in_full(tiny_models_root):
     app = create_app(settings(tiny_models_root))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("service.api.errors")
 
     def broken():
         raise RuntimeError("secret internals at /srv/x")
 
-    with LiveServer(app) as live, caplog.at_level("ERROR", logger="service.api.errors"):
-        app.state.dataplane.repository.all = broken  # after start-up, which lists the models too
-        rest = httpx.get(f"{live.url}/models", timeout=30)
+    logger.addHandler(handler)
+    try:
+        with LiveServer(app) as live:
+            app.state.dataplane.repository.all = broken  # after start-up, which lists the models too
+            rest = httpx.get(f"{live.url}/models", timeout=30)
+    finally:
+        logger.removeHandler(handler)
     assert rest.status_code == 500
     assert rest.json()["error"]["code"] == "internal_error"
     assert b"secret" not in rest.content and b"RuntimeError" not in rest.content
-    logged = [r for r in caplog.records if r.exc_info and "secret internals" in str(r.exc_info[1])]
+    logged = [r for r in records if r.exc_info and "secret internals" in str(r.exc_info[1])]
     assert logged, "the exception must be in the server's log"
