@@ -14,9 +14,15 @@ server against this document, so the two cannot drift apart unnoticed.
 
 from __future__ import annotations
 
+import base64
+import copy
+import io
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from PIL import Image
 
+from ..errors import ServiceError
 from ..settings import Settings
 from .auth import OPEN_PATHS, auth_enabled
 
@@ -289,6 +295,47 @@ def metrics_operation(protected: bool) -> dict:
     return operation
 
 
+def served_examples(app: FastAPI) -> dict[str, object]:
+    """Requests that work against the default model: a blank image of its size, as a client would send it.
+
+    Documentation for people, and the explicit examples a fuzzer sends first, so the success
+    schemas are checked against real answers too. None when no model is the default.
+    """
+    try:
+        entry = app.state.dataplane.repository.get(None)
+    except ServiceError:
+        return {}
+    spec = entry.manifest.input
+    _, height, width = spec.shape
+    buffer = io.BytesIO()
+    Image.new(spec.color_mode, (width, height)).save(buffer, format="PNG")
+    blank = base64.b64encode(buffer.getvalue()).decode()
+    return {
+        "name": entry.name,
+        "model": entry.name,
+        "version": entry.version,
+        "score": entry.detector.default_score,
+        "score_json": {"images": [{"b64": blank}]},
+        "infer": {"inputs": [{"name": spec.name, "datatype": "BYTES", "shape": [1], "data": [blank]}]},
+    }
+
+
+def add_examples(document: dict, examples: dict[str, object]) -> None:
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] in ("name", "model", "version", "score") and parameter.get("in") in (
+                    "path",
+                    "query",
+                ):
+                    parameter["example"] = examples[parameter["name"]]
+            body = {"/score": examples["score_json"]}.get(path, examples["infer"] if path.endswith("/infer") else None)
+            if body is not None and "requestBody" in operation:
+                request_body = copy.deepcopy(operation["requestBody"])  # the shared templates stay as they are
+                request_body["content"]["application/json"]["example"] = body
+                operation["requestBody"] = request_body
+
+
 def build(app: FastAPI, settings: Settings) -> dict:
     document = get_openapi(
         title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
@@ -298,6 +345,9 @@ def build(app: FastAPI, settings: Settings) -> dict:
         for method, operation in operations.items():
             describe(path, method, operation, protected=auth and path not in OPEN_PATHS)
     document["paths"]["/metrics"] = {"get": metrics_operation(protected=auth and settings.metrics_auth)}
+    examples = served_examples(app)
+    if examples:
+        add_examples(document, examples)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's; our 422s are Error / V2Error
         schemas.pop(unused, None)

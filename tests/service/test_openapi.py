@@ -62,6 +62,9 @@ def live(tmp_path_factory, tiny_models_root):
             "requests": sum(v for k, v in tally.items() if k.startswith("status:")),
             "by_status": {k.split(":")[1]: v for k, v in sorted(tally.items()) if k.startswith("status:")},
             "by_operation": {k.split(":", 1)[1]: v for k, v in sorted(tally.items()) if k.startswith("op:")},
+            "by_operation_and_status": {
+                k.split(":", 1)[1]: v for k, v in sorted(tally.items()) if k.startswith("opstatus:")
+            },
             "by_mode": {k.split(":", 1)[1]: v for k, v in sorted(tally.items()) if k.startswith("mode:")},
             "server_errors": sum(v for k, v in tally.items() if k.startswith("status:5")),
             "deadline_504s_honoured": len(deadline_504s),
@@ -112,6 +115,7 @@ def check_case(case, force_auth: bool) -> None:
     tally[f"status:{response.status_code}"] += 1
     tally[f"mode:{case.meta.generation.mode.value if case.meta else '?'}:{response.status_code}"] += 1
     tally[f"op:{case.operation.label}"] += 1
+    tally[f"opstatus:{case.operation.label}:{response.status_code}"] += 1
     case.validate_response(response, checks=CHECKS)
     if response.status_code == 504 and own_deadline_passed(case, elapsed_ms):
         deadline_504s.append({"operation": case.operation.label, "elapsed_ms": elapsed_ms})
