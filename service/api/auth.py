@@ -8,7 +8,10 @@ except:
   load balancer carries no token, and they tell nothing worth hiding;
 - ``/metrics``, unless ``metrics_auth`` is on;
 - in sidecar mode, requests the proxy serves: they are the upstream's, which
-  authenticates them itself (their ``Authorization`` header is forwarded untouched).
+  authenticates them itself (their ``Authorization`` header is forwarded untouched);
+- ``/admin/...``: those endpoints check their own, separate token
+  (``OODGATE_ADMIN_TOKEN``, service/api/admin.py) and refuse everything without
+  it, so one ``Authorization`` header carries the admin token there.
 
 The open paths are matched exactly, so no spelling of a path reaches a route
 without a token (a path with ``..`` or ``//`` matches no own route; the proxy
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 METRICS_PATH = "/metrics"
+ADMIN_PREFIX = "/admin/"  # authenticated by the admin router's own token
 REALM = 'Bearer realm="oodgate"'
 FILE_CHECK_INTERVAL_S = 1.0
 
@@ -121,7 +125,7 @@ class BearerAuth:
 
     def is_open(self, scope: Scope) -> bool:
         path = scope.get("path", "")
-        if path in OPEN_PATHS or (path == METRICS_PATH and not self.metrics_auth):
+        if path in OPEN_PATHS or (path == METRICS_PATH and not self.metrics_auth) or path.startswith(ADMIN_PREFIX):
             return True
         sidecar = getattr(scope["app"].state, "sidecar", None) if "app" in scope else None
         return sidecar is not None and not sidecar.serves_own(scope)

@@ -24,13 +24,15 @@ from PIL import Image
 
 from ..errors import ServiceError
 from ..settings import Settings
-from .auth import OPEN_PATHS, auth_enabled
+from .auth import ADMIN_PREFIX, OPEN_PATHS, auth_enabled
 
 ERROR_TEXT = {
     400: "Malformed request: the body, a part, a field or a value does not parse (the message names it).",
-    401: "No bearer token, or not a valid one (authentication is on).",
+    401: "No bearer token, or not a valid one (authentication is on; /admin: the admin token).",
+    403: "Admin endpoints are off (no OODGATE_ADMIN_TOKEN).",
     404: "Unknown model or version, or no such path.",
     405: "Method not allowed on this path.",
+    409: "The model has nothing to act on (e.g. no drift test without calibration).",
     413: "Too large: body bytes, images per request, or an image's declared pixels (decompression bomb).",
     415: "Unsupported Content-Type, Content-Encoding or image format.",
     422: "Well-formed but unusable: wrong image size or channels, values out of range, bad parameter.",
@@ -134,6 +136,9 @@ SCHEMAS = {
                     "score": {"type": "string"},
                     "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
                     "binary_data_output": {"type": "boolean"},
+                    "fdr": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                    "conditional": {"type": "boolean"},
+                    "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                 },
             },
             "inputs": {
@@ -224,6 +229,7 @@ INFER_HEADER = {
 SCORING_ERRORS = (400, 404, 413, 415, 422, 500, 503, 504)
 LOOKUP_ERRORS = (404, 500)
 PLAIN_ERRORS = (500,)
+ADMIN_ERRORS = (401, 403, 404, 409, 422, 500)  # 401/403 from the admin token, whatever api_tokens say
 
 
 def ref(name: str) -> dict:
@@ -270,6 +276,8 @@ def describe(path: str, method: str, operation: dict, protected: bool) -> None:
             "content": json_content(ref("Readiness")),
         }
         errors = LOOKUP_ERRORS if "{name}" in path else PLAIN_ERRORS
+    elif path.startswith(ADMIN_PREFIX):
+        errors = ADMIN_ERRORS
     elif method in ("post", "put", "patch", "delete"):
         errors = SCORING_ERRORS  # an operation added later: document the full set rather than too little
     elif "{name}" in path:
@@ -279,7 +287,9 @@ def describe(path: str, method: str, operation: dict, protected: bool) -> None:
     for status in (*errors, *((401,) if protected else ())):
         responses.setdefault(str(status), error_response(status, v2))
     operation["responses"] = responses
-    if not protected:
+    if path.startswith(ADMIN_PREFIX):
+        operation["security"] = [{"bearer": []}]  # the admin token
+    elif not protected:
         operation["security"] = []
 
 
@@ -352,8 +362,8 @@ def build(app: FastAPI, settings: Settings) -> dict:
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's; our 422s are Error / V2Error
         schemas.pop(unused, None)
     schemas.update(SCHEMAS)
+    document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     if auth:
-        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
     return document
 

@@ -142,3 +142,16 @@ def test_sidecar_proxied_paths_are_the_upstreams_to_authenticate(tiny_models_roo
             assert status == 400 and b"bad_path" in body  # an own route spelled oddly is neither proxied nor served
     finally:
         classifier.stop()
+
+
+def test_admin_endpoints_take_their_own_token_not_an_api_token(tiny_models_root):
+    admin = "admin-token-0123456789"
+    app = create_app(settings(tiny_models_root, api_tokens=TOKEN, admin_token=admin))
+    with LiveServer(app) as live:
+        url = f"{live.url}/admin/drift/reset"
+        assert httpx.post(url).status_code == 401
+        assert httpx.post(url, headers=bearer(TOKEN)).status_code == 401  # an API token is not an admin token
+        answer = httpx.post(url, headers=bearer(admin))
+        assert answer.status_code == 409  # authorised; the tiny model has no calibration, so no drift test
+        assert answer.json()["error"]["code"] == "no_drift_test"
+        assert score(live.url, bearer(admin)).status_code == 401  # and an admin token scores nothing
