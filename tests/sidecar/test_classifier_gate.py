@@ -198,12 +198,12 @@ def test_fdr_policy_blocks_when_any_image_is_a_bh_discovery(gate, classifier):
             files = [("files", (name, png, "image/png")) for name, png in chosen]
             reference = httpx.post(f"{gate.url}/score", params={"fdr": 0.1}, files=files, timeout=60).json()
             discoveries = [r["ood"] for r in reference["results"]]
-            before = classifier.counting.count
+            before = classifier.recording.count
             response = httpx.post(f"{gate.url}/predict", files=files, timeout=60)
             if not any(discoveries):
-                assert response.status_code == 200 and classifier.counting.count == before + 1
+                assert response.status_code == 200 and classifier.recording.count == before + 1
                 continue
-            assert response.status_code == 422 and classifier.counting.count == before
+            assert response.status_code == 422 and classifier.recording.count == before
             body = response.json()
             assert [r["ood"] for r in body["results"]] == discoveries
             assert body["decision"] == reference["decision"]
