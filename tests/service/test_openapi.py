@@ -53,7 +53,9 @@ deadline_504s: list[dict] = []
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, tiny_models_root):
     root = calibrated_root(tmp_path_factory.mktemp("calibrated"), tiny_models_root)
-    app = create_app(settings(root, api_tokens=TOKEN, max_request_bytes=1 << 20, max_images_per_request=16))
+    app = create_app(
+        settings(root, api_tokens=TOKEN, admin_token=TOKEN, max_request_bytes=1 << 20, max_images_per_request=16)
+    )
     with LiveServer(app) as server:
         yield server
     if REPORT:
