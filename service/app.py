@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from starlette.routing import Route
 
-from .api import admin, errors, rest, v2
+from .api import admin, auth, errors, openapi, rest, v2
 from .api import repository as repository_api
 from .dataplane import DataPlane
 from .limits import RequestGuards
@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
         from .sidecar import install as install_sidecar
 
         install_sidecar(app)
+    openapi.install(app, settings)
+    auth.install(app, settings)  # inside RequestMetrics: a 401 on /score is counted like any answer
     app.add_middleware(RequestMetrics, metrics=metrics, plane=plane)
     # outermost: body deadlines and memory budget for every route; Connection: close while draining
     app.add_middleware(RequestGuards, settings=settings, draining=lambda: plane.draining)

@@ -3,7 +3,7 @@
 Each error carries what DESIGN.md's contract needs: an HTTP status, a stable
 machine-readable ``code``, a human ``message`` and, when one image is to blame,
 its ``index`` in the request. Status meanings: 400 malformed, 404 unknown
-model, 413 too large, 415 unsupported type, 422 valid but unusable, 500 an
+model, 401 no or a wrong bearer token, 413 too large, 415 unsupported type, 422 valid but unusable, 500 an
 image failed inference even alone, 503 queue full / draining / not ready (with
 ``Retry-After``), 504 past the deadline.
 """
@@ -36,6 +36,7 @@ class ServiceError(Exception):
 # status -> the rejection reason counted in ``oodgate_rejections_total`` (503s set their own)
 REASONS = {
     400: "bad_request",
+    401: "unauthorized",
     404: "unknown_model",
     413: "too_large",
     415: "unsupported_media_type",

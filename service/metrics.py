@@ -40,7 +40,7 @@ status, ``reason``/``score`` from fixed sets.
 | ``oodgate_sidecar_requests_total`` | counter | policy, outcome | sidecar requests, by outcome (below) |
 | ``oodgate_sidecar_upstream_duration_seconds`` | histogram | - | time the upstream took to answer |
 
-Rejection reasons: ``bad_request`` (400), ``unknown_model`` (404), ``too_large`` (413),
+Rejection reasons: ``bad_request`` (400), ``unauthorized`` (401), ``unknown_model`` (404), ``too_large`` (413),
 ``unsupported_media_type`` (415), ``unprocessable`` (422), ``queue_full``, ``draining``,
 ``not_ready`` (503), ``deadline`` (504), ``unauthorized`` (401/403 on the admin endpoints).
 

@@ -197,6 +197,12 @@ class Settings(BaseSettings):
         description="Proxied paths as glob patterns (e.g. /predict,/v1/*), comma-separated; empty: every path "
         "except oodgate's own endpoints.",
     )
+    sidecar_passthrough_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxied paths (glob patterns, comma-separated) where block mode forwards a request in which "
+        "no image is found (e.g. /health,/labels); everywhere else such a request gets 422 no_image. Images found "
+        "on these paths are still scored.",
+    )
     sidecar_json_path: str = Field(
         "image",
         description="Where a JSON body holds base64 images: dotted keys, '*' for every item of a list "
@@ -218,6 +224,22 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to connect to the upstream.")
     upstream_max_connections: int = Field(100, ge=1, description="Size of the pooled upstream connection pool.")
 
+    # --- authentication (service/api/auth.py) ------------------------------------------------------
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Bearer tokens accepted on every endpoint but the health probes (and /metrics unless "
+        "metrics_auth), comma-separated; with api_tokens_file, both are accepted. Neither set: no authentication.",
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        description="File of accepted bearer tokens, one per line ('#' comments), re-read when it changes (e.g. a "
+        "mounted Kubernetes Secret); empty or unreadable, only api_tokens are accepted.",
+    )
+    metrics_auth: bool = Field(
+        False, description="Also require a bearer token on /metrics (then give Prometheus one of the tokens)."
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_models(cls, data):
@@ -225,7 +247,7 @@ class Settings(BaseSettings):
             data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
         return data
 
-    @field_validator("sidecar_paths", "conditional_models", mode="before")
+    @field_validator("sidecar_paths", "conditional_models", "sidecar_passthrough_paths", "api_tokens", mode="before")
     @classmethod
     def _split_paths(cls, value):
         if isinstance(value, str):

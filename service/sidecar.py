@@ -7,16 +7,22 @@ working; every other request on a proxied path (``sidecar_paths``; default:
 all) is searched for images, which are scored in-process through the same data
 plane and batcher as ``POST /score``, and then handled by ``sidecar_policy``:
 
-``block``     any OOD image: 422 with the scores and p-values, and the request
-              never reaches the classifier. With ``sidecar_fdr`` set, the
-              request's flags are its Benjamini-Hochberg discoveries at that
-              false-discovery rate (service/guarantees.py), so it is blocked
-              when any image is a discovery. Images oodgate cannot read are
-              refused too (fail closed: a gate that waves through what it cannot
-              parse is no gate).
+``block``     fail closed: a request is forwarded only when every image in it
+              was found, read and scored in-distribution. Any OOD image: 422
+              ``out_of_distribution`` with the scores and p-values, and the
+              request never reaches the classifier. An image oodgate cannot
+              read: refused (400/413/415/422). No image found at all: 422
+              ``no_image``, unless the path is one of
+              ``sidecar_passthrough_paths``. A model without calibration has
+              no flags to decide on: 503 ``not_calibrated``. With
+              ``sidecar_fdr`` set, the request's flags are its
+              Benjamini-Hochberg discoveries at that false-discovery rate
+              (service/guarantees.py), so it is blocked when any image is a
+              discovery.
 ``annotate``  forward, adding ``X-OOD``, ``X-OOD-P-Value`` (the smallest of the
               request's images), ``X-OOD-Score`` and ``X-OOD-Model`` to the
-              forwarded request and to the response.
+              forwarded request and to the response (``X-OOD: unknown`` for a
+              model without calibration).
 ``shadow``    forward always, score alongside (concurrently, so the classifier's
               latency is not added to), only count.
 
@@ -24,17 +30,18 @@ The model that scores is fixed at start-up (:func:`sidecar_model`): ``sidecar_mo
 else ``default_model``, else the only model loaded; with several and none named,
 the server refuses to start rather than gate with a guess.
 
-A model without calibration has no flags (``X-OOD: unknown``): ``block`` then
-forwards, since it has nothing to block on.
+Where images are looked for: everywhere, by their bytes rather than the
+declared types (:mod:`service.extract`): raw bodies, every multipart part,
+form values, JSON strings (strictly at ``sidecar_json_path``), query values;
+raw or base64. An image-less request that is forwarded counts as
+``outcome="unscored"``.
 
-Where images are looked for: every file part of a ``multipart/form-data`` body
-whose type is an image, ``application/octet-stream`` or unset; a raw body of an
-``image/*`` or ``application/octet-stream`` type; base64 strings (optionally
-``data:`` URLs) at ``sidecar_json_path`` of a JSON body. A request with none is
-forwarded unscored (``outcome="unscored"``).
+The path is put in normal form first (:mod:`service.urlpath`): ``//``
+collapses, dot segments and encoded separators are refused with 400, and the
+normal form is both what ``sidecar_paths`` match and what the upstream gets.
 
 Forwarding uses one pooled ``httpx.AsyncClient`` for the life of the app:
-method, path (raw, as sent), query, body and end-to-end headers go through;
+method, path (normalised, still percent-encoded as sent), query, body and end-to-end headers go through;
 hop-by-hop headers (RFC 9110 7.6.1, plus any the ``Connection`` header names)
 are dropped both ways; ``X-Forwarded-*`` are added; ``X-OOD*`` headers from
 the client are removed, so they can be trusted downstream. The upstream's
@@ -49,11 +56,8 @@ caller's cookies to another.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import fnmatch
 import http.cookiejar
-import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -62,17 +66,17 @@ from dataclasses import dataclass
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
-from .api.body import media_type, read_body, replay
+from .api.body import inflate, read_body
 from .api.rest import render
 from .dataplane import DataPlane, Scored, ScoreParams
-from .errors import ServiceError, bad_request
+from .errors import ServiceError, bad_request, unprocessable
+from .extract import ImageFinder
 from .metrics import Metrics
 from .repository import ModelRepository
 from .settings import Settings
+from .urlpath import NormalPath, normalise
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +97,9 @@ HOP_BY_HOP = frozenset(
 )
 # recomputed for the new message, or set by our own server
 # (``expect``: the body is already read here, a 100-continue handshake upstream would only stall)
+INLINE_SEARCH_BYTES = 64 * 1024  # smaller bodies are searched for images on the loop (cheaper than a thread hop)
 REQUEST_DROP = frozenset({"host", "content-length", "expect"})
 RESPONSE_DROP = frozenset({"content-length", "date", "server"})
-IMAGE_PART_TYPES = ("image/", "application/octet-stream")
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -138,44 +142,6 @@ def is_ood_header(name: bytes) -> bool:
     return name == b"x-ood" or name.startswith(b"x-ood-")
 
 
-def json_lookup(document, path: str) -> list:
-    """Values at a dotted ``path`` of ``document``; ``*`` fans out over a list (or dict values)."""
-    nodes = [document]
-    for key in [k for k in path.split(".") if k]:
-        found = []
-        for node in nodes:
-            if key == "*":
-                if isinstance(node, list):
-                    found.extend(node)
-                elif isinstance(node, dict):
-                    found.extend(node.values())
-            elif isinstance(node, dict) and key in node:
-                found.append(node[key])
-            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-                found.append(node[int(key)])
-        nodes = found
-    return nodes
-
-
-def decode_base64_image(value, index: int) -> bytes:
-    if not isinstance(value, str):
-        raise bad_request("bad_json_image", f"image {index} at the JSON path is not a base64 string", index)
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request("bad_base64", f"image {index} at the JSON path is not valid base64", index) from None
-
-
-def json_images(body: bytes, path: str) -> list[bytes]:
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"the body is declared JSON but does not parse: {exc}") from None
-    return [decode_base64_image(value, i) for i, value in enumerate(json_lookup(document, path))]
-
-
 def sidecar_model(settings: Settings, repository: ModelRepository) -> str:
     """The one model that gates the upstream, fixed at start-up: ``sidecar_model``, else ``default_model``,
     else the only model loaded.
@@ -212,6 +178,7 @@ class SidecarProxy:
         self.policy = settings.sidecar_policy
         self.own_routes = own_routes
         self.model = sidecar_model(settings, plane.repository)
+        self.finder = ImageFinder(settings.sidecar_json_path, settings.max_request_bytes)
         self.upstream = httpx.URL(settings.upstream)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
@@ -234,9 +201,17 @@ class SidecarProxy:
         patterns = self.settings.sidecar_paths
         return not patterns or any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
-    def own_path(self, request: Request) -> bool:
-        """A path one of oodgate's own routes serves (with another method): never proxied."""
-        return any(route.matches(request.scope)[0] != Match.NONE for route in self.own_routes)
+    def passes_without_images(self, path: str) -> bool:
+        """A path where ``block`` forwards image-less requests: only those the settings name."""
+        return any(fnmatch.fnmatchcase(path, p) for p in self.settings.sidecar_passthrough_paths)
+
+    def serves_own(self, scope) -> bool:
+        """Whether one of oodgate's own routes takes this request as sent (then oodgate's auth applies)."""
+        return any(route.matches(scope)[0] != Match.NONE for route in self.own_routes)
+
+    def own_path(self, request: Request, path: NormalPath) -> bool:
+        """A path one of oodgate's own routes serves (with another method, or spelled oddly): never proxied."""
+        return self.serves_own({**request.scope, "path": path.decoded, "raw_path": path.raw})
 
     # ---- the request ---------------------------------------------------------------------------
 
@@ -264,14 +239,28 @@ class SidecarProxy:
             self.metrics.request_duration.labels(ENDPOINT, *model).observe(time.perf_counter() - began)
 
     async def handle(self, request: Request, received: float) -> Response:
-        if self.own_path(request):
-            raise ServiceError(405, "method_not_allowed", f"{request.method} {request.url.path} is oodgate's own")
-        if not self.proxied(request.url.path):
-            raise ServiceError(404, "not_proxied", f"{request.url.path} is not one of the proxied paths")
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        path = normalise(raw_path)
+        request.scope["oodgate_path"] = path  # what is matched is what is forwarded
+        if self.own_path(request, path):
+            if path.raw != raw_path:  # e.g. //score: neither proxied nor served in this spelling
+                raise bad_request("bad_path", f"{path.decoded} is oodgate's own endpoint: send its path in normal form")
+            raise ServiceError(405, "method_not_allowed", f"{request.method} {path.decoded} is oodgate's own")
+        if not self.proxied(path.decoded):
+            raise ServiceError(404, "not_proxied", f"{path.decoded} is not one of the proxied paths")
         self.plane.admit()
         body = await read_body(request, self.settings.max_request_bytes)
-        blobs = await self.images(request, body)
+        if len(body) > INLINE_SEARCH_BYTES:  # parsing and sniffing a large body would stall the event loop
+            blobs = await self.plane.blocking(self.images, request, body)
+        else:
+            blobs = self.images(request, body)
         if not blobs:
+            if self.policy == "block" and not self.passes_without_images(path.decoded):
+                raise unprocessable(
+                    "no_image",
+                    f"no image found in this request to {path.decoded}; the gate forwards only scored images "
+                    "(image-less paths are allowed by OODGATE_SIDECAR_PASSTHROUGH_PATHS)",
+                )
             self.count("unscored")
             return await self.forward(request, body, None)
         if self.policy == "shadow":
@@ -288,48 +277,37 @@ class SidecarProxy:
         if self.policy == "block":
             if verdict.error is not None:
                 raise verdict.error
+            if verdict.ood is None:  # nothing to decide on: refuse rather than wave it through
+                entry = verdict.scored.entry
+                raise ServiceError(
+                    503,
+                    "not_calibrated",
+                    f"model {entry.name}/{entry.version} has no calibration, so block mode cannot decide",
+                    reason="not_ready",
+                )
             if verdict.ood:
                 self.count("blocked")
                 return self.blocked(verdict.scored)
         return await self.forward(request, body, verdict if self.policy == "annotate" else None)
 
-    async def images(self, request: Request, body: bytes) -> list[bytes]:
-        """The encoded images in the request (empty: nothing to score); malformed ones raise 400."""
-        if not body:
-            return []
-        kind = media_type(request)
+    def images(self, request: Request, body: bytes) -> list[bytes]:
+        """Every image in the request (empty: none found); what cannot be parsed raises 400 in ``block`` mode.
+
+        The search runs on the body as the upstream will read it: a gzip or
+        deflate ``Content-Encoding`` is inflated for the search (the original
+        bytes are forwarded); an encoding oodgate cannot read is refused in
+        ``block`` mode, since what it hides cannot be scored.
+        """
         try:
-            if kind == "multipart/form-data":
-                return await self.multipart_images(replay(request, body))
-            if kind.startswith("image/") or kind == "application/octet-stream":
-                return [body]
-            if kind == "application/json" or kind.endswith("+json"):
-                return json_images(body, self.settings.sidecar_json_path)
+            encoding = request.headers.get("content-encoding", "").strip().lower()
+            inspected = inflate(body, encoding, self.settings.max_request_bytes)
+            query = request.scope.get("query_string", b"")
+            return self.finder.find(request.headers.get("content-type", ""), inspected, query)
         except ServiceError as exc:
             if self.policy == "block":
                 raise
             log.info("sidecar: cannot read the images of %s: %s", request.url.path, exc.message)
             return []
-        return []
-
-    async def multipart_images(self, request: Request) -> list[bytes]:
-        limit = self.settings.max_images_per_request
-        try:
-            form = await request.form(max_files=limit, max_fields=1000, max_part_size=self.settings.max_request_bytes)
-        except (MultiPartException, HTTPException) as exc:  # starlette wraps parser errors in a 400
-            message = str(getattr(exc, "message", None) or getattr(exc, "detail", exc))
-            raise bad_request("bad_multipart", f"malformed multipart body: {message}") from None
-        blobs = []
-        try:
-            for _, part in form.multi_items():
-                if isinstance(part, str):
-                    continue
-                part_type = (part.content_type or "").split(";")[0].strip().lower()
-                if not part_type or part_type.startswith(IMAGE_PART_TYPES):
-                    blobs.append(await part.read())
-        finally:
-            await form.close()
-        return blobs
 
     async def verdict(self, request: Request, blobs: list[bytes], received: float) -> Verdict:
         """Score the images with the sidecar's model; errors become a verdict, never an exception."""
@@ -384,7 +362,7 @@ class SidecarProxy:
         return headers
 
     def upstream_url(self, request: Request) -> httpx.URL:
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        raw_path = request.scope["oodgate_path"].raw
         query = request.scope.get("query_string", b"")
         prefix = self.upstream.raw_path.split(b"?")[0].rstrip(b"/")
         return self.upstream.copy_with(raw_path=prefix + raw_path + (b"?" + query if query else b""))

@@ -1,14 +1,19 @@
 """Reading request bodies under the size limit, before anything parses them.
 
+Compressed bodies (``Content-Encoding: gzip``/``deflate``) are inflated under
+the same limit, so a small zip bomb is refused like a large body.
 A declared ``Content-Length`` past the limit is refused before one byte is read;
 a chunked body is counted as it streams in and refused as soon as it passes.
 """
 
 from __future__ import annotations
 
+import json
+import zlib
+
 from fastapi import Request
 
-from ..errors import ServiceError
+from ..errors import ServiceError, bad_request
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -45,3 +50,30 @@ def replay(request: Request, body: bytes) -> Request:
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ServiceError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad_request("bad_encoding", f"cannot inflate the {encoding} body: {exc}") from None
+    if len(out) > limit:
+        raise ServiceError(413, "body_too_large", f"inflated body passes the limit of {limit} bytes")
+    return out
+
+
+def load_json(data: bytes, what: str, object_pairs_hook=None):
+    """Parse a JSON body; malformed, badly encoded or nested past the parser's depth: 400 ``bad_json``."""
+    try:
+        return json.loads(data, object_pairs_hook=object_pairs_hook)
+    except RecursionError:
+        raise bad_request("bad_json", f"{what} is JSON nested too deeply") from None
+    except ServiceError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_json", f"{what} is not JSON: {exc}") from None

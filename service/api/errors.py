@@ -67,8 +67,10 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s", request.url.path)
-    return error_response(request, ServiceError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
+    """A bug, not the client's doing: logged here in full, answered with no exception text (it can leak internals)."""
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    message = "internal error; the server logged the details"
+    return error_response(request, ServiceError(500, "internal_error", message))
 
 
 def install(app: FastAPI) -> None:

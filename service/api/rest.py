@@ -16,7 +16,6 @@ import base64
 import binascii
 import functools
 import io
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from starlette.formparsers import MultiPartException
 
 from ..dataplane import LEVEL_OUTPUTS, SCALAR_OUTPUTS, DataPlane, Scored, ScoreParams, finite
 from ..errors import ServiceError, bad_request
-from .body import media_type, read_body, replay
+from .body import load_json, media_type, read_body, replay
 
 router = APIRouter()
 
@@ -50,15 +49,35 @@ async def models(request: Request) -> dict:
 
 
 QUERY_PARAMETERS = [
-    ("model", "string", "Model name (or name/version); default: the server's default."),
-    ("version", "string", "Model version; default: the latest."),
-    ("alpha", "number", "False-positive bound of the OOD flag, in (0, 1); default: the model's."),
-    ("score", "string", "Score that decides the flag; default: the model's."),
-    ("levels", "boolean", "Also return log_pz and log_det per scale level."),
-    ("timeout_ms", "number", "Deadline for this request in ms, > 0 (capped by settings)."),
-    ("fdr", "number", "Flag the Benjamini-Hochberg discoveries at this false-discovery rate (0, 1); not with alpha."),
-    ("conditional", "boolean", "Calibration-conditional flags (FPR <= alpha with probability >= 1 - delta)."),
-    ("delta", "number", "delta of the calibration-conditional flags, in (0, 1); implies conditional=true."),
+    ("model", {"type": "string"}, "Model name (or name/version); default: the server's default."),
+    ("version", {"type": "string"}, "Model version; default: the latest."),
+    (
+        "alpha",
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "False-positive bound of the OOD flag, in (0, 1); default: the model's.",
+    ),
+    ("score", {"type": "string"}, "Score that decides the flag; default: the model's."),
+    ("levels", {"type": "boolean"}, "Also return log_pz and log_det per scale level."),
+    (
+        "timeout_ms",
+        {"type": "number", "exclusiveMinimum": 0},
+        "Deadline for this request in ms, > 0 (capped by settings); past it: 504.",
+    ),
+    (
+        "fdr",
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "Flag the Benjamini-Hochberg discoveries at this false-discovery rate (0, 1); not with alpha.",
+    ),
+    (
+        "conditional",
+        {"type": "boolean"},
+        "Calibration-conditional flags (FPR <= alpha with probability >= 1 - delta).",
+    ),
+    (
+        "delta",
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "delta of the calibration-conditional flags, in (0, 1); implies conditional=true.",
+    ),
 ]
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -114,8 +133,8 @@ def score_query(request: Request) -> ScoreQuery:
     "/score",
     openapi_extra={
         "parameters": [
-            {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
-            for name, kind, text in QUERY_PARAMETERS
+            {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+            for name, schema, text in QUERY_PARAMETERS
         ]
     },
 )
@@ -198,10 +217,7 @@ async def multipart_images(request: Request, plane: DataPlane) -> list[bytes]:
 
 
 def json_images(body: bytes) -> list[bytes]:
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"the body is not JSON: {exc}") from None
+    document = load_json(body, "the body")
     items = document.get("images") if isinstance(document, dict) else None
     if not isinstance(items, list) or not items:
         raise bad_request("no_images", 'send {"images": [{"b64": "..."}, ...]} with at least one image')

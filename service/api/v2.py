@@ -29,7 +29,7 @@ import json
 import math
 import struct
 import time
-import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -39,7 +39,7 @@ from ..artifact import OUTPUT_NAMES
 from ..dataplane import DataPlane, Scored, ScoreParams
 from ..errors import ServiceError, bad_request
 from ..repository import ModelEntry
-from .body import read_body
+from .body import inflate, load_json, read_body
 
 router = APIRouter(prefix="/v2")
 
@@ -178,35 +178,18 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     limit = plane.settings.max_request_bytes
     body = inflate(await read_body(request, limit), request.headers.get("content-encoding"), limit)
     header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise bad_request("bad_inputs", "send exactly one input tensor: UINT8 pixels or BYTES encoded images")
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise bad_request("bad_parameters", "'parameters' must be an object")
-    params = ScoreParams(
-        alpha=number(parameters.get("alpha"), "alpha"),
-        score=parameters.get("score"),
-        timeout_s=None
-        if parameters.get("timeout_ms") is None
-        else number(parameters["timeout_ms"], "timeout_ms") / 1000,
-        fdr=number(parameters.get("fdr"), "fdr"),
-        conditional=boolean(parameters.get("conditional"), "conditional"),
-        delta=number(parameters.get("delta"), "delta"),
-    )
-    tensor = inputs[0]
-    datatype = tensor.get("datatype")
-    first = (tensor.get("shape") or [None])[0] if isinstance(tensor.get("shape"), list) else None
-    if type(first) is int and first > 0:
-        plane.check_room(entry, first)  # overload refuses before the tensor is built or its images decoded
+    parsed = parse_infer_request(header, [spec["name"] for spec in output_specs(entry)])
+    tensor, params = parsed.tensor, parsed.params
+    shape = shape_of(tensor)
+    if shape and shape[0] > 0:
+        plane.check_room(entry, shape[0])  # overload refuses before the tensor is built or its images decoded
     raw = tensor_bytes(tensor, binary)
-    if datatype == "BYTES":
+    if parsed.datatype == "BYTES":
         blobs = bytes_elements(tensor, raw)
         scored = await plane.score_encoded(entry, blobs, params, received)
-    elif datatype in NUMERIC:
-        scored = await plane.score_tensor(entry, numeric_tensor(tensor, raw, NUMERIC[datatype]), params, received)
     else:
-        raise bad_request("bad_datatype", f"input datatype {datatype!r}: send UINT8 pixels or BYTES encoded images")
+        array = numeric_tensor(tensor, raw, NUMERIC[parsed.datatype])
+        scored = await plane.score_tensor(entry, array, params, received)
     if scored.failures:
         first = min(scored.failures)
         raise ServiceError(
@@ -215,22 +198,81 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             f"{len(scored.failures)} of {len(scored)} images failed inference: {scored.failures[first]}",
             first,
         )
-    return respond(entry, header, parameters, scored)
+    return respond(entry, parsed, scored)
 
 
-def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise ServiceError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or deflate")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise bad_request("bad_encoding", f"cannot inflate the {encoding} body: {exc}") from None
-    if len(out) > limit:
-        raise ServiceError(413, "body_too_large", f"inflated body passes the limit of {limit} bytes")
-    return out
+@dataclass
+class InferRequest:
+    """An inference request's JSON, checked field by field before any work is done."""
+
+    id: str | None
+    tensor: dict
+    datatype: str
+    params: ScoreParams
+    outputs: list[tuple[str, bool]] | None  # (name, as binary); None: every output
+    binary_default: bool
+
+
+def optional_object(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("bad_parameters", f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def parse_infer_request(header: dict, output_names: list[str]) -> InferRequest:
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise bad_request("bad_id", "'id' must be a string")
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise bad_request("bad_inputs", "send exactly one input tensor: UINT8 pixels or BYTES encoded images")
+    tensor = inputs[0]
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMERIC):
+        raise bad_request(
+            "bad_datatype", f"input datatype {str(datatype)[:40]!r}: send UINT8 pixels or BYTES encoded images"
+        )
+    optional_object(tensor.get("parameters"), "the input's 'parameters'")
+    parameters = optional_object(header.get("parameters"), "'parameters'")
+    score = parameters.get("score")
+    if score is not None and not isinstance(score, str):
+        raise ServiceError(422, "invalid_parameter", "parameter score must be a string")
+    timeout_ms = number(parameters.get("timeout_ms"), "timeout_ms")
+    if timeout_ms is not None and not timeout_ms > 0:
+        raise ServiceError(422, "invalid_parameter", f"parameter timeout_ms must be greater than 0, got {timeout_ms}")
+    params = ScoreParams(
+        alpha=number(parameters.get("alpha"), "alpha"),
+        score=score,
+        timeout_s=None if timeout_ms is None else timeout_ms / 1000,
+        fdr=number(parameters.get("fdr"), "fdr"),
+        conditional=boolean(parameters.get("conditional"), "conditional"),
+        delta=number(parameters.get("delta"), "delta"),
+    )
+    binary_default = boolean(parameters.get("binary_data_output"), "binary_data_output") or False
+    return InferRequest(
+        request_id, tensor, datatype, params, requested_outputs(header, output_names, binary_default), binary_default
+    )
+
+
+def requested_outputs(header: dict, output_names: list[str], binary_default: bool) -> list[tuple[str, bool]] | None:
+    requested = header.get("outputs")
+    if requested is None:
+        return None
+    if not isinstance(requested, list):
+        raise bad_request("bad_outputs", "'outputs' must be a list")
+    wanted = []
+    for item in requested:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or name not in output_names:
+            why = " (this model is not calibrated)" if name in ("p_value", "ood") else ""
+            shown = name if isinstance(name, str) else type(name).__name__
+            raise bad_request("unknown_output", f"no output {str(shown)[:40]!r}{why}; outputs are {output_names}")
+        parameters = optional_object(item.get("parameters"), f"the parameters of output {name!r}")
+        as_binary = boolean(parameters.get("binary_data"), "binary_data")
+        wanted.append((name, binary_default if as_binary is None else as_binary))
+    return wanted
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -246,21 +288,25 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         json_part, binary = body[:n], body[n:]
     else:
         json_part, binary = body, b""
-    try:
-        header = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"the inference request is not JSON: {exc}") from None
+    header = load_json(json_part, "the inference request")
     if not isinstance(header, dict):
         raise bad_request("bad_json", "the inference request must be a JSON object")
     return header, binary
 
 
 def number(value, name: str) -> float | None:
+    """A finite JSON number (NaN, infinities, booleans and integers past float range are refused with 422)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ServiceError(422, "invalid_parameter", f"parameter {name} is too large") from None
+    if not math.isfinite(number):
+        raise ServiceError(422, "invalid_parameter", f"parameter {name} must be finite")
+    return number
 
 
 def boolean(value, name: str) -> bool | None:
@@ -273,15 +319,22 @@ def tensor_bytes(tensor: dict, binary: bytes) -> bytes | None:
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is None:
         return None
-    if not isinstance(size, int) or size < 0 or size > len(binary):
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size > len(binary):
         raise bad_request("bad_binary_size", f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
     return binary[:size]
 
 
+MAX_SHAPE_DIMS = 8
+
+
 def shape_of(tensor: dict) -> list[int]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise bad_request("bad_shape", f"input shape must be a list of non-negative integers, got {shape!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_SHAPE_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape)
+    ):
+        raise bad_request("bad_shape", f"input shape must be a list of at most {MAX_SHAPE_DIMS} non-negative integers")
     return shape
 
 
@@ -289,22 +342,26 @@ def numeric_tensor(tensor: dict, raw: bytes | None, dtype) -> np.ndarray:
     shape = shape_of(tensor)
     if raw is not None:
         itemsize = np.dtype(dtype).itemsize
-        if len(raw) != int(np.prod(shape)) * itemsize:
+        if len(raw) != math.prod(shape) * itemsize:
             raise bad_request("bad_shape", f"{len(raw)} bytes do not make a {tensor.get('datatype')} tensor {shape}")
         return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
     data = tensor.get("data")
     if data is None:
         raise bad_request("no_data", "the input has neither 'data' nor binary data")
+    if not isinstance(data, list):
+        raise bad_request("bad_data", "input 'data' must be a list of numbers")
     try:
         array = np.asarray(data, dtype=np.float64)  # checked for range and NaN before the uint8 cast
-        return array.reshape(shape)
-    except (ValueError, TypeError) as exc:
-        raise bad_request("bad_data", f"input data does not make a tensor of shape {shape}: {exc}") from None
+    except (ValueError, TypeError, OverflowError):
+        raise bad_request("bad_data", "input 'data' must be a (nested) list of numbers") from None
+    if array.size != math.prod(shape):
+        raise bad_request("bad_data", f"{array.size} values do not make a tensor of shape {shape}")
+    return array.reshape(shape)
 
 
 def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
     shape = shape_of(tensor)
-    count = int(np.prod(shape)) if shape else 0
+    count = math.prod(shape) if shape else 0
     if raw is not None:
         blobs, offset = [], 0
         while offset < len(raw):
@@ -320,8 +377,12 @@ def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
         data = tensor.get("data")
         if not isinstance(data, list):
             raise bad_request("no_data", "BYTES input needs 'data' (base64 strings) or binary data")
+        try:
+            items = np.asarray(data, dtype=object).reshape(-1).tolist()
+        except ValueError:
+            raise bad_request("bad_data", "BYTES 'data' must be a (nested) list of base64 strings") from None
         blobs = []
-        for index, item in enumerate(np.asarray(data, dtype=object).reshape(-1).tolist()):
+        for index, item in enumerate(items):
             try:
                 blobs.append(base64.b64decode(item, validate=True))
             except (binascii.Error, ValueError, TypeError):
@@ -341,22 +402,11 @@ def result_tensors(entry: ModelEntry, scored: Scored) -> dict[str, np.ndarray]:
     return tensors
 
 
-def respond(entry: ModelEntry, header: dict, parameters: dict, scored: Scored) -> Response:
+def respond(entry: ModelEntry, parsed: InferRequest, scored: Scored) -> Response:
     tensors = result_tensors(entry, scored)
-    binary_default = bool(parameters.get("binary_data_output", False))
-    requested = header.get("outputs")
-    if requested is None:
-        wanted = [(name, binary_default) for name in tensors]
-    else:
-        if not isinstance(requested, list):
-            raise bad_request("bad_outputs", "'outputs' must be a list")
-        wanted = []
-        for item in requested:
-            name = item.get("name") if isinstance(item, dict) else None
-            if name not in tensors:
-                why = " (this model is not calibrated)" if name in ("p_value", "ood") else ""
-                raise bad_request("unknown_output", f"no output {name!r}{why}; outputs are {list(tensors)}")
-            wanted.append((name, bool((item.get("parameters") or {}).get("binary_data", binary_default))))
+    wanted = parsed.outputs
+    if wanted is None:
+        wanted = [(name, parsed.binary_default) for name in tensors]
     outputs, blobs = [], []
     for name, as_binary in wanted:
         array = tensors[name]
@@ -378,9 +428,9 @@ def respond(entry: ModelEntry, header: dict, parameters: dict, scored: Scored) -
     }
     if scored.decision is not None:
         content["parameters"]["decision"] = scored.decision
-    if "id" in header:
-        content["id"] = header["id"]
-    document = json.dumps(content, separators=(",", ":")).encode()
+    if parsed.id is not None:
+        content["id"] = parsed.id
+    document = json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return Response(document, media_type="application/json")
     return Response(

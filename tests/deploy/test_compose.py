@@ -122,3 +122,12 @@ def test_every_oodgate_service_gets_its_shutdown_budget_before_sigkill(compose):
         settings = Settings(**{k[len("OODGATE_") :].lower(): v for k, v in environment(service).items()})
         grace = service["stop_grace_period"]
         assert grace.endswith("s") and float(grace[:-1]) >= shutdown_budget_s(settings), name
+
+def test_api_tokens_reach_every_oodgate_as_a_secret_file(compose):
+    """Both oodgate processes read bearer tokens from a compose secret (from the environment, not the repo)."""
+    secret = compose["secrets"]["oodgate_api_tokens"]
+    assert set(secret) == {"environment"}  # no file with a token in the repository
+    for name in ("oodgate", "classifier-sidecar"):
+        service = compose["services"][name]
+        assert service["secrets"] == ["oodgate_api_tokens"]
+        assert environment(service)["OODGATE_API_TOKENS_FILE"] == "/run/secrets/oodgate_api_tokens"

@@ -47,7 +47,7 @@ def test_core_objects_validate_strictly(objects):
             continue
         kubernetes_validate.validate(obj, version, strict=True)  # raises ValidationError
         checked += 1
-    assert checked == 7  # Namespace, ConfigMap, 2 Deployments, 2 Services, HPA
+    assert checked == 8  # Namespace, ConfigMap, Secret, 2 Deployments, 2 Services, HPA
 
 
 def test_service_monitor_structure(objects):
@@ -122,3 +122,23 @@ def test_sidecar_example_is_one_pod_with_loopback_upstream(objects):
     service = find(objects, "Service", "fashion-classifier")
     assert service["spec"]["ports"][0]["targetPort"] == containers["oodgate"]["ports"][0]["name"]
     assert containers["oodgate"]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+@pytest.mark.parametrize("name", ["oodgate", "fashion-classifier"])
+def test_api_tokens_come_from_the_secret_as_a_file(objects, name, tmp_path):
+    """Every oodgate container reads its bearer tokens from the mounted Secret, which ships with none (401s)."""
+    from service.api.auth import read_tokens_file
+
+    secret = find(objects, "Secret", "oodgate-api-tokens")
+    pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+    container = oodgate_container(find(objects, "Deployment", name))
+    path = next(e["value"] for e in container["env"] if e["name"] == "OODGATE_API_TOKENS_FILE")
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    key = path[len(mount["mountPath"]) + 1 :]
+    (tmp_path / "tokens").write_text(secret["stringData"][key])
+    assert read_tokens_file(tmp_path / "tokens") == []  # no default token anyone could know
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"].startswith("/v2/health/")  # open without a token

@@ -182,3 +182,17 @@ def calibrated_root(tmp_root: Path, tiny_root: Path) -> Path:
 def multipart_files(images: np.ndarray) -> list:
     """httpx ``files=`` for a stack of uint8 images, each sent as a PNG part named ``files``."""
     return [("files", (f"{i}.png", png(x), "image/png")) for i, x in enumerate(images)]
+
+
+def raw_http(port: int, request: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+    """Send ``request`` byte for byte (no client normalises its path) and read to EOF: (status, body).
+
+    The request should carry ``Connection: close`` so the server ends the answer with the connection.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

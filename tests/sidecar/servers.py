@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 # one loopback server helper for every test package; re-exported for the sidecar and deploy tests
-from tests.service.serving import LiveServer, free_port, wait_for  # noqa: F401
+from tests.service.serving import LiveServer, free_port, raw_http, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -33,6 +33,30 @@ def default_model_calibrated() -> bool:
         return bool(load_manifest(DEFAULT_BUNDLE, verify=False).calibration)
     except ArtifactError:
         return False
+
+
+class Recording:
+    """ASGI wrapper keeping the raw path of every HTTP request that reaches the wrapped app."""
+
+    def __init__(self, app) -> None:
+        self.app, self.paths = app, []
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.paths.append(scope["raw_path"].decode("latin-1"))
+        await self.app(scope, receive, send)
+
+
+def recorded_classifier() -> LiveServer:
+    """The demo classifier on loopback, every request it gets recorded in ``server.recording``."""
+    recording = Recording(classifier_app())
+    server = LiveServer(recording).start(health="/health")
+    server.recording = recording
+    return server
 
 
 def default_models_root(tmp_path: Path) -> Path:

@@ -19,7 +19,6 @@ from service.app import create_app
 from service.settings import Settings
 from tests.sidecar.servers import (
     LiveServer,
-    classifier_app,
     default_model_calibrated,
     default_models_root,
     images,
@@ -29,38 +28,10 @@ REAL = default_model_calibrated()
 needs_real_model = pytest.mark.skipif(not REAL, reason="models/fashion-glow/1 is not committed and calibrated yet")
 
 
-class Counting:
-    """ASGI wrapper counting the HTTP requests that reach the classifier."""
-
-    def __init__(self, app) -> None:
-        self.app, self.count = app, 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            self.count += 1
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture(scope="module")
-def classifier():
-    counting = Counting(classifier_app())
-    server = LiveServer(counting).start(health="/health")
-    server.counting = counting
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory, request):
-    if REAL:
-        return default_models_root(tmp_path_factory.mktemp("default"))
-    return request.getfixturevalue("calibrated_tiny")
-
-
-@pytest.fixture(scope="module")
-def gate(classifier, models_root):
+def gate(classifier, gate_models_root):
     settings = Settings(
-        models_root=models_root,
+        models_root=gate_models_root,
         runtime="onnx",
         log_level="warning",
         decode_threads=1,
@@ -68,6 +39,7 @@ def gate(classifier, models_root):
         upstream=classifier.url,
         sidecar_policy="block",
         sidecar_paths="/predict,/nope",
+        sidecar_passthrough_paths="/nope",
     )
     server = LiveServer(create_app(settings)).start()
     yield server
@@ -133,14 +105,14 @@ def test_mnist_digits_are_blocked_before_the_classifier(gate, classifier):
     blocked = 0
     for name, png in images("mnist_"):
         expected = verdict(gate, png)
-        before = classifier.counting.count
+        before = classifier.recording.count
         response = via_gate(gate, png)
         if not expected["ood"]:
             assert response.status_code == 200, name
             continue
         blocked += 1
         assert response.status_code == 422, (name, response.text)
-        assert classifier.counting.count == before, "a blocked request reached the classifier"
+        assert classifier.recording.count == before, "a blocked request reached the classifier"
         body = response.json()
         assert body["error"]["code"] == "out_of_distribution"
         assert body["error"]["index"] == 0
@@ -181,7 +153,7 @@ def test_classifier_errors_pass_through_untouched(gate, classifier, policy):
     assert response.status_code == reference.status_code == 422
     assert response.content == reference.content
     assert response.json()["error"]["code"] == "bad_top_k"
-    missing = httpx.get(f"{gate.url}/nope")  # no image: forwarded unscored, the classifier's 404 comes back
+    missing = httpx.get(f"{gate.url}/nope")  # no image on a pass-through path: forwarded unscored, 404 comes back
     assert missing.status_code == 404
     assert missing.content == httpx.get(f"{classifier.url}/nope").content
 
@@ -226,12 +198,12 @@ def test_fdr_policy_blocks_when_any_image_is_a_bh_discovery(gate, classifier):
             files = [("files", (name, png, "image/png")) for name, png in chosen]
             reference = httpx.post(f"{gate.url}/score", params={"fdr": 0.1}, files=files, timeout=60).json()
             discoveries = [r["ood"] for r in reference["results"]]
-            before = classifier.counting.count
+            before = classifier.recording.count
             response = httpx.post(f"{gate.url}/predict", files=files, timeout=60)
             if not any(discoveries):
-                assert response.status_code == 200 and classifier.counting.count == before + 1
+                assert response.status_code == 200 and classifier.recording.count == before + 1
                 continue
-            assert response.status_code == 422 and classifier.counting.count == before
+            assert response.status_code == 422 and classifier.recording.count == before
             body = response.json()
             assert [r["ood"] for r in body["results"]] == discoveries
             assert body["decision"] == reference["decision"]

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from service.app import create_app
 from service.settings import Settings
-from tests.sidecar.servers import LiveServer, free_port, images
+from tests.sidecar.servers import LiveServer, free_port, images, raw_http
 
 
 async def echo(request: Request) -> Response:
@@ -146,14 +146,8 @@ def test_end_to_end_headers_pass_hop_by_hop_do_not(client):
 
 def test_no_default_headers_are_added(gate):
     """A raw request with only Host: the upstream sees no Accept-Encoding or User-Agent invented by the proxy."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
-        sock.sendall(b"GET /bare HTTP/1.1\r\nHost: gate\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    echoed = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    _, body = raw_http(gate.port, b"GET /bare HTTP/1.1\r\nHost: gate\r\nConnection: close\r\n\r\n")
+    echoed = json.loads(body)
     assert sorted(headers_of(echoed)) == ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
 
 
@@ -225,6 +219,7 @@ def test_paths_outside_the_proxied_set_get_404(upstream, calibrated_tiny):
         log_level="warning",
         upstream=upstream.url,
         sidecar_paths="/predict,/v1/*",
+        sidecar_passthrough_paths="/v1/*",
     )
     server = LiveServer(create_app(settings)).start()
     try:
@@ -239,7 +234,11 @@ def test_paths_outside_the_proxied_set_get_404(upstream, calibrated_tiny):
 def test_unreachable_upstream_is_502(calibrated_tiny):
     port = free_port()  # nothing listens here
     settings = Settings(
-        models_root=calibrated_tiny, runtime="onnx", log_level="warning", upstream=f"http://127.0.0.1:{port}"
+        models_root=calibrated_tiny,
+        runtime="onnx",
+        log_level="warning",
+        upstream=f"http://127.0.0.1:{port}",
+        sidecar_passthrough_paths="/predict",
     )
     server = LiveServer(create_app(settings)).start()
     try:
