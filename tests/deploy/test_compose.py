@@ -123,6 +123,7 @@ def test_every_oodgate_service_gets_its_shutdown_budget_before_sigkill(compose):
         grace = service["stop_grace_period"]
         assert grace.endswith("s") and float(grace[:-1]) >= shutdown_budget_s(settings), name
 
+
 def test_api_tokens_reach_every_oodgate_as_a_secret_file(compose):
     """Both oodgate processes read bearer tokens from a compose secret (from the environment, not the repo)."""
     secret = compose["secrets"]["oodgate_api_tokens"]
