@@ -228,6 +228,8 @@ class ModelRepository:
             return BUNDLED_DEFAULT_MODEL
         if len(names) == 1:
             return names[0]
+        if not names:  # every model unloaded: nothing to name, and nothing a default could mean
+            raise ServiceError(404, "unknown_model", "this server serves no model now; load one first")
         raise ServiceError(
             400,
             "model_required",

@@ -229,7 +229,7 @@ INFER_HEADER = {
 SCORING_ERRORS = (400, 404, 413, 415, 422, 500, 503, 504)
 LOOKUP_ERRORS = (404, 500)
 PLAIN_ERRORS = (500,)
-ADMIN_ERRORS = (401, 403, 404, 409, 422, 500)  # 401/403 from the admin token, whatever api_tokens say
+ADMIN_ERRORS = (400, 401, 403, 404, 409, 422, 500)  # 400 model_required; 401/403 from the admin token
 
 
 def ref(name: str) -> dict:
@@ -278,6 +278,9 @@ def describe(path: str, method: str, operation: dict, protected: bool) -> None:
         errors = LOOKUP_ERRORS if "{name}" in path else PLAIN_ERRORS
     elif path.startswith(ADMIN_PREFIX):
         errors = ADMIN_ERRORS
+    elif path.startswith("/v2/repository/models/") and path.endswith(("/load", "/unload")):
+        responses["200"] = {"description": "Done: the model's versions serve (load) or stopped (unload). No body."}
+        errors = SCORING_ERRORS
     elif method in ("post", "put", "patch", "delete"):
         errors = SCORING_ERRORS  # an operation added later: document the full set rather than too little
     elif "{name}" in path:
