@@ -70,6 +70,9 @@ class TrainingData(BaseModel):
     test_source: str | None = Field(None, description="the in-distribution test set: its source kind ...")
     test_path: str | None = Field(None, description="... its path (never trained or calibrated on, only measured)")
     test_sha256: str | None = Field(None, description="... and the sha256 of its uint8 image array")
+    test_every: int | None = Field(
+        None, description="the test set is every k-th image of the data as read (index % k == 0), the rest trains"
+    )
 
 
 class Manifest(BaseModel):

@@ -5,7 +5,8 @@ commands' functions, with progress and a time budget:
 
 1. **read** the images (a folder of image files, recursive; an ``.npz``; an IDX
    file; CIFAR binary batches), inferring channels and size; mixed sizes are
-   refused unless ``--size`` says what to resize to;
+   refused unless ``--size`` says what to resize to. Without ``--test``, every
+   10th image (in the order read) is kept out as the test set;
 2. **plan**: cut the train / validation / holdout slices (in a seeded
    permutation, so a folder sorted by class still gives a holdout like the rest),
    pick an architecture preset that fits the image size, time how fast it trains
@@ -34,6 +35,7 @@ W (28x28: 2 levels; 32x32 and 24x24: 3).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -48,7 +50,7 @@ import yaml
 from service.artifact import MANIFEST_NAME, ArtifactError, load_manifest
 from training.architectures import FlowConfig, build_flow
 from training.config import DataConfig, RunConfig, TrainConfig
-from training.data import DatasetError, SliceSpec, detect_source, load_images, split_training_set
+from training.data import DatasetError, SliceSpec, detect_source, load_images, split_training_set, test_positions
 from training.flows import dequantize, initialize_actnorms
 
 PRESETS: dict[str, dict] = {
@@ -65,6 +67,7 @@ VALIDATION_SHARE, VALIDATION_RANGE = 0.07, (20, 2000)  # checkpoint selection
 AFTER_TRAINING_SHARE = 0.2  # of the budget, kept for export, calibration and evaluation
 MIN_TRAIN_MINUTES = 0.25
 PROBE_STEPS = 6  # optimizer steps timed to size the schedule
+TEST_EVERY = 10  # without --test, every 10th image (in the order read) is the test set
 BUDGET_USED = 0.98  # a run that trained this share of its minutes is done, even short of the planned steps
 
 
@@ -134,6 +137,10 @@ def data_config(options: BuildOptions) -> tuple[DataConfig, np.ndarray]:
     images = load_images(source, options.images, options.channels, options.size)
     channels = int(images.shape[1])
     test_source = detect_source(options.test) if options.test else None
+    test_every = None if options.test else TEST_EVERY  # no test set given: cut one, as the clip-art split is cut
+    if test_every:
+        log(f"no --test set: every {test_every}th image (index % {test_every} == 0) is kept out as the test set")
+        images = images[~test_positions(len(images), test_every)]
     config = DataConfig(
         source=source,
         path=str(options.images),
@@ -141,6 +148,7 @@ def data_config(options: BuildOptions) -> tuple[DataConfig, np.ndarray]:
         size=tuple(int(s) for s in images.shape[2:]),
         test_source=test_source,
         test_path=str(options.test) if options.test else None,
+        test_every=test_every,
         slices=slice_spec(len(images)),
     )
     return config, images
@@ -295,7 +303,10 @@ def evaluate_stage(options: BuildOptions) -> None:
 
     report_dir = options.bundle_dir / "report"
     report, manifest = report_dir / "README.md", options.bundle_dir / MANIFEST_NAME
-    if report.exists() and report.stat().st_mtime >= manifest.stat().st_mtime:
+    asked = json.dumps({"test": options.test, "ood": options.ood or {}}, sort_keys=True)
+    record = options.run_dir / "evaluated.json"  # what the last report was made of
+    current = report.exists() and report.stat().st_mtime >= manifest.stat().st_mtime
+    if current and record.exists() and record.read_text() == asked:
         log(f"evaluate: {report_dir} is current")
         return
     result = evaluate_bundle(
@@ -310,6 +321,7 @@ def evaluate_stage(options: BuildOptions) -> None:
         set_default=True,
         command=options.command,
     )
+    record.write_text(asked)
     log(f"evaluate: report in {report_dir}; default score {result.recommended}")
 
 

@@ -34,7 +34,7 @@ from service.ood import (
     CalibrationError,
     Detector,
 )
-from training.data import DatasetError, SliceSpec, load_images, load_npz, sha256_array, slice_order
+from training.data import DatasetError, load_npz, recorded_training_split, sha256_array
 from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
 
 
@@ -43,12 +43,9 @@ def load_holdout(manifest: Manifest) -> np.ndarray:
     data = manifest.data
     if data is None or "holdout" not in data.slices:
         raise DatasetError("the manifest records no held-out slice; pass --holdout IMAGES.npz")
-    channels, height, width = manifest.input.shape
-    images = load_images(data.source, data.path, channels, (height, width), split=data.split)
-    seed = getattr(data, "slice_seed", None)
-    order = slice_order(len(images), SliceSpec(validation=0, holdout=0, shuffle_seed=seed))
+    images = recorded_training_split(data, tuple(manifest.input.shape))  # in the order the slices count
     start, stop = data.slices["holdout"]
-    holdout = images[order[start:stop]]
+    holdout = images[start:stop]
     digest = sha256_array(holdout)
     if digest != data.holdout_sha256:
         raise DatasetError(

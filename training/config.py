@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training.architectures import FlowConfig
-from training.data import FASHION_MNIST_DIR, SliceSpec, load_images
+from training.data import FASHION_MNIST_DIR, SliceSpec, load_images, test_positions
 
 
 class DataConfig(BaseModel):
@@ -42,18 +42,30 @@ class DataConfig(BaseModel):
         description="the in-distribution test set, only ever measured on (test bpd, realized FPR); "
         "fashion-mnist reads its own test split when this is unset",
     )
+    test_every: int | None = Field(
+        None,
+        ge=2,
+        description="no separate test set: every k-th image of path (index % k == 0, in the order read) is the "
+        "test set, never trained or calibrated on, and the others are the training split",
+    )
     slices: SliceSpec = SliceSpec()
 
     def load(self) -> np.ndarray:
         """The training split as uint8 [N, C, H, W], read and converted as configured."""
-        return load_images(self.source, self.path, self.channels, self.size, split="train")
+        images = load_images(self.source, self.path, self.channels, self.size, split="train")
+        if self.test_every:
+            images = images[~test_positions(len(images), self.test_every)]
+        return images
 
     def load_test(self, input_shape: tuple[int, int, int] | None = None) -> np.ndarray | None:
         """The in-distribution test set, fitted to ``input_shape`` (the model's); None when there is none."""
         source = self.test_source or self.source
+        channels, size = (input_shape[0], tuple(input_shape[1:])) if input_shape else (self.channels, self.size)
+        if self.test_every:
+            images = load_images(self.source, self.path, channels, size, split="train")
+            return images[test_positions(len(images), self.test_every)]
         if self.test_path is None and source != "fashion-mnist":
             return None
-        channels, size = (input_shape[0], tuple(input_shape[1:])) if input_shape else (self.channels, self.size)
         return load_images(source, self.test_path or self.path, channels, size, split="test")
 
 

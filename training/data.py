@@ -344,3 +344,31 @@ def split_training_set(images: np.ndarray, spec: SliceSpec) -> Slices:
 
 def sha256_array(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def test_positions(n: int, every: int) -> np.ndarray:
+    """Which of ``n`` images are the test set when it is cut as every ``every``-th (index % every == 0)."""
+    return np.arange(n) % every == 0
+
+
+def recorded_training_split(data, shape: tuple[int, int, int]) -> np.ndarray:
+    """A manifest's training split (``service.artifact.TrainingData``), in the order its slice ranges count.
+
+    Calibration, evaluation and the likelihood figure all re-read the held-out and
+    trained-on slices through this, so they see exactly the images export hashed.
+    """
+    images = load_images(data.source, data.path, shape[0], tuple(shape[1:]), split=data.split)
+    if data.test_every:
+        images = images[~test_positions(len(images), data.test_every)]
+    return images[slice_order(len(images), SliceSpec(validation=0, holdout=0, shuffle_seed=data.slice_seed))]
+
+
+def recorded_test_split(data, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """A manifest's in-distribution test set when it records one it can re-read; None when it records none."""
+    if data.test_every:
+        images = load_images(data.source, data.path, shape[0], tuple(shape[1:]), split=data.split)
+        return images[test_positions(len(images), data.test_every)]
+    if data.test_path:
+        source = data.test_source or data.source
+        return load_images(source, data.test_path, shape[0], tuple(shape[1:]), split="test")
+    return None

@@ -34,7 +34,7 @@ import numpy as np
 
 from service.artifact import ArtifactError
 from service.ood import Detector, conformal_p_values
-from training.data import DatasetError
+from training.data import DatasetError, recorded_test_split
 from training.metrics import auroc, flag_rate, fpr_at_tpr
 from training.ood_sets import (
     BUILTIN_SETS,
@@ -206,9 +206,14 @@ def in_distribution_images(bundle: Bundle, path: str | None) -> tuple[np.ndarray
     if path:
         return read_images(path, shape), f"in-distribution test images from {path}"
     data = bundle.manifest.data
+    if data is not None and data.test_every:
+        images = recorded_test_split(data, shape)
+        return images, (
+            f"the bundle's recorded test set: every {data.test_every}th image of {data.path} "
+            "(never trained on, never calibrated on)"
+        )
     if data is not None and data.test_path and data.test_source != FASHION_MNIST:
-        source = data.test_source or data.source
-        images = read_images(data.test_path, shape, source=source, split="test")
+        images = recorded_test_split(data, shape)
         return images, f"the bundle's recorded test set {data.test_path} (never trained on, never calibrated on)"
     if data is not None and FASHION_MNIST in (data.source, data.test_source):
         images = read_images(data.test_path or data.path, shape, source=FASHION_MNIST, split="test")

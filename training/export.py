@@ -228,7 +228,7 @@ def data_record(config, images: np.ndarray, slices) -> TrainingData:
     """What the manifest says about the training data: enough to re-read the same slices and test set."""
     data = config.data
     test_sha256 = None
-    if data.test_path is not None or (data.test_source or data.source) == "fashion-mnist":
+    if data.test_every or data.test_path is not None or (data.test_source or data.source) == "fashion-mnist":
         test = data.load_test(tuple(images.shape[1:]))
         test_sha256 = sha256_array(test) if test is not None else None
     return TrainingData(
@@ -244,6 +244,7 @@ def data_record(config, images: np.ndarray, slices) -> TrainingData:
         test_source=data.test_source or (data.source if data.test_path or data.source == "fashion-mnist" else None),
         test_path=data.test_path or (data.path if data.source == "fashion-mnist" else None),
         test_sha256=test_sha256,
+        test_every=data.test_every,
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError, Manifest
-from training.data import DatasetError, SliceSpec, slice_order
+from training.data import DatasetError, recorded_test_split, recorded_training_split
 from training.ood_sets import FASHION_MNIST, Context, SetUnavailable, mnist, read_images
 from training.scoring import open_bundle, run_statistics
 
@@ -42,17 +42,15 @@ def fashion_sets(manifest: Manifest, train_images: int) -> dict[str, np.ndarray]
 def recorded_sets(manifest: Manifest, train_images: int) -> dict[str, np.ndarray]:
     """The train and holdout slices of the recorded training data, and the recorded test set if any."""
     data, shape = manifest.data, tuple(manifest.input.shape)
-    images = read_images(data.path, shape, source=data.source, split=data.split)
-    # the slices count positions in the recorded order (a seeded permutation, if one was used)
-    images = images[slice_order(len(images), SliceSpec(validation=0, holdout=0, shuffle_seed=data.slice_seed))]
+    images = recorded_training_split(data, shape)  # in the order the slice ranges count
     (start, stop), (h_start, h_stop) = data.slices["train"], data.slices["holdout"]
     sets = {
         f"{manifest.name}-train": images[start:stop][:train_images],
         f"{manifest.name}-holdout": images[h_start:h_stop],
     }
-    if data.test_path:
-        source = data.test_source or data.source
-        sets[f"{manifest.name}-test"] = read_images(data.test_path, shape, source=source, split="test")
+    test = recorded_test_split(data, shape)
+    if test is not None:
+        sets[f"{manifest.name}-test"] = test
     return sets
 
 

@@ -81,6 +81,7 @@ def test_rerunning_resumes_and_redoes_nothing(built, capsys):
     assert (bundle_dir / "manifest.json").stat().st_mtime == before
     err = capsys.readouterr().err
     assert "train: done earlier" in err and "export: " in err and "is current" in err
+    assert "evaluate: " in err and "report is current" in err
 
 
 def test_mixed_sizes_are_refused_with_a_clear_error(tmp_path, capsys):
@@ -103,3 +104,27 @@ def test_presets_fit_the_image_size_and_slices_fit_the_data():
 def test_a_build_options_object_names_its_directories(tmp_path):
     options = BuildOptions(images="x", name="m", version="2", models_root=str(tmp_path), runs_root="r")
     assert options.bundle_dir == tmp_path / "m" / "2" and str(options.run_dir) == "r/m/2"
+
+
+def test_a_gray_folder_without_a_test_set_gets_a_gray_model_and_a_cut_test_set(tmp_path):
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "gray"
+    folder.mkdir()
+    for i in range(300):
+        Image.fromarray(np.clip(rng.normal(128, 30, (16, 16)), 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    options = BuildOptions(
+        images=str(folder),
+        name="tiny-gray",
+        minutes=0.2,
+        models_root=str(tmp_path / "models"),
+        runs_root=str(tmp_path / "runs"),
+        preset="tiny",
+        threads=1,
+        progress=False,
+    )
+    manifest = json.loads((build(options) / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [1, 16, 16] and manifest["input"]["color_mode"] == "L"
+    data = manifest["data"]
+    assert data["test_every"] == 10 and data["test_sha256"]
+    assert data["slices"]["holdout"][1] == 270  # 300 images less the 30 of the test set
+    assert "every 10th image" in (options.bundle_dir / "report" / "README.md").read_text()
