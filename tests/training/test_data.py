@@ -180,3 +180,13 @@ def test_shuffled_slices_are_a_fixed_permutation():
     assert sorted(np.concatenate([slices.train, slices.validation, slices.holdout]).ravel()) == list(range(100))
     assert slices.holdout.ravel().tolist() != list(range(80, 100))  # not the last positions
     np.testing.assert_array_equal(split_training_set(images, spec).holdout, slices.holdout)
+
+
+def test_converting_colour_images_to_gray_is_announced(tmp_path, capsys):
+    colour = np.random.default_rng(8).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    for i, image in enumerate(colour):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    assert load_images("folder", tmp_path, channels=1).shape == (2, 1, 4, 4)
+    assert "holds colour images; converting them to 1 channel" in capsys.readouterr().err
+    assert load_images("folder", tmp_path).shape == (2, 3, 4, 4)
+    assert capsys.readouterr().err == ""
