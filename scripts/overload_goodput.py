@@ -106,6 +106,13 @@ def main() -> int:
     parser.add_argument(
         "--honor-retry-after", action="store_true", help="clients wait out a 503's Retry-After (as they should)"
     )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="lower the load generator's CPU priority by this much (19: the server, started first at normal "
+        "priority, gets the CPU it needs, as with the generator on another machine)",
+    )
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -123,6 +130,8 @@ def main() -> int:
             if time.monotonic() > end or proc.poll() is not None:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.2)
+        if args.client_nice:
+            os.nice(args.client_nice)  # this process only: the server keeps its priority
         body, content_type = multipart_body(args.images)
         results = []
         for name, clients in (
