@@ -17,20 +17,29 @@ and the calibration set are exchangeable (i.i.d. from one distribution).
 
 **Calibration-conditional flags** (:func:`conditional_rank`). The marginal
 bound is an average over calibration sets: for *this* calibration set the
-false-positive rate of ``p <= k/(n+1)`` is ``V_(k)``, the k-th smallest of n
+false-positive rate of ``p <= r/(n+1)`` is ``V_(r)``, the r-th smallest of n
 uniform variables (``V_i = P(S > s_i)``, the in-distribution tail probability
-of the i-th calibration score), which is Beta(k, n + 1 - k) and exceeds alpha
-with probability ``P(Bin(n, alpha) < k)``. Flagging at the largest k with
-``P(Bin(n, alpha) >= k) >= 1 - delta`` therefore gives a false-positive rate
-``<= alpha`` with probability ``>= 1 - delta`` over the calibration draw, exactly
-and with no slack but the discreteness of k. This is the fixed-level form of the
-calibration-conditional correction of Bates et al. 2023 (Section 3; the same
-binomial correction is Vovk 2012, "Conditional validity of inductive conformal
-predictors", for prediction sets). It is exact for one alpha at a time, which is
-what a request asks for; their simultaneous version (a DKW or Simes band over
-every threshold) is looser at each single alpha, so it is not used. Assumes
-continuous scores (the flow's are) and exchangeability as above. The default
-delta is :data:`DEFAULT_CONDITIONAL_DELTA` (0.1).
+of the i-th calibration score). Bates, Candès, Lei, Romano, Sesia 2023 (Section
+3) make the p-values calibration-conditional with a *simultaneous* upper band
+``b_1 <= ... <= b_n`` for the order statistics of n uniforms,
+``P(U_(i) <= b_i for every i) >= 1 - delta``: the adjusted p-value of a plain
+``r/(n+1)`` is ``b_r`` (1 for r = n + 1), and then, with probability at least
+``1 - delta`` over the calibration draw, ``P(adjusted p <= t | cal) <= t`` for
+*every* t at once. Their Simes band (:func:`simes_band`, with their default
+``k = n/2``) is ``b_{n+1-i} = 1 - a_i``,
+``a_i = delta^(1/k) (i (i-1) ... (i-k+1) / (n (n-1) ... (n-k+1)))^(1/k)`` for
+``i >= k`` and ``a_i = 0`` below (so ``b = 1`` for the top ``k - 1`` ranks).
+The flag ``adjusted p <= alpha`` is the plain flag at rank
+``k_alpha = max{r: b_r <= alpha}`` (:func:`conditional_rank`), so the service
+keeps comparing the plain p-value with a cutoff ``k_alpha / (n+1)``. Because the
+band holds at every threshold at once, the false-positive rate stays below alpha
+by a margin the test set's own sampling noise does not eat: the exact
+single-alpha correction (the largest k with ``P(Bin(n, alpha) >= k) >= 1 -
+delta``; Vovk 2012) bounds the *population* FPR by delta with no slack, so a
+finite test set's *realized* FPR exceeded alpha in more than a share delta of
+calibration draws (docs/ood-report/guarantees.md, before this band). The price
+is fewer flags at each alpha. Assumes continuous scores (the flow's are) and
+exchangeability as above. The default delta is :data:`DEFAULT_CONDITIONAL_DELTA` (0.1).
 
 **Anytime-valid drift alarm** (:class:`DriftMartingale`). A conformal test
 martingale (Vovk, Nouretdinov, Gammerman 2003, "Testing exchangeability
@@ -128,7 +137,11 @@ def benjamini_hochberg(p_values: Iterable[float], q: float) -> np.ndarray:
 
 
 def binomial_upper_tail(n: int, alpha: float) -> np.ndarray:
-    """``P(Bin(n, alpha) >= k)`` for k = 0 .. n + 1, from log-space pmf (no scipy in the service)."""
+    """``P(Bin(n, alpha) >= k)`` for k = 0 .. n + 1, from log-space pmf (no scipy in the service).
+
+    ``P(V_(k) > alpha) = P(Bin(n, alpha) < k)``: the chance that the flag at rank k
+    has a population FPR above alpha, which the evaluation reports beside the band.
+    """
     k = np.arange(n + 1, dtype=np.float64)
     # log C(n, k) = sum_{i <= k} log((n - i + 1) / i), one cumulative sum instead of 3n lgamma calls
     log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - k[1:] + 1) - np.log(k[1:]))])
@@ -137,16 +150,37 @@ def binomial_upper_tail(n: int, alpha: float) -> np.ndarray:
     return np.minimum(np.append(tail, 0.0), 1.0)
 
 
+def simes_band_lower(n: int, delta: float, k: int | None = None) -> np.ndarray:
+    """The Simes band's ``a_1 .. a_n`` (Bates et al. 2023, Sec 3): ``U_(n+1-i) <= 1 - a_i`` for all i w.p. >= 1 - delta.
+
+    ``a_i = delta^(1/k) (prod_{j=i-k+1}^{i} j / prod_{j=n-k+1}^{n} j)^(1/k)`` for
+    ``i >= k``, 0 below; ``k`` defaults to ``n // 2``, the paper's choice.
+    """
+    delta = check_level(delta, "delta")
+    n = int(n)
+    k = max(1, n // 2) if k is None else min(max(1, int(k)), n)
+    log_j = np.log(np.arange(1, n + 1, dtype=np.float64))
+    windows = np.convolve(log_j, np.full(k, 1.0 / k), mode="valid")  # mean log j over j = i-k+1 .. i, i = k .. n
+    a = np.exp(windows + math.log(delta) / k - log_j[n - k :].mean())
+    return np.concatenate([np.zeros(k - 1), a])
+
+
+def simes_band(n: int, delta: float, k: int | None = None) -> np.ndarray:
+    """``b_1 .. b_n``: the calibration-conditional p-value of the plain p-value ``r/(n+1)`` is ``b_r``."""
+    return 1.0 - simes_band_lower(n, delta, k)[::-1]
+
+
 @functools.lru_cache(maxsize=256)
 def conditional_rank(n: int, alpha: float, delta: float) -> int:
-    """The largest k with ``P(Bin(n, alpha) >= k) >= 1 - delta`` (0: no flag is safe at this n).
+    """The largest rank r with ``b_r <= alpha`` on the Simes band (0: no flag is safe at this n).
 
-    Flagging ``p <= k / (n + 1)`` then has false-positive rate ``V_(k) <= alpha``
-    with probability at least ``1 - delta`` over the calibration draw.
+    Flagging ``p <= r / (n + 1)`` is flagging the calibration-conditional p-value
+    ``<= alpha``: false-positive rate ``V_(r) <= b_r <= alpha`` with probability
+    at least ``1 - delta`` over the calibration draw (and at every alpha at once).
     """
-    alpha, delta = check_level(alpha, "alpha"), check_level(delta, "delta")
-    tail = binomial_upper_tail(int(n), alpha)
-    ok = np.nonzero(tail[1:] >= 1.0 - delta)[0]  # tail[1:][j] is k = j + 1
+    alpha = check_level(alpha, "alpha")
+    band = simes_band(int(n), delta)
+    ok = np.nonzero(band <= alpha)[0]
     return int(ok[-1] + 1) if len(ok) else 0
 
 

@@ -19,6 +19,8 @@ from service.guarantees import (
     conditional_rank,
     marginal_rank,
     p_value_threshold,
+    simes_band,
+    simes_band_lower,
     thresholds,
 )
 
@@ -65,36 +67,54 @@ def test_binomial_tail_matches_scipy():
         assert tail == pytest.approx(stats.binom.sf(k - 1, n, alpha), abs=1e-9)
 
 
-def test_conditional_rank_known_answer():
-    # n = 9, alpha = 0.5: P(Bin(9, .5) >= k) = 1 - 1/512, 1 - 10/512, 1 - 46/512 = .910, 1 - 130/512 = .746
-    assert conditional_rank(9, 0.5, 0.1) == 3  # .910 >= .9 but .746 < .9
-    assert conditional_rank(9, 0.5, 0.02) == 2  # 1 - 10/512 = .9805 >= .98
-    assert conditional_rank(9, 0.5, 0.015) == 1  # .9805 < .985
-    assert marginal_rank(9, 0.5) == 5  # the plain flag: p <= 5/10
-    assert p_value_threshold(9, 0.5, 0.1) == pytest.approx(0.3)
-    assert p_value_threshold(9, 0.5) == pytest.approx(0.5)
-    # too few calibration scores for any safe flag: (1 - 0.05)^20 = .36 > delta
+def test_simes_band_known_answer():
+    # n = 4, k = 2, delta = 0.1: a_i = sqrt(0.1) sqrt(i (i-1) / (4 * 3)) for i >= 2, a_1 = 0; b_r = 1 - a_{5-r}
+    a = math.sqrt(0.1) * np.sqrt(np.array([0.0, 2.0, 6.0, 12.0]) / 12.0)
+    assert simes_band_lower(4, 0.1) == pytest.approx(a)
+    assert simes_band(4, 0.1) == pytest.approx([0.683772, 0.776393, 0.870901, 1.0], abs=1e-6)
+    assert conditional_rank(4, 0.7, 0.1) == 1  # b_1 = .684 <= .7 < b_2
+    assert conditional_rank(4, 0.8, 0.1) == 2  # b_2 = .776 <= .8 < b_3 = .871
+    assert conditional_rank(4, 0.5, 0.1) == 0  # no rank is safe: b_1 > .5
+    assert marginal_rank(4, 0.8) == 4  # the plain flag: p <= 4/5
+    assert p_value_threshold(4, 0.8, 0.1) == pytest.approx(0.4)
+    assert p_value_threshold(4, 0.8) == pytest.approx(0.8)
+    # too few calibration scores for any safe flag
     assert conditional_rank(20, 0.05, 0.1) == 0
     assert thresholds(np.arange(21.0), 0.05, 0.1).score is None
-    # the k-th largest calibration score is where the flag starts
-    cal = np.arange(1.0, 10.0)  # 1..9
-    assert thresholds(cal, 0.5, 0.1).score == 7.0  # the 3rd largest: p <= 3/10 iff s > 7
-    assert thresholds(cal, 0.5).score == 5.0
+    # the r-th largest calibration score is where the flag starts
+    cal = np.arange(1.0, 5.0)  # 1..4
+    assert thresholds(cal, 0.8, 0.1).score == 3.0  # the 2nd largest: p <= 2/5 iff s > 3
+    assert thresholds(cal, 0.8).score == 1.0  # the plain rank 4: p <= 4/5 iff s > 1
+
+
+def test_simes_band_covers_uniform_order_statistics_simultaneously():
+    """P(U_(i) <= b_i for every i) >= 1 - delta (the Simes inequality), and the band is no wider than it must be."""
+    rng = np.random.default_rng(2)
+    n, delta, draws = 200, 0.1, 4000
+    band = simes_band(n, delta)
+    assert np.all(np.diff(band) >= 0)
+    u = np.sort(rng.random((draws, n)), axis=1)
+    missed = np.mean(np.any(u > band, axis=1))
+    assert missed <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+    assert missed >= delta / 4  # a real band at level delta, not a blanket margin
 
 
 def test_conditional_flags_hold_for_all_but_delta_of_calibration_sets():
     """Normal scores, so each calibration set's true FPR is exact: P(S > threshold)."""
     rng = np.random.default_rng(1)
-    n, alpha, delta, draws = 499, 0.05, 0.1, 3000
-    marginal, conditional = [], []
-    for _ in range(draws):
-        cal = np.sort(rng.normal(size=n))
-        marginal.append(stats.norm.sf(thresholds(cal, alpha).score))
-        conditional.append(stats.norm.sf(thresholds(cal, alpha, delta).score))
-    share = np.mean(np.array(conditional) > alpha)
-    assert share <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
-    assert share >= delta / 3  # the correction is tight, not a blanket margin
-    assert np.mean(np.array(marginal) > alpha) > 0.3  # the plain flag misses the conditional bound often
+    n, delta, draws = 499, 0.1, 2000
+    for alpha in (0.05, 0.2):
+        marginal, conditional = [], []
+        for _ in range(draws):
+            cal = np.sort(rng.normal(size=n))
+            marginal.append(stats.norm.sf(thresholds(cal, alpha).score))
+            conditional.append(stats.norm.sf(thresholds(cal, alpha, delta).score))
+        share = np.mean(np.array(conditional) > alpha)
+        assert share <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+        assert np.mean(np.array(marginal) > alpha) > 0.3  # the plain flag misses the conditional bound often
+        # simultaneous over alpha, so at one alpha it flags no more than the exact single-alpha binomial rank
+        exact = int(np.nonzero(stats.binom.sf(np.arange(n + 1) - 1, n, alpha) >= 1 - delta)[0][-1])
+        assert 0 < conditional_rank(n, alpha, delta) <= exact
 
 
 def test_every_bet_is_fair():
