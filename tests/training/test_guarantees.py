@@ -12,6 +12,7 @@ from service.artifact import load_manifest
 from service.ood import Detector
 from training.calibrate import calibrate_bundle
 from training.guarantees import (
+    FDR_LEVELS,
     NULL_FIXED,
     NULL_REDRAWN,
     calibration_parity,
@@ -19,8 +20,10 @@ from training.guarantees import (
     drift_experiment,
     fdr_experiment,
     main,
+    ood_set,
     population_share,
     realized_share,
+    redrawn_fdr,
 )
 from training.scoring import open_bundle
 
@@ -36,6 +39,18 @@ def test_fdr_bookkeeping_on_separable_scores():
         assert row.mean_power == 1.0 and row.mean_fdp <= row.q
         assert row.alpha_mean_power == 1.0
         assert row.alpha_mean_fdp > row.mean_fdp  # per-image alpha flags in-distribution images too
+
+
+def test_redrawn_fdr_counts_the_in_distribution_images_flagged():
+    """No OOD separation at all: every discovery is false, so the mean FDP is the share of batches with any."""
+    rng = np.random.default_rng(0)
+    same = rng.uniform(0, 1, 3000)
+    fdp = redrawn_fdr(np.sort(same[:999]), same[999:], rng.uniform(0, 1, 500), 200, 100, rng)
+    assert set(fdp) == set(FDR_LEVELS)
+    for q, value in fdp.items():
+        assert value <= q + 0.05  # OOD like in-distribution: FDR = P(any discovery) <= q (BH under the global null)
+    separable = redrawn_fdr(np.sort(same[:999]), same[999:], rng.uniform(5, 6, 500), 50, 100, rng)
+    assert all(value <= q for q, value in separable.items())
 
 
 def test_conditional_bookkeeping_matches_the_guarantee():
@@ -120,3 +135,16 @@ def test_parity_catches_a_calibration_that_is_not_the_holdouts(calibrated, tmp_p
     scores = score_images(bundle, detector, holdout, "holdout", None)
     assert calibration_parity(detector, scores) <= 1e-4
     assert calibration_parity(detector, scores + 0.01) > 1e-3
+
+
+def test_ood_set_reads_name_equals_path_or_a_builtin(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(7, 1, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "mine.npz", images=images)
+    mine = ood_set(f"mine={tmp_path / 'mine.npz'}", (1, 28, 28), images, seed=0)
+    assert mine.name == "mine" and mine.kind == "ood"
+    np.testing.assert_array_equal(mine.images, images)
+    assert ood_set("noise", (1, 28, 28), images, seed=0).name == "noise"
+    with pytest.raises(SystemExit, match="not a built-in set"):
+        ood_set("no-such-set", (1, 28, 28), images, seed=0)
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        ood_set("=nowhere.npz", (1, 28, 28), images, seed=0)
