@@ -497,6 +497,10 @@ def render(summary: dict) -> str:
             f"| drift: false alarms on {null['streams']} streams ({null['stream']}) <= {allowed} | "
             f"{'yes' if null['alarms'] <= allowed else 'no'} | {null['alarms']} |"
         )
+
+    def dash(value) -> str:
+        return "-" if value is None else f"{value:g}"
+
     for row in s["drift"][len(nulls) :]:
         detected = row["alarms"] - row["early_alarms"]
         every = detected == row["streams"]
@@ -504,12 +508,12 @@ def render(summary: dict) -> str:
             ok = every and row["delay_median"] is not None and row["delay_median"] <= 1000
             lines.append(
                 f"| drift: {row['stream']}: every stream detected, median delay <= 1,000 | {'yes' if ok else 'no'} | "
-                f"{detected}/{row['streams']} detected, median {row['delay_median']} |"
+                f"{detected}/{row['streams']} detected, median {dash(row['delay_median'])} |"
             )
         else:
             lines.append(
                 f"| drift: {row['stream']} (reported) | - | {detected}/{row['streams']} detected, median "
-                f"{row['delay_median']} |"
+                f"{dash(row['delay_median'])} |"
             )
     return "\n".join(lines) + "\n"
 
