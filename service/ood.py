@@ -33,9 +33,13 @@ Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
                       images that are too complex for their likelihood,
                       ``orientation`` upside-down ones, ``dose`` everything
                       else); opt-in at fit time, calibrated like every score
-``likelihood_ratio``  ``bpd - background bpd``, the background flow trained on
-                      noise-perturbed data (Ren et al. 2019); only for bundles
-                      that ship a background graph
+``likelihood_ratio``  ``bpd - background bpd``, with a second, *background* flow in the
+                      bundle: a general-domain flow of the same architecture trained on
+                      images in general (Schirrmeister et al. 2020; what ``oodgate-build``
+                      attaches), so what both flows learn from local pixel statistics
+                      cancels, or one trained on noise-perturbed in-distribution data
+                      (Ren et al. 2019); only for bundles that ship a background graph,
+                      and then one of ``combined``'s default parts
 
 Calibration is split conformal. The held-out slice (never trained on) is cut in
 two with a fixed seed: scores that need a fit (``typicality``, ``dose``) are
@@ -75,7 +79,8 @@ BACKGROUND_BPD = "background_bpd"
 VFLIP_BPD = "vflip_bpd"  # bpd of the image flipped vertically (runtime with orientation on)
 
 # in dependency order: `combined` comes after every score it may combine, so it reuses them
-SCORE_NAMES = ("bpd", "typicality", "complexity", "orientation", "dose", "combined", "likelihood_ratio")
+SCORE_NAMES = ("bpd", "typicality", "complexity", "orientation", "likelihood_ratio", "dose", "combined")
+COMBINABLE = tuple(name for name in SCORE_NAMES if name != "combined")
 NEEDS_FIT = frozenset({"typicality", "dose", "combined"})
 NEEDS_COMPLEXITY = frozenset({"complexity", "dose", "combined"})
 COMBINED_PARTS = ("dose", "complexity")  # the default, and what every format-1 calibration used
@@ -420,7 +425,8 @@ class Detector:
         and a calibration part; scores that need no fit calibrate on all of them.
         ``combined`` adds the ``combined`` score (its references come from the fit part)
         over ``combined_parts`` (default ``dose, complexity``, or ``dose, orientation``
-        when ``orientation`` is on), joined by ``combine_rule`` (``max`` or ``sum``).
+        when ``orientation`` is on, each plus ``likelihood_ratio`` when the bundle has a
+        background flow), joined by ``combine_rule`` (``max`` or ``sum``).
         """
         if combine_rule not in COMBINE_RULES:
             raise ValueError(f"combine_rule must be one of {COMBINE_RULES}, got {combine_rule!r}")
@@ -473,11 +479,12 @@ class Detector:
 
     def _combined_parts(self, parts: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
         if parts is None:
-            return ORIENTATION_COMBINED_PARTS if self.orientation else COMBINED_PARTS
+            parts = ORIENTATION_COMBINED_PARTS if self.orientation else COMBINED_PARTS
+            return parts + (("likelihood_ratio",) if self.background else ())
         parts = tuple(dict.fromkeys(parts))
         for part in parts:
-            if part == "combined" or part not in SCORE_NAMES:
-                raise ValueError(f"combined cannot combine {part!r}; choose among {list(SCORE_NAMES[:-2])}")
+            if part not in COMBINABLE:
+                raise ValueError(f"combined cannot combine {part!r}; choose among {list(COMBINABLE)}")
             if not self._has_inputs_for(part):
                 raise ValueError(f"combined cannot use {part!r}: this model's runtime does not give its inputs")
         if len(parts) < 2:

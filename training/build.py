@@ -49,6 +49,14 @@ import yaml
 
 from service.artifact import MANIFEST_NAME, ArtifactError, load_manifest
 from training.architectures import FlowConfig, build_flow
+from training.build_background import (
+    BACKGROUND_SHARE,
+    GENERAL_AUTO,
+    GENERAL_NONE,
+    attach_stage,
+    plan_background,
+    train_background,
+)
 from training.config import DataConfig, RunConfig, TrainConfig
 from training.data import DatasetError, SliceSpec, detect_source, load_images, split_training_set, test_positions
 from training.flows import dequantize, initialize_actnorms
@@ -88,6 +96,7 @@ class BuildOptions:
     channels: int | None = None
     size: tuple[int, int] | None = None
     preset: str = "auto"
+    general: str = GENERAL_AUTO  # general-domain mix for the background flow: auto (this machine's), none, or an .npz
     threads: int | None = None
     progress: bool = True
     command: str | None = None  # recorded in the report as what produced it
@@ -175,7 +184,13 @@ def images_per_second(flow_config: FlowConfig, train: np.ndarray, threads: int |
 
 
 def training_minutes(options: BuildOptions) -> float:
-    return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE))
+    """Minutes for the user's flow: the budget less what export, calibration, evaluation and the background take."""
+    share = 1.0 if options.general == GENERAL_NONE else 1.0 - BACKGROUND_SHARE
+    return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE) * share)
+
+
+def background_minutes(options: BuildOptions) -> float:
+    return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE) * BACKGROUND_SHARE)
 
 
 def plan(options: BuildOptions) -> RunConfig:
@@ -289,8 +304,17 @@ def build(options: BuildOptions) -> Path:
     started = time.monotonic()
     deadline = started + 60 * options.minutes
     config = plan(options)
-    checkpoint = train_stage(config, options, deadline)
+    background = None
+    if options.general != GENERAL_NONE:
+        steps = int(config.train.max_steps * background_minutes(options) / training_minutes(options))
+        background = plan_background(config, options.general, steps)
+    checkpoint = train_stage(config, options, deadline - 60 * background_minutes(options) * (background is not None))
+    background_checkpoint = None
+    if background is not None:
+        background_checkpoint = train_background(background, background_minutes(options), deadline, options.progress)
     export_stage(checkpoint, options)
+    if background_checkpoint is not None:
+        attach_stage(background_checkpoint, options.bundle_dir)  # drops the calibration: the stages after redo
     calibrate_stage(options)
     evaluate_stage(options)
     log(f"done in {time.monotonic() - started:.0f} s: serve it with  oodgate-serve --models-root {options.models_root}")
@@ -355,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, choices=(1, 3), help="convert to gray (1) or RGB (3)")
     parser.add_argument("--size", type=parse_size, help="resize every image to HxW (required for mixed sizes)")
     parser.add_argument("--preset", choices=("auto", *PRESETS), default="auto", help="architecture preset")
+    parser.add_argument(
+        "--general",
+        default=GENERAL_AUTO,
+        metavar="auto|none|PATH",
+        help="images in general for the background flow of likelihood_ratio: auto (built from this machine's "
+        "packages, training/general_images.py), none, or an .npz",
+    )
     parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (1 on a shared machine)")
     parser.add_argument("--no-progress", action="store_true", help="no live bars; stage lines stay")
     args = parser.parse_args(argv)
@@ -373,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         channels=args.channels,
         size=args.size,
         preset=args.preset,
+        general=args.general,
         threads=args.threads,
         progress=not args.no_progress,
         command="oodgate-build " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),

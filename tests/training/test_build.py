@@ -28,6 +28,17 @@ def colour_folder(root, n: int = 360, size: int = 16, seed: int = 0):
     return root
 
 
+def general_mix(path, n: int = 600, size: int = 16, seed: int = 3):
+    """Images "in general" for the background flow: pixel noise, noise blurred by a 2x upscale, flat colours."""
+    rng = np.random.default_rng(seed)
+    third = n // 3
+    noise = rng.integers(0, 256, (third, 3, size, size))
+    blurred = rng.integers(0, 256, (third, 3, size // 2, size // 2)).repeat(2, axis=2).repeat(2, axis=3)
+    flats = np.repeat(rng.integers(0, 256, (n - 2 * third, 3, 1, 1)), size, axis=2).repeat(size, axis=3)
+    np.savez(path, images=np.concatenate([noise, blurred, flats]).astype(np.uint8))
+    return path
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("build")
@@ -37,7 +48,8 @@ def built(tmp_path_factory):
         images=str(images),
         name="tiny-rgb",
         test=str(test),
-        minutes=0.3,
+        general=str(general_mix(tmp / "general.npz")),
+        minutes=0.4,
         models_root=str(tmp / "models"),
         runs_root=str(tmp / "runs"),
         preset="tiny",
@@ -60,6 +72,23 @@ def test_a_folder_of_rgb_images_builds_a_calibrated_rgb_bundle_with_its_report(b
     assert "levels: 3" in config and "hidden: 16" in config  # 16x16 squeezes three times
 
 
+def test_a_build_gets_a_general_domain_background_and_the_rule_picks_the_default(built):
+    options, bundle_dir = built
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert {"background_onnx", "background_torchscript"} <= set(manifest["files"])
+    assert manifest["training"]["background"]["kind"] == "general-domain"
+    assert manifest["training"]["background"]["mutation_rate"] == 0.0
+    calibration = manifest["calibration"]
+    assert "likelihood_ratio" in calibration["scores"]
+    assert "likelihood_ratio" in calibration["combined"]["parts"]
+    report = (bundle_dir / "report" / "README.md").read_text()
+    line = next(line for line in report.splitlines() if line.startswith("- default score of the bundle"))
+    assert line.count(f"**`{calibration['default_score']}`**") == 2  # the bundle's default is the rule's choice
+    # the background trained on the mix: same architecture as the model, no mutation
+    background = (options.run_dir / "background" / "config.yaml").read_text()
+    assert "hidden: 16" in background and "mutation_rate: 0.0" in background
+
+
 def test_the_built_bundle_is_served_with_no_further_step(built):
     options, bundle_dir = built
     app = create_app(settings(bundle_dir.parents[1]))
@@ -80,7 +109,8 @@ def test_rerunning_resumes_and_redoes_nothing(built, capsys):
     build(options)
     assert (bundle_dir / "manifest.json").stat().st_mtime == before
     err = capsys.readouterr().err
-    assert "train: done earlier" in err and "export: " in err and "is current" in err
+    assert "train: done earlier" in err and "background: trained earlier" in err
+    assert "export: " in err and "is current" in err
     assert "evaluate: " in err and "report is current" in err
 
 
@@ -115,6 +145,7 @@ def test_a_gray_folder_without_a_test_set_gets_a_gray_model_and_a_cut_test_set(t
     options = BuildOptions(
         images=str(folder),
         name="tiny-gray",
+        general="none",
         minutes=0.2,
         models_root=str(tmp_path / "models"),
         runs_root=str(tmp_path / "runs"),

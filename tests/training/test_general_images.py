@@ -1,0 +1,61 @@
+"""The general-domain mix: never a held-out set's source; gray and resized like the model's images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import training.general_images as general_images_module
+from training.build_background import GENERAL_NONE, fit_to, general_images
+from training.colour_sets import HELDOUT, NEAR, TUNE, IconFiles, SetSpec
+from training.general_images import GeneralSource, check_no_heldout_source, extra_sources, to_gray, tune_sources
+
+
+def test_the_mix_as_shipped_shares_no_source_with_a_held_out_set():
+    check_no_heldout_source(tune_sources() + extra_sources())
+
+
+def test_a_mix_with_a_held_out_source_is_refused(tmp_path, monkeypatch):
+    for folder in ("held/apps", "tune", "other"):
+        (tmp_path / folder).mkdir(parents=True)
+    specs = [
+        SetSpec("icons-held", NEAR, HELDOUT, "", "pkg", IconFiles((tmp_path / "held",), "pkg")),
+        SetSpec("icons-tune", NEAR, TUNE, "", "pkg", IconFiles((tmp_path / "tune",), "pkg")),
+    ]
+    monkeypatch.setattr(general_images_module, "default_sets", lambda: specs)
+    check_no_heldout_source([GeneralSource("ok", IconFiles((tmp_path / "tune", tmp_path / "other"), "pkg"))])
+    with pytest.raises(ValueError, match="icons-held"):
+        check_no_heldout_source([GeneralSource("same", IconFiles((tmp_path / "held",), "pkg"))])
+    with pytest.raises(ValueError, match="icons-held"):  # a folder inside a held-out theme is that theme
+        check_no_heldout_source([GeneralSource("inside", IconFiles((tmp_path / "held" / "apps",), "pkg"))])
+
+
+def test_no_tune_source_is_a_held_out_one_and_tango_is_left_out_of_the_tune_sets():
+    names = {part.name for part in tune_sources()}
+    assert names and all(name.endswith("-source") for name in names)
+    assert not any("moka" in n or "faenza" in n or "supertux" in n or "heldout" in n for n in names)
+
+
+def test_gray_is_pillows_luma():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (5, 3, 4, 4), dtype=np.uint8)
+    expected = np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).convert("L")) for im in rgb])[:, None]
+    np.testing.assert_array_equal(to_gray(rgb), expected)
+
+
+def test_square_mix_images_are_resized_to_a_non_square_model(tmp_path):
+    rng = np.random.default_rng(1)
+    square = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    out = fit_to(square, (3, 6, 4))
+    assert out.shape == (3, 3, 6, 4) and out.dtype == np.uint8
+    same = fit_to(square, (3, 8, 8))
+    assert same is square
+
+
+def test_a_named_mix_is_read_and_converted_and_none_means_none(tmp_path):
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "g.npz", images=rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8))
+    gray = general_images(str(tmp_path / "g.npz"), (1, 8, 8))
+    assert gray.shape == (6, 1, 8, 8)
+    assert general_images(GENERAL_NONE, (3, 8, 8)) is None
