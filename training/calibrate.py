@@ -66,7 +66,7 @@ def calibrate_bundle(
     default_alpha: float = DEFAULT_ALPHA,
     combined: bool = True,
     combined_parts: tuple[str, ...] | list[str] | None = None,
-    combine_rule: str = "max",
+    combine_rule: str | None = None,
     orientation: bool | None = None,
     batch_size: int = 256,
     progress: bool = True,
@@ -121,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--combined-parts",
         type=lambda text: tuple(p for p in text.split(",") if p),
-        help="comma-separated scores whose tail evidence combined joins "
-        "(default: dose,complexity; dose,orientation with --orientation)",
+        help="comma-separated scores whose tail evidence combined joins (default: dose,complexity; "
+        "dose,orientation with --orientation; likelihood_ratio in place of complexity with a background flow)",
     )
     parser.add_argument(
         "--combined-rule",
         choices=COMBINE_RULES,
-        default="max",
-        help="how combined joins its parts' tail evidence: the larger (max, default) or the sum (Fisher's method)",
+        help="how combined joins its parts' tail evidence: the larger (max) or the sum (Fisher's method); "
+        "default: sum with a background flow, else max",
     )
     parser.add_argument(
         "--orientation",

@@ -109,7 +109,8 @@ def test_dose_sees_a_shift_that_leaves_bpd_and_complexity_unchanged(density):
 
 def test_combined_keeps_what_complexity_and_dose_each_catch():
     rng = np.random.default_rng(12)
-    detector = fitted(rng, density="gaussian")
+    detector = fitted(rng, background=False, density="gaussian")  # no background: complexity is a default part
+    assert detector.combined_parts == COMBINED_PARTS
     simple = aurocs(detector, rng, complexity_bpd=2.5, gap=-0.3)  # complexity's case
     shifted = aurocs(detector, rng, det_shift=0.1)  # dose's case
     assert simple["combined"] > 0.99 and shifted["combined"] > 0.99
@@ -118,9 +119,14 @@ def test_combined_keeps_what_complexity_and_dose_each_catch():
 
 def test_likelihood_ratio_catches_what_the_background_model_explains_as_well():
     rng = np.random.default_rng(4)
-    result = aurocs(fitted(rng), rng, background_gap=0.5)
-    assert 0.4 < result["bpd"] < 0.6
+    detector = fitted(rng)
+    result = aurocs(detector, rng, background_gap=0.5)
+    assert 0.4 < result["bpd"] < 0.6 and 0.4 < result["dose"] < 0.6 and 0.4 < result["complexity"] < 0.6
     assert result["likelihood_ratio"] > 0.99
+    # with a background flow, combined joins the ratio (in place of complexity) by default: it keeps what
+    # only the ratio sees
+    assert detector.combined_parts == ("dose", "likelihood_ratio")
+    assert result["combined"] > 0.99
 
 
 def test_p_values_are_uniform_on_exchangeable_data():
