@@ -46,6 +46,11 @@ class BackgroundSpec(BaseModel):
     weight_decay: float = Field(1e-4, ge=0.0, description="L2 penalty on the weights (Ren et al.'s lambda)")
 
 
+def background_kind(spec: BackgroundSpec) -> str:
+    """What the manifest calls the flow: a general-domain one (no mutation) or Ren et al.'s perturbed one."""
+    return "general-domain" if spec.mutation_rate == 0 else "perturbed"
+
+
 class BackgroundRunConfig(RunConfig):
     background: BackgroundSpec = BackgroundSpec()
 
@@ -113,6 +118,19 @@ def attach_background(
         stale.unlink()
 
 
+def detach_background(bundle_dir: str | Path) -> None:
+    """Take the background graph out of a bundle (files and manifest); the calibration is dropped with it."""
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir, verify=True)
+    keys = (BACKGROUND_ONNX_KEY, BACKGROUND_TORCHSCRIPT_KEY, CALIBRATION_KEY)
+    for key in keys:
+        if key in manifest.files:
+            (bundle_dir / manifest.files[key].path).unlink(missing_ok=True)
+    files = {k: v for k, v in manifest.files.items() if k not in keys}
+    training = {k: v for k, v in manifest.training.items() if k != "background"}
+    write_manifest(bundle_dir, manifest.model_copy(update={"files": files, "training": training, "calibration": None}))
+
+
 def _train(args) -> int:
     config = load_config(args.config, BackgroundRunConfig)
     if args.out_dir:
@@ -124,6 +142,8 @@ def _train(args) -> int:
 def _attach(args) -> int:
     flow, config, checkpoint = background_from_checkpoint(args.checkpoint)
     info = {
+        "kind": background_kind(config.background),
+        "data": config.data.path,
         "checkpoint": Path(args.checkpoint).name,
         "steps": checkpoint.get("step"),
         "best_validation_bpd": checkpoint.get("best_val_bpd"),

@@ -54,6 +54,8 @@ from training.build_background import (
     GENERAL_AUTO,
     GENERAL_NONE,
     attach_stage,
+    background_was_refused,
+    choose_background,
     plan_background,
     train_background,
 )
@@ -286,17 +288,22 @@ def export_stage(checkpoint: Path, options: BuildOptions) -> None:
     report_export(manifest, options.bundle_dir)
 
 
-def calibrate_stage(options: BuildOptions) -> None:
+def calibrate_dir(bundle_dir: Path, threads: int | None, progress: bool) -> None:
+    """Calibrate a bundle as the build does (the detector's defaults), unless it is calibrated."""
     from training.calibrate import calibrate_bundle, load_holdout
     from training.scoring import open_bundle
 
-    bundle = open_bundle(options.bundle_dir, threads=options.threads or 0)
+    bundle = open_bundle(bundle_dir, threads=threads or 0)
     if bundle.manifest.calibration is not None:
         log("calibrate: done earlier")
         return
-    detector = calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=options.progress)
+    detector = calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=progress)
     info = detector.calibration_summary()
     log(f"calibrate: {info['n_holdout']} held-out images, scores {info['scores']}")
+
+
+def calibrate_stage(options: BuildOptions) -> None:
+    calibrate_dir(options.bundle_dir, options.threads, options.progress)
 
 
 def build(options: BuildOptions) -> Path:
@@ -313,9 +320,18 @@ def build(options: BuildOptions) -> Path:
     if background is not None:
         background_checkpoint = train_background(background, background_minutes(options), deadline, options.progress)
     export_stage(checkpoint, options)
-    if background_checkpoint is not None:
+    if background_checkpoint is not None and not background_was_refused(background_checkpoint):
         attach_stage(background_checkpoint, options.bundle_dir)  # drops the calibration: the stages after redo
     calibrate_stage(options)
+    if background_checkpoint is not None and not background_was_refused(background_checkpoint):
+        choose_background(
+            options.bundle_dir,
+            background_checkpoint,
+            options.test,
+            lambda directory: calibrate_dir(directory, options.threads, options.progress),
+            options.threads or 0,
+            options.progress,
+        )
     evaluate_stage(options)
     log(f"done in {time.monotonic() - started:.0f} s: serve it with  oodgate-serve --models-root {options.models_root}")
     return options.bundle_dir

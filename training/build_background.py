@@ -24,7 +24,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from training.background import BackgroundRunConfig, BackgroundSpec, attach_background, background_from_checkpoint
+from training.background import (
+    BackgroundRunConfig,
+    BackgroundSpec,
+    attach_background,
+    background_from_checkpoint,
+    background_kind,
+)
 from training.config import DataConfig, RunConfig
 from training.data import SliceSpec, load_images
 
@@ -153,7 +159,7 @@ def attach_stage(checkpoint: Path, bundle_dir: Path) -> bool:
         return False
     flow, config, state = background_from_checkpoint(checkpoint)
     info = {
-        "kind": "general-domain",
+        "kind": background_kind(config.background),
         "data": config.data.path,
         "checkpoint": checkpoint.name,
         "checkpoint_mtime": checkpoint.stat().st_mtime,
@@ -164,3 +170,70 @@ def attach_stage(checkpoint: Path, bundle_dir: Path) -> bool:
     attach_background(flow, bundle_dir, info)
     log(f"background: attached to {bundle_dir} (general-domain flow, {state.get('step')} steps)")
     return True
+
+
+CHOICE_FILE = "choice.json"  # in the background run dir: which calibration the domain-free rule kept
+WITH, WITHOUT = "with background", "without background"
+
+
+def choose_background(
+    bundle_dir: Path, checkpoint: Path, test: str | None, calibrate, threads: int, progress: bool
+) -> bool:
+    """Keep the background flow only if the domain-free rule prefers it; True when kept.
+
+    Both calibrations, with and without ``likelihood_ratio``, are measured on the
+    domain-free synthetic sets and the in-distribution test set, and the report's own
+    rule (:func:`training.evaluate.recommend`: the choosing targets, then the best worst
+    AUROC over those sets) picks among the scores of both. A general mix that does not
+    look like the user's images (say, light backgrounds for a dark-background domain)
+    can make the ratio hurt; this is how a build finds out without an OOD example.
+    ``calibrate(bundle_dir)`` calibrates the bundle as the build does.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from training.background import detach_background
+    from training.evaluate import EvalOptions, evaluate, recommend
+    from training.ood_sets import DOMAIN_FREE_OOD
+
+    record = checkpoint.parent / CHOICE_FILE
+    stamp = checkpoint.stat().st_mtime
+    if record.exists():
+        said = json.loads(record.read_text())
+        if said.get("checkpoint_mtime") == stamp:
+            log(f"background: kept earlier ({said['choice']}: {said['why']})")
+            return said["choice"] == WITH
+    options = EvalOptions(in_dist=test, sets=DOMAIN_FREE_OOD, threads=threads, progress=progress)
+    rows, names, eligible = [], [], set()
+    with tempfile.TemporaryDirectory(dir=bundle_dir.parent) as scratch:
+        plain = Path(scratch) / bundle_dir.name
+        shutil.copytree(bundle_dir, plain)
+        detach_background(plain)
+        calibrate(plain)
+        for label, directory in ((WITH, bundle_dir), (WITHOUT, plain)):
+            result = evaluate(directory, options)
+            rows += [{**row, "score": f"{label}: {row['score']}"} for row in result.rows]
+            names += [f"{label}: {name}" for name in result.detector.score_names]
+            eligible |= {f"{label}: {name}" for name in result.meets_targets}
+    best, worst = recommend(rows, tuple(names), eligible=eligible, choice_sets=DOMAIN_FREE_OOD)
+    choice = WITH if best is None or best.startswith(WITH) else WITHOUT
+    value, on_set = worst.get(best, (float("nan"), "-"))
+    why = f"best by the domain-free rule: {best} (worst AUROC {value:.3f} on {on_set})"
+    if choice == WITHOUT:
+        detach_background(bundle_dir)
+        calibrate(bundle_dir)
+    record.write_text(json.dumps({"checkpoint_mtime": stamp, "choice": choice, "why": why, "best": best}))
+    log(f"background: {choice} ({why})")
+    return choice == WITH
+
+
+def background_was_refused(checkpoint: Path) -> bool:
+    """The domain-free rule already dropped the background trained to this checkpoint."""
+    import json
+
+    record = checkpoint.parent / CHOICE_FILE
+    if not record.exists():
+        return False
+    said = json.loads(record.read_text())
+    return said.get("checkpoint_mtime") == checkpoint.stat().st_mtime and said["choice"] == WITHOUT

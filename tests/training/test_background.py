@@ -18,6 +18,7 @@ from training.background import (
     BackgroundTrainer,
     attach_background,
     background_from_checkpoint,
+    detach_background,
     perturb,
 )
 from training.calibrate import calibrate_bundle
@@ -75,6 +76,13 @@ def test_attached_background_gives_the_likelihood_ratio_score(tmp_path, tiny_mod
     ratio = detector.score(stats, np.zeros(5) + 784 * 8, ["likelihood_ratio"])["likelihood_ratio"]
     np.testing.assert_allclose(ratio, stats["bpd"].astype(np.float64) - direct.astype(np.float64), rtol=1e-6)
     assert Detector.from_bundle(load_manifest(bundle_dir), bundle_dir).background
+
+    detach_background(bundle_dir)  # what a build does when the domain-free rule prefers the bundle without it
+    manifest = load_manifest(bundle_dir, verify=True)
+    assert not {"background_onnx", "background_torchscript", "calibration"} & set(manifest.files)
+    assert "background" not in manifest.training and manifest.calibration is None
+    assert not (bundle_dir / "background.onnx").exists() and not (bundle_dir / "background.pt").exists()
+    assert not Detector.from_bundle(manifest, bundle_dir).background
 
 
 def test_attach_refuses_a_flow_of_another_shape(tmp_path, tiny_models_root):

@@ -72,15 +72,21 @@ def test_a_folder_of_rgb_images_builds_a_calibrated_rgb_bundle_with_its_report(b
     assert "levels: 3" in config and "hidden: 16" in config  # 16x16 squeezes three times
 
 
-def test_a_build_gets_a_general_domain_background_and_the_rule_picks_the_default(built):
+def test_a_build_trains_a_general_domain_background_and_keeps_it_only_if_the_rule_prefers_it(built):
     options, bundle_dir = built
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    assert {"background_onnx", "background_torchscript"} <= set(manifest["files"])
-    assert manifest["training"]["background"]["kind"] == "general-domain"
-    assert manifest["training"]["background"]["mutation_rate"] == 0.0
     calibration = manifest["calibration"]
-    assert "likelihood_ratio" in calibration["scores"]
-    assert "likelihood_ratio" in calibration["combined"]["parts"]
+    choice = json.loads((options.run_dir / "background" / "choice.json").read_text())
+    assert choice["choice"] in ("with background", "without background")
+    assert choice["best"].startswith(choice["choice"])  # the rule's best score belongs to the kept calibration
+    kept = choice["choice"] == "with background"
+    assert ({"background_onnx", "background_torchscript"} <= set(manifest["files"])) == kept
+    assert ("likelihood_ratio" in calibration["scores"]) == kept
+    if kept:
+        assert manifest["training"]["background"]["kind"] == "general-domain"
+        assert calibration["combined"] == {"parts": ["dose", "likelihood_ratio"], "rule": "sum"}
+    else:
+        assert not (bundle_dir / "background.onnx").exists() and "background" not in manifest["training"]
     report = (bundle_dir / "report" / "README.md").read_text()
     line = next(line for line in report.splitlines() if line.startswith("- default score of the bundle"))
     assert line.count(f"**`{calibration['default_score']}`**") == 2  # the bundle's default is the rule's choice
