@@ -275,7 +275,9 @@ def requested_outputs(header: dict, output_names: list[str], binary_default: boo
     return wanted
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """The JSON header and a view of the binary tensor data after it (no copy: the pixels reach the
+    runtime through ``np.frombuffer`` on this view)."""
     if not body:
         raise bad_request("empty_body", "the request body is empty")
     if header_length is not None:
@@ -285,9 +287,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
             raise bad_request("bad_header_length", f"{HEADER_LENGTH} {header_length!r} is not a number") from None
         if not 0 < n <= len(body):
             raise bad_request("bad_header_length", f"{HEADER_LENGTH} {n} does not fit a {len(body)}-byte body")
-        json_part, binary = body[:n], body[n:]
+        json_part, binary = body[:n], memoryview(body)[n:]
     else:
-        json_part, binary = body, b""
+        json_part, binary = body, memoryview(b"")
     header = load_json(json_part, "the inference request")
     if not isinstance(header, dict):
         raise bad_request("bad_json", "the inference request must be a JSON object")
@@ -315,7 +317,7 @@ def boolean(value, name: str) -> bool | None:
     raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a boolean")
 
 
-def tensor_bytes(tensor: dict, binary: bytes) -> bytes | None:
+def tensor_bytes(tensor: dict, binary: memoryview) -> memoryview | None:
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is None:
         return None
@@ -338,7 +340,7 @@ def shape_of(tensor: dict) -> list[int]:
     return shape
 
 
-def numeric_tensor(tensor: dict, raw: bytes | None, dtype) -> np.ndarray:
+def numeric_tensor(tensor: dict, raw: memoryview | None, dtype) -> np.ndarray:
     shape = shape_of(tensor)
     if raw is not None:
         itemsize = np.dtype(dtype).itemsize
@@ -350,16 +352,32 @@ def numeric_tensor(tensor: dict, raw: bytes | None, dtype) -> np.ndarray:
         raise bad_request("no_data", "the input has neither 'data' nor binary data")
     if not isinstance(data, list):
         raise bad_request("bad_data", "input 'data' must be a list of numbers")
-    try:
-        array = np.asarray(data, dtype=np.float64)  # checked for range and NaN before the uint8 cast
-    except (ValueError, TypeError, OverflowError):
-        raise bad_request("bad_data", "input 'data' must be a (nested) list of numbers") from None
+    array = json_numbers(data)
     if array.size != math.prod(shape):
         raise bad_request("bad_data", f"{array.size} values do not make a tensor of shape {shape}")
     return array.reshape(shape)
 
 
-def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
+def json_numbers(data: list) -> np.ndarray:
+    """The numbers of a tensor's JSON ``data``, checked later for range and NaN before the uint8 cast.
+
+    Whole numbers (the usual pixels) become an integer array directly, without the float64
+    round trip; anything else (floats, strings of digits, bools, ragged or odd lists) takes
+    the float64 conversion it always took, so the tensor, or the 400, is what it was.
+    """
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is not None and array.dtype.kind in "iu":
+        return array
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise bad_request("bad_data", "input 'data' must be a (nested) list of numbers") from None
+
+
+def bytes_elements(tensor: dict, raw: memoryview | None) -> list[bytes]:
     shape = shape_of(tensor)
     count = math.prod(shape) if shape else 0
     if raw is not None:
@@ -371,7 +389,7 @@ def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
             offset += 4
             if offset + n > len(raw):
                 raise bad_request("bad_bytes", f"BYTES element {len(blobs)} runs past the binary data", len(blobs))
-            blobs.append(raw[offset : offset + n])
+            blobs.append(bytes(raw[offset : offset + n]))
             offset += n
     else:
         data = tensor.get("data")
