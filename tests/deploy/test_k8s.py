@@ -99,6 +99,8 @@ def test_deployment_gpu_probes_and_shutdown_budget(objects):
     budget = shutdown_budget_s(Settings(**{k[len("OODGATE_") :].lower(): v for k, v in env.items()}))
     assert pod["terminationGracePeriodSeconds"] >= pause + budget + 5
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # one ONNX Runtime thread per core the Pod asks for, not per core of the node it lands on
+    assert int(env["OODGATE_INTRA_OP_THREADS"]) == int(container["resources"]["requests"]["cpu"])
 
 
 def test_service_and_hpa_point_at_the_deployment(objects):
