@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -32,7 +31,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.peers import BODY_KINDS, closed_loop, http_request, launch, load_average, measured  # noqa: E402
+from benchmarks.peers import (  # noqa: E402
+    BODY_KINDS,
+    closed_loop,
+    http_request,
+    launch,
+    load_average,
+    measured,
+    write_report,
+)
 from benchmarks.serve_bench import free_port, machine, metric_sum, stop, test_images, wait_ready  # noqa: E402
 from service.artifact import load_manifest  # noqa: E402
 from service.runtimes import manifest_orientation  # noqa: E402
@@ -192,11 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": load_average(),
     }
-    text = report(results, meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    print(text)
+    write_report(args.out, report(results, meta), meta, results)
     return 0
 
 

@@ -205,11 +205,15 @@ def run_loop(coro_factory) -> float:
     return time.perf_counter() - start
 
 
-def closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> tuple[Samples, float]:
-    """``concurrency`` connections, each sending its next request when its answer arrives, for ``seconds``."""
-    samples = Samples()
+def closed_loop(port: int | list[int], request: bytes, concurrency: int, seconds: float) -> tuple[Samples, float]:
+    """``concurrency`` connections, each sending its next request when its answer arrives, for ``seconds``.
 
-    async def connection(deadline: float) -> None:
+    Several ports: connection ``i`` goes to ``port[i % len(port)]``, as a Service spreads connections
+    (not requests) over its Pods."""
+    samples = Samples()
+    ports = [port] if isinstance(port, int) else list(port)
+
+    async def connection(deadline: float, port: int) -> None:
         conn = Connection(port)
         try:
             while time.perf_counter() < deadline:
@@ -224,7 +228,7 @@ def closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> 
 
     async def run() -> None:
         deadline = time.perf_counter() + seconds
-        await asyncio.gather(*(connection(deadline) for _ in range(concurrency)))
+        await asyncio.gather(*(connection(deadline, ports[i % len(ports)]) for i in range(concurrency)))
 
     return samples, run_loop(run)
 
@@ -322,11 +326,12 @@ def launch(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def start_oodgate(port: int, threads: int, onnx: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OODGATE_INTRA_OP_THREADS": str(threads)}
+def start_oodgate(port: int, threads: int, onnx: Path, log: Path, tree: Path = REPO) -> subprocess.Popen:
+    """oodgate from ``tree`` (this checkout, or ``--baseline``'s), always on this checkout's bundle."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OODGATE_INTRA_OP_THREADS": str(threads)}
     env["OODGATE_LOG_LEVEL"] = "warning"
     cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--models-root", str(REPO / "models")]
-    return launch([*cmd, "--models", f"{MODEL_NAME}/1", "--runtime", "onnx"], REPO, env, log)
+    return launch([*cmd, "--models", f"{MODEL_NAME}/1", "--runtime", "onnx"], tree, env, log)
 
 
 def start_naive(port: int, threads: int, onnx: Path, log: Path) -> subprocess.Popen:
@@ -392,7 +397,12 @@ def servers(args, onnx: Path, tmp: Path) -> list[Server]:
         env.pop("PYTHONPATH", None)
         return launch([str(PEERS_VENV / "bin" / "mlserver"), "start", str(root)], root, env, log)
 
-    return [
+    baseline = []
+    if args.baseline is not None:
+        tree = args.baseline.resolve()
+        start = partial(start_oodgate, threads=args.threads, onnx=onnx, tree=tree)
+        baseline = [Server("baseline", "oodgate baseline", tuple(BODY_KINDS), lambda p, log: start(p, log=log))]
+    return baseline + [
         Server("oodgate", "oodgate", tuple(BODY_KINDS), lambda p, log: start_oodgate(p, args.threads, onnx, log)),
         Server("mlserver", "MLServer", ("v2-json", "v2-binary"), mlserver),
         Server("naive", "naive", ("v2-json",), lambda p, log: start_naive(p, args.threads, onnx, log)),
@@ -402,37 +412,43 @@ def servers(args, onnx: Path, tmp: Path) -> list[Server]:
 # ---- ceilings ---------------------------------------------------------------------------------------
 
 
-def ceilings(onnx: Path, images: np.ndarray, threads: int, seconds: float) -> dict[str, float]:
+class Ceilings:
     """In-process images/s at batch 32: one flow pass (what MLServer and naive run) and oodgate's whole
-    worker step (two passes, every score and p-value), best of three windows each."""
-    from service.artifact import load_manifest
-    from service.ood import Detector
-    from service.postprocess import make_postprocess
-    from service.runtimes import OnnxGraph, load_runtime
+    worker step (two passes, every score and p-value). Measured in every round, beside the servers,
+    so that a busy machine lowers the ceiling and the servers alike."""
 
-    bundle = onnx.parent
-    manifest = load_manifest(bundle)
-    graph = OnnxGraph(onnx, "cpu", threads)
-    runtime = load_runtime(manifest, bundle, "onnx", "cpu", threads)
-    postprocess = make_postprocess(Detector.from_bundle(manifest, bundle))
-    batch = np.ascontiguousarray(images[:32])
+    def __init__(self, onnx: Path, images: np.ndarray, threads: int) -> None:
+        from service.artifact import load_manifest
+        from service.ood import Detector
+        from service.postprocess import make_postprocess
+        from service.runtimes import OnnxGraph, load_runtime
 
-    def worker_step() -> None:
-        stats = runtime.run(batch)
-        postprocess(stats, batch)
+        bundle = onnx.parent
+        manifest = load_manifest(bundle)
+        self.graph = OnnxGraph(onnx, "cpu", threads)
+        self.runtime = load_runtime(manifest, bundle, "onnx", "cpu", threads)
+        self.postprocess = make_postprocess(Detector.from_bundle(manifest, bundle))
+        self.batch = np.ascontiguousarray(images[:32])
 
-    def best(fn) -> float:
+    def _worker_step(self) -> None:
+        self.postprocess(self.runtime.run(self.batch), self.batch)
+
+    def _best(self, fn, seconds: float) -> float:
         fn()
         rates = []
         for _ in range(3):
             start, count = time.perf_counter(), 0
             while time.perf_counter() - start < seconds / 3:
                 fn()
-                count += len(batch)
+                count += len(self.batch)
             rates.append(count / (time.perf_counter() - start))
         return max(rates)
 
-    return {"one_pass": best(lambda: graph(batch)), "oodgate_worker": best(worker_step)}
+    def measure(self, seconds: float) -> dict[str, float]:
+        return {
+            "one_pass": self._best(lambda: self.graph(self.batch), seconds),
+            "oodgate_worker": self._best(self._worker_step, seconds),
+        }
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -443,6 +459,10 @@ def fmt_run(r: dict) -> str:
         f"{r['images_per_s']:.0f} | {r['min_images_per_s']:.0f}-{r['max_images_per_s']:.0f} | {r['p50_ms']:.1f} | "
         f"{r['p99_ms']:.1f} | {r['errors']} | {100 * r['steal']:.1f}%"
     )
+
+
+def per_round(meta: dict, key: str) -> str:
+    return ", ".join(f"{c[key]:.0f}" for c in meta["ceiling_rounds"])
 
 
 def report(results: dict, meta: dict) -> str:
@@ -481,9 +501,11 @@ def report(results: dict, meta: dict) -> str:
         f"optimizations). Every server's `bpd` for the 1-image body matched in-process ONNX Runtime to "
         f"{meta['bpd_max_diff']:.1e}; oodgate's answers carried {', '.join(meta['oodgate_outputs'])}.",
         "",
-        f"In-process ceilings at batch 32 (best of three windows): one flow pass {meta['ceilings']['one_pass']:.0f} "
-        f"images/s (the most MLServer and naive could reach); oodgate's worker step (two passes, every score and "
-        f"p-value) {meta['ceilings']['oodgate_worker']:.0f} images/s (the most oodgate can reach).",
+        "In-process ceilings at batch 32 (best of three windows, measured at the start of every round, median "
+        f"shown): one flow pass {meta['ceilings']['one_pass']:.0f} images/s (the most MLServer and naive could "
+        f"reach; per round {per_round(meta, 'one_pass')}); oodgate's worker "
+        f"step (two passes, every score and p-value) {meta['ceilings']['oodgate_worker']:.0f} images/s (the most "
+        f"oodgate can reach; per round {per_round(meta, 'oodgate_worker')}).",
         "",
         "Body kinds a server did not answer with 200 when probed: "
         + ("; ".join(f"{k}: {v}" for k, v in meta["unsupported"].items()) or "none")
@@ -514,7 +536,10 @@ def report(results: dict, meta: dict) -> str:
                 lines.append(f"| {n} | {rate:g} | {n * rate:.0f} | {point['label']} | {fmt_run(point)} |")
     lines += ["", "## oodgate / MLServer (v2 JSON, closed loop)", ""]
     for n, c in meta["points"]:
-        o, ml = results["oodgate/v2-json"].get(f"closed/{n}x{c}"), results["mlserver/v2-json"].get(f"closed/{n}x{c}")
+        o, ml = (
+            results.get("oodgate/v2-json", {}).get(f"closed/{n}x{c}"),
+            results.get("mlserver/v2-json", {}).get(f"closed/{n}x{c}"),
+        )
         if o and ml and ml["images_per_s"]:
             ratio = o["images_per_s"] / ml["images_per_s"]
             target = ""
@@ -525,11 +550,22 @@ def report(results: dict, meta: dict) -> str:
                 f"- {n} image(s), c={c}: {o['images_per_s']:.0f} / {ml['images_per_s']:.0f} = **{ratio:.2f}x** "
                 f"(p99 {o['p99_ms']:.1f} vs {ml['p99_ms']:.1f} ms){target}"
             )
+    if meta["baseline"] is not None:
+        lines += ["", f"## oodgate / oodgate baseline (`{meta['baseline']}`), same rounds", ""]
+        for series in ("v2-json", "v2-binary", "npy"):
+            ours, base = results.get(f"oodgate/{series}", {}), results.get(f"baseline/{series}", {})
+            for key in [k for k in ours if k in base]:
+                o, b = ours[key], base[key]
+                lines.append(
+                    f"- {BODY_KINDS[series].label}, {key}: {o['images_per_s']:.0f} / {b['images_per_s']:.0f} images/s "
+                    f"= {o['images_per_s'] / b['images_per_s']:.2f}x (p99 {o['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms, "
+                    f"non-200 {o['errors']} vs {b['errors']})"
+                )
     worker = meta["ceilings"]["oodgate_worker"]
     lines += ["", "oodgate against its own in-process ceiling (target >= 0.9):", ""]
     for n in (1, 32):
-        best = max((r["images_per_s"] for k, r in results["oodgate/v2-json"].items() if k.startswith(f"closed/{n}x")),
-                   default=0.0)  # fmt: skip
+        ours = results.get("oodgate/v2-json", {})
+        best = max((r["images_per_s"] for k, r in ours.items() if k.startswith(f"closed/{n}x")), default=0.0)
         lines.append(f"- {n}-image v2 JSON requests, best closed-loop point: {best:.0f} / {worker:.0f} = "
                      f"{best / worker:.2f}")  # fmt: skip
     lines += ["", "## Load on the machine during each turn", "", "| round | server | load average before | after |"]
@@ -540,6 +576,14 @@ def report(results: dict, meta: dict) -> str:
     lines += [f"- mlserver: {meta['mlserver']} (in `.peers-venv`, onnxruntime {meta['mls_ort']})", ""]
     lines += ["Raw numbers, every round: `docs/peers.json` (next to this page).", ""]
     return "\n".join(lines)
+
+
+def write_report(out: Path, text: str, meta: dict, results: dict) -> None:
+    """The page, and its raw numbers beside it as ``.json``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(text)
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -576,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for all (0: cores)")
     parser.add_argument("--mlserver-max-batch-size", type=int, default=32, help="requests, not images")
     parser.add_argument("--mlserver-max-batch-time", type=float, default=0.002, help="seconds")
+    parser.add_argument("--servers", default="baseline,oodgate,mlserver,naive", help="which servers run")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout of oodgate (e.g. git archive main), run as a fourth server"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "peers.md")
     args = parser.parse_args(argv)
     if args.setup:
@@ -599,8 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({n for n, _ in points} | {n for n, _ in open_points})
     bodies = {(k, n): kind.build(images[:n]) for k, kind in BODY_KINDS.items() for n in sizes}
     reference = OnnxGraph(onnx, "cpu", args.threads)(images[:1])["bpd"].astype(np.float64)
-    ceiling = ceilings(onnx, images, args.threads, 3.0 if args.quick else 6.0)
-    print(f"ceilings at batch 32: {ceiling}", flush=True)
+    ceilings = Ceilings(onnx, images, args.threads)
+    ceiling_rounds = []
     mls_version = subprocess.run([str(PEERS_VENV / "bin" / "python"), "-c",
                                   "import mlserver, onnxruntime; print(mlserver.__version__, onnxruntime.__version__)"],
                                  capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
@@ -609,8 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     unsupported: dict[str, str] = {}
     turns, bpd_diff, oodgate_outputs = [], 0.0, set()
     with tempfile.TemporaryDirectory(prefix="oodgate-peers-") as tmp:
-        contestants = servers(args, onnx, Path(tmp))
+        contestants = [server for server in servers(args, onnx, Path(tmp)) if server.name in args.servers.split(",")]
         for round_ in range(args.rounds):
+            ceiling_rounds.append(ceilings.measure(3.0 if args.quick else 6.0))
+            print(f"round {round_ + 1} in-process ceilings at batch 32: {ceiling_rounds[-1]}", flush=True)
             shift = round_ % len(contestants)
             for server in contestants[shift:] + contestants[:shift]:
                 turn = {"round": round_ + 1, "server": server.name, "load_before": load_average()}
@@ -671,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": load_average(),
         "turns": turns,
-        "ceilings": ceiling,
+        "ceilings": {k: float(np.median([c[k] for c in ceiling_rounds])) for k in ceiling_rounds[0]},
+        "ceiling_rounds": ceiling_rounds,
+        "baseline": None if args.baseline is None else str(args.baseline),
         "unsupported": unsupported,
         "oodgate_outputs": sorted(oodgate_outputs),
         "mlserver": mls_version[0],
@@ -680,11 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         "mls_time": args.mlserver_max_batch_time,
         "bpd_max_diff": bpd_diff,
     }
-    text = report(results, meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    print(text)
+    write_report(args.out, report(results, meta), meta, results)
     return 0
 
 
