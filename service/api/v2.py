@@ -352,29 +352,13 @@ def numeric_tensor(tensor: dict, raw: memoryview | None, dtype) -> np.ndarray:
         raise bad_request("no_data", "the input has neither 'data' nor binary data")
     if not isinstance(data, list):
         raise bad_request("bad_data", "input 'data' must be a list of numbers")
-    array = json_numbers(data)
+    try:
+        array = np.asarray(data, dtype=np.float64)  # checked for range and NaN before the uint8 cast
+    except (ValueError, TypeError, OverflowError):
+        raise bad_request("bad_data", "input 'data' must be a (nested) list of numbers") from None
     if array.size != math.prod(shape):
         raise bad_request("bad_data", f"{array.size} values do not make a tensor of shape {shape}")
     return array.reshape(shape)
-
-
-def json_numbers(data: list) -> np.ndarray:
-    """The numbers of a tensor's JSON ``data``, checked later for range and NaN before the uint8 cast.
-
-    Whole numbers (the usual pixels) become an integer array directly, without the float64
-    round trip; anything else (floats, strings of digits, bools, ragged or odd lists) takes
-    the float64 conversion it always took, so the tensor, or the 400, is what it was.
-    """
-    try:
-        array = np.array(data)
-    except (ValueError, TypeError, OverflowError):
-        array = None
-    if array is not None and array.dtype.kind in "iu":
-        return array
-    try:
-        return np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError):
-        raise bad_request("bad_data", "input 'data' must be a (nested) list of numbers") from None
 
 
 def bytes_elements(tensor: dict, raw: memoryview | None) -> list[bytes]:

@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from service.api.v2 import json_numbers, numeric_tensor, split_body, tensor_bytes
-from service.artifact import InputSpec
+from service.api.v2 import numeric_tensor, split_body, tensor_bytes
 from service.complexity import complexity_bits
-from service.decode import tensor_to_images
-from service.errors import ServiceError
 from service.ood import Detector
 
 from .serving import LiveServer, calibrated_root, create_app, png, random_images, reference_stats, settings
@@ -171,45 +168,7 @@ def test_rest_gives_the_same_flags(server, root):
         assert set(result["scores"]) == {"bpd", "typicality", "complexity", "dose"}
 
 
-# ---- the JSON data fast path (pure functions, no server) -------------------------------------------
-
-
-def old_numbers(data) -> np.ndarray:
-    """What ``numeric_tensor`` did before the integer fast path: every value through float64."""
-    return np.asarray(data, dtype=np.float64)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        list(range(256)) * 3,
-        [[[0, 1], [2, 3]], [[4, 5], [6, 255]]],
-        [0, 1.0, 2, 254.0],  # whole floats
-        [True, False, 3],
-        ["7", "8"],  # numpy reads strings of digits; the service always did
-        [18446744073709551615],  # past int64: uint64
-        [-1, 300],  # out of range: refused later, by the same check
-    ],
-)
-def test_json_numbers_give_the_tensor_the_float64_path_gave(data):
-    new, old = json_numbers(data), old_numbers(data)
-    assert new.shape == old.shape and np.array_equal(new.astype(np.float64), old)
-    n = new.size // 4 if new.size % 4 == 0 else None
-    if n and np.all((old >= 0) & (old <= 255)):
-        spec = InputSpec(name="images", shape=(1, 2, 2), color_mode="L")
-        same = tensor_to_images(new.reshape(n, 2, 2), spec, resize=False)
-        assert same.dtype == np.uint8 and np.array_equal(same, tensor_to_images(old.reshape(n, 2, 2), spec, False))
-
-
-def test_json_null_pixels_stay_nan_and_are_refused_later_as_before():
-    assert np.array_equal(json_numbers([1, None]), old_numbers([1, None]), equal_nan=True)
-
-
-@pytest.mark.parametrize("data", [[[1, 2], [3]], [{"a": 1}], ["x"], [[1], 2]])
-def test_json_numbers_refuse_what_is_not_numbers_with_a_400(data):
-    with pytest.raises(ServiceError) as caught:
-        json_numbers(data)
-    assert caught.value.status == 400 and caught.value.code == "bad_data"
+# ---- the binary extension (pure functions, no server) ---------------------------------------------
 
 
 def test_binary_tensor_data_reaches_numpy_without_a_copy():
