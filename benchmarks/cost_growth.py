@@ -42,7 +42,7 @@ from benchmarks.peers import (  # noqa: E402
 )
 from benchmarks.serve_bench import free_port, machine, metric_sum, stop, test_images, wait_ready  # noqa: E402
 from service.artifact import load_manifest  # noqa: E402
-from service.runtimes import manifest_orientation  # noqa: E402
+from service.runtimes import BACKGROUND_KEYS, manifest_orientation  # noqa: E402
 
 QUEUE_GAUGE = "oodgate_queue_images"
 
@@ -121,7 +121,9 @@ def sweep_model(model: str, concurrencies: list[int], shapes: list[int], seconds
                       f"p99 {run.p99_ms:7.1f} ms non-200 {run.errors}", flush=True)  # fmt: skip
     finally:
         stop(proc)
-    passes = 2 if manifest_orientation(manifest) else 1
+    # the flow, its upside-down pass when the calibration uses orientation, and a background flow if any
+    background = any(key in manifest.files for key in BACKGROUND_KEYS.values())
+    passes = (2 if manifest_orientation(manifest) else 1) + int(background)
     return {"shape": list(manifest.input.shape), "passes": passes, "points": points, "memory": memory}
 
 
@@ -145,7 +147,7 @@ def report(results: dict, meta: dict) -> str:
     for model, r in results.items():
         shape = "x".join(str(v) for v in (r["shape"][1], r["shape"][2], r["shape"][0]))
         lines += [
-            f"## {model} ({shape}, {r['passes']} flow pass(es) per image)",
+            f"## {model} ({shape}, {r['passes']} graph pass(es) per image)",
             "",
             "| images/request | c | images/s | p50 ms | p99 ms | non-200 |",
         ]
