@@ -157,7 +157,7 @@ class Batcher:
         *,
         max_batch_size: int = 32,
         max_batch_delay_s: float = 0.002,
-        max_queue_images: int = 1024,
+        max_queue_images: int = 4096,
         dynamic: bool = True,
         warmup: bool = True,
         postprocess: Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]] | None = None,

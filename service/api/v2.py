@@ -275,7 +275,9 @@ def requested_outputs(header: dict, output_names: list[str], binary_default: boo
     return wanted
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """The JSON header and a view of the binary tensor data after it (no copy: the pixels reach the
+    runtime through ``np.frombuffer`` on this view)."""
     if not body:
         raise bad_request("empty_body", "the request body is empty")
     if header_length is not None:
@@ -285,9 +287,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
             raise bad_request("bad_header_length", f"{HEADER_LENGTH} {header_length!r} is not a number") from None
         if not 0 < n <= len(body):
             raise bad_request("bad_header_length", f"{HEADER_LENGTH} {n} does not fit a {len(body)}-byte body")
-        json_part, binary = body[:n], body[n:]
+        json_part, binary = body[:n], memoryview(body)[n:]
     else:
-        json_part, binary = body, b""
+        json_part, binary = body, memoryview(b"")
     header = load_json(json_part, "the inference request")
     if not isinstance(header, dict):
         raise bad_request("bad_json", "the inference request must be a JSON object")
@@ -315,7 +317,7 @@ def boolean(value, name: str) -> bool | None:
     raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a boolean")
 
 
-def tensor_bytes(tensor: dict, binary: bytes) -> bytes | None:
+def tensor_bytes(tensor: dict, binary: memoryview) -> memoryview | None:
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is None:
         return None
@@ -338,7 +340,7 @@ def shape_of(tensor: dict) -> list[int]:
     return shape
 
 
-def numeric_tensor(tensor: dict, raw: bytes | None, dtype) -> np.ndarray:
+def numeric_tensor(tensor: dict, raw: memoryview | None, dtype) -> np.ndarray:
     shape = shape_of(tensor)
     if raw is not None:
         itemsize = np.dtype(dtype).itemsize
@@ -359,7 +361,7 @@ def numeric_tensor(tensor: dict, raw: bytes | None, dtype) -> np.ndarray:
     return array.reshape(shape)
 
 
-def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
+def bytes_elements(tensor: dict, raw: memoryview | None) -> list[bytes]:
     shape = shape_of(tensor)
     count = math.prod(shape) if shape else 0
     if raw is not None:
@@ -371,7 +373,7 @@ def bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
             offset += 4
             if offset + n > len(raw):
                 raise bad_request("bad_bytes", f"BYTES element {len(blobs)} runs past the binary data", len(blobs))
-            blobs.append(raw[offset : offset + n])
+            blobs.append(bytes(raw[offset : offset + n]))
             offset += n
     else:
         data = tensor.get("data")

@@ -3,10 +3,16 @@ strict), the Prometheus Operator CRDs by a structural check, and the cross-refer
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.cli import shutdown_budget_s
+from service.metrics import Metrics
 from service.settings import Settings
 from tests.deploy.conftest import K8S, PROMETHEUS_DIR, ROOT, load_yaml_docs
 
@@ -66,8 +72,6 @@ def test_prometheus_rule_is_the_alerts_file(objects, promtool, tmp_path):
     rule = find(objects, "PrometheusRule", "oodgate")
     assert set(rule["spec"]) == {"groups"}
     assert rule["spec"] == yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
-    import subprocess
-
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rule["spec"]))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -95,6 +99,8 @@ def test_deployment_gpu_probes_and_shutdown_budget(objects):
     budget = shutdown_budget_s(Settings(**{k[len("OODGATE_") :].lower(): v for k, v in env.items()}))
     assert pod["terminationGracePeriodSeconds"] >= pause + budget + 5
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # one ONNX Runtime thread per core the Pod asks for, not per core of the node it lands on
+    assert int(env["OODGATE_INTRA_OP_THREADS"]) == int(container["resources"]["requests"]["cpu"])
 
 
 def test_service_and_hpa_point_at_the_deployment(objects):
@@ -142,3 +148,51 @@ def test_api_tokens_come_from_the_secret_as_a_file(objects, name, tmp_path):
     assert read_tokens_file(tmp_path / "tokens") == []  # no default token anyone could know
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"].startswith("/v2/health/")  # open without a token
+
+
+ADAPTER = K8S / "prometheus-adapter"
+
+
+@pytest.fixture(scope="module")
+def adapter_rules() -> list[dict]:
+    kustomization = yaml.safe_load((ADAPTER / "kustomization.yaml").read_text())
+    (config_map,) = [doc for name in kustomization["resources"] for doc in load_yaml_docs(ADAPTER / name)]
+    kubernetes_validate.validate(config_map, kubernetes_validate.latest_version(), strict=True)
+    return yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+
+
+def test_hpa_scales_on_queue_depth_that_the_adapter_serves(objects, adapter_rules):
+    """The HPA's Pods metric is a name the adapter's rule produces, from a series the service exports,
+    per Pod, with a target that leaves every Pod far from the bound where it starts refusing."""
+    hpa = find(objects, "HorizontalPodAutoscaler", "oodgate")
+    (pods,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    (rule,) = [r for r in adapter_rules if r["name"]["as"] == pods["metric"]["name"]]
+    series = rule["seriesQuery"].split("{", 1)[0]
+    assert re.fullmatch(rule["name"]["matches"], series)
+    metrics = Metrics(process=False)
+    metrics.queue_images.labels("m", "1").set(0)
+    exported = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    assert series in exported
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    target = float(pods["target"]["averageValue"])
+    assert (
+        pods["target"]["type"] == "AverageValue"
+        and 0 < target <= int(settings(objects)["OODGATE_MAX_QUEUE_IMAGES"]) / 4
+    )
+
+
+def test_adapter_query_is_valid_promql(adapter_rules, promtool, tmp_path):
+    """The rule's metricsQuery, with the adapter's templates filled in as it fills them, passes promtool."""
+    rules = []
+    for i, rule in enumerate(adapter_rules):
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", rule["seriesQuery"].split("{", 1)[0])
+            .replace("<<.LabelMatchers>>", 'namespace="oodgate",pod=~"oodgate-a|oodgate-b"')
+            .replace("<<.GroupBy>>", "pod")
+        )
+        rules.append({"record": f"adapter:rule{i}", "expr": query})
+    path = tmp_path / "adapter.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,110 @@
+"""Does throughput add over replicas on one host? Writes ``docs/replicas.json`` (read by ``docs/scale-out.md``).
+
+One ``oodgate-serve --runtime onnx`` with ONNX Runtime on every core, against N replicas on the
+same host, each with ``cores / N`` intra-op threads (what a Pod with that CPU request gets from
+``k8s/configmap.yaml``), the closed loop of ``benchmarks/peers.py`` spreading its connections
+over the replicas as a Service spreads connections over Pods. 1- and 32-image
+``application/x-npy`` requests of the bundled model at c=32; the layouts alternate over rounds.
+On one host the cores are the limit, so this measures what replication costs or gains when
+no cores are added; across hosts each replica brings its own (see docs/scale-out.md).
+
+    .venv/bin/python benchmarks/replicas.py     # about 2 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.peers import BODY_KINDS, closed_loop, http_request, launch, load_average, measured  # noqa: E402
+from benchmarks.serve_bench import free_port, stop, test_images, wait_ready  # noqa: E402
+from service.artifact import load_manifest  # noqa: E402
+
+
+def start_replicas(count: int, threads: int, model: str, tmp: Path) -> tuple[list, list[int]]:
+    procs, ports = [], []
+    for i in range(count):
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OODGATE_LOG_LEVEL": "warning"}
+        env["OODGATE_INTRA_OP_THREADS"] = str(threads)
+        cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--models-root", str(REPO / "models")]
+        procs.append(launch([*cmd, "--models", model, "--runtime", "onnx"], REPO, env, tmp / f"r{count}-{i}.log"))
+        ports.append(port)
+    for proc, port in zip(procs, ports, strict=True):
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout=180)
+    return procs, ports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="fashion-glow/1")
+    parser.add_argument("--replicas", default="1,2")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "replicas.json")
+    args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
+    manifest = load_manifest(REPO / "models" / args.model)
+    images = test_images(32, manifest.input.shape)
+    kind = BODY_KINDS["npy"]
+    layouts = [int(n) for n in args.replicas.split(",")]
+    runs: dict[str, list] = {}
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="oodgate-replicas-") as tmp:
+        for round_ in range(args.rounds):
+            for count in layouts if round_ % 2 == 0 else layouts[::-1]:
+                threads = max(1, cores // count)
+                procs, ports = start_replicas(count, threads, args.model, Path(tmp))
+                try:
+                    for n in (1, 32):
+                        request = http_request(kind, *kind.build(images[:n]), ports[0])
+                        closed_loop(ports, request, 4, 1.0)  # warm-up
+                        run = measured(partial(closed_loop, ports, request, args.concurrency, args.seconds), n)
+                        runs.setdefault(f"{count} replica(s) x {threads} thread(s), {n} image(s)", []).append(
+                            run.__dict__
+                        )
+                        print(f"round {round_ + 1}: {count} x {threads} threads, {n:2d} img: "
+                              f"{run.images_per_s:6.0f} img/s p99 {run.p99_ms:7.1f} ms", flush=True)  # fmt: skip
+                finally:
+                    for proc in procs:
+                        stop(proc)
+    results = {
+        key: {
+            "images_per_s": float(np.median([r["images_per_s"] for r in rs])),
+            "p99_ms": float(np.median([r["p99_ms"] for r in rs])),
+            "errors": sum(r["errors"] for r in rs),
+            "rounds": rs,
+        }
+        for key, rs in runs.items()
+    }
+    meta = {
+        "when": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+        "command": " ".join(
+            [".venv/bin/python", "benchmarks/replicas.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "cores": cores,
+        "concurrency": args.concurrency,
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    for key, r in results.items():
+        print(f"{key}: {r['images_per_s']:.0f} img/s, p99 {r['p99_ms']:.1f} ms, non-200 {r['errors']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
