@@ -12,9 +12,15 @@ commands' functions, with progress and a time budget:
    pick an architecture preset that fits the image size, time how fast it trains
    here, and size the schedule to the budget. The plan is written once as
    ``<run dir>/config.yaml`` (an ordinary ``oodgate-train`` config);
-3. **train** (``oodgate-train``), resuming from ``last.pt``;
-4. **export** with the parity check (``oodgate-export``), test bpd on ``--test``;
-5. **calibrate** on the holdout (``oodgate-calibrate``);
+3. **train** (``oodgate-train``), resuming from ``last.pt``; then the **background**: a
+   flow of the same architecture on images in general (``--general``, default ``auto``:
+   :mod:`training.general_images` at the user's size and channels), a third of the
+   training minutes (:mod:`training.build_background`);
+4. **export** with the parity check (``oodgate-export``), test bpd on ``--test``, and
+   attach the background graph;
+5. **calibrate** on the holdout (``oodgate-calibrate``), with ``likelihood_ratio``; the
+   background is kept only if the domain-free rule prefers that calibration to one
+   without it (:func:`training.build_background.choose_background`);
 6. **evaluate** (``oodgate-eval``) on the in-distribution test set, the user's OOD
    sets and the domain-free synthetic sets; the report goes into the bundle's
    ``report/`` folder and its domain-free rule sets the bundle's default score.
