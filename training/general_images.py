@@ -43,6 +43,7 @@ from training.colour_sets import (
     set_rng,
 )
 
+MIN_IMAGES = 2000  # fewer, and the background flow would learn those images, not images in general
 PER_SOURCE = 2500  # at most this many images from one source, so no theme dominates the mix
 GAMES = Path("/usr/share/games")
 
@@ -101,19 +102,36 @@ def to_gray(images: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
 
 
+def mix_sources() -> list[GeneralSource]:
+    return tune_sources() + extra_sources()
+
+
 def build_mix(size: int, channels: int, seed: int, per_source: int, log=print) -> tuple[np.ndarray, list, list]:
-    mix = tune_sources() + extra_sources()
+    """The mix from every source installed here; a missing source is named and skipped.
+
+    Fewer than ``MIN_IMAGES`` images in all is a RuntimeError naming what to install:
+    a background flow of a few hundred images would model them, not images in general.
+    """
+    mix = mix_sources()
     check_no_heldout_source(mix)
-    missing = [line for part in mix for line in part.source.missing()]
-    if missing:
-        raise RuntimeError("missing sources:\n  " + "\n  ".join(missing))
-    images, sources, groups = [], [], []
+    images, sources, groups, missing = [], [], [], []
     for part in mix:
+        gone = part.source.missing()
+        if gone:
+            missing += gone
+            log(f"{part.name}: skipped ({'; '.join(gone)})", flush=True)
+            continue
         built, names = part.source.build(size, min(part.n, per_source), set_rng(seed, "general/" + part.name))
         log(f"{part.name}: {len(built)} images", flush=True)
         images.append(built)
         sources += names
         groups += [part.name] * len(built)
+    total = sum(len(part) for part in images)
+    if total < MIN_IMAGES:
+        raise RuntimeError(
+            f"{total} general-domain images on this machine, fewer than {MIN_IMAGES}; install:\n  "
+            + "\n  ".join(missing)
+        )
     stacked = np.concatenate(images)
     if channels == 1:
         stacked = to_gray(stacked)

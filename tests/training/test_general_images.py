@@ -59,3 +59,33 @@ def test_a_named_mix_is_read_and_converted_and_none_means_none(tmp_path):
     gray = general_images(str(tmp_path / "g.npz"), (1, 8, 8))
     assert gray.shape == (6, 1, 8, 8)
     assert general_images(GENERAL_NONE, (3, 8, 8)) is None
+
+
+class FakeSource:
+    """A source of flat-colour images, present or not."""
+
+    def __init__(self, n: int, present: bool = True) -> None:
+        self.n, self.present = n, present
+
+    def missing(self) -> list[str]:
+        return [] if self.present else ["Debian package fake-icons (apt-get install -y fake-icons)"]
+
+    def origins(self) -> frozenset[str]:
+        return frozenset()
+
+    def build(self, size, n, rng):
+        colours = rng.integers(0, 256, (min(n, self.n), 3, 1, 1), dtype=np.uint8)
+        return np.broadcast_to(colours, (len(colours), 3, size, size)).copy(), [f"c{i}" for i in range(len(colours))]
+
+
+def test_a_missing_source_is_skipped_and_named_and_too_few_images_refused(monkeypatch):
+    parts = [GeneralSource("a", FakeSource(1500)), GeneralSource("gone", FakeSource(10, present=False))]
+    monkeypatch.setattr(general_images_module, "mix_sources", lambda: parts)
+    monkeypatch.setattr(general_images_module, "check_no_heldout_source", lambda mix: None)
+    said = []
+    with pytest.raises(RuntimeError, match="fake-icons"):  # 1,500 images: too few, and it says what to install
+        general_images_module.build_mix(8, 3, 0, 2500, log=lambda line, **_: said.append(line))
+    assert any(line.startswith("gone: skipped") for line in said)
+    parts.append(GeneralSource("b", FakeSource(1000)))
+    images, sources, groups = general_images_module.build_mix(8, 1, 0, 2500, log=lambda *a, **k: None)
+    assert images.shape == (2500, 1, 8, 8) and len(sources) == 2500 and set(groups) == {"a", "b"}
