@@ -70,10 +70,8 @@ class BackgroundTrainer(Trainer):
         super().__init__(config, slices, resume=None)
         self.spec = config.background
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, weight_decay=self.spec.weight_decay)
-        warmup = self.tc.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        # the ordinary schedule (warm-up, then the decay from decay_start), on the new optimizer
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         if resume is not None:
             self._resume(resume)
 

@@ -91,3 +91,14 @@ def test_attach_refuses_a_flow_of_another_shape(tmp_path, tiny_models_root):
     flow, _ = make_tiny_flow(seed=2, shape=(1, 8, 8))
     with pytest.raises(ValueError, match="background flow takes"):
         attach_background(flow, bundle_dir)
+
+
+def test_background_trainer_follows_the_ordinary_schedule_with_its_decay(tmp_path):
+    base = tiny_config(tmp_path).model_dump()
+    base["train"] = {**base["train"], "warmup_steps": 2, "decay_start": 4, "max_steps": 8}
+    config = BackgroundRunConfig.model_validate({**base, "background": {"mutation_rate": 0.0}})
+    trainer = BackgroundTrainer(config, blob_slices())
+    lr = config.train.lr
+    factors = [trainer.scheduler.lr_lambdas[0](step) for step in (0, 1, 4, 6, 8)]
+    assert factors == [0.5, 1.0, 1.0, 0.5, 0.0]  # warm-up, constant, linear decay to 0 at the last step
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr * 0.5)  # step 0 of the warm-up
