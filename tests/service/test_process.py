@@ -105,11 +105,12 @@ def test_sigterm_drains_in_flight_work_refuses_new_and_exits_cleanly(tiny_models
             thread.start()
             threads.append(thread)
         end = time.monotonic() + 10
-        while time.monotonic() < end:
-            text = httpx.get(f"{url}/metrics").text
-            if 'oodgate_inflight_requests{endpoint="/score"} 3.0' in text:
-                break
+        while 'oodgate_inflight_requests{endpoint="/score"} 3.0' not in httpx.get(f"{url}/metrics").text:
+            assert time.monotonic() < end, "the 3 requests never were in flight together"
             time.sleep(0.01)
+        # in flight is counted when the request arrives, admission follows when its handler runs (a few ms; more
+        # on a loaded machine): a request that arrived but was not admitted yet would rightly get 503 draining
+        time.sleep(0.2)  # well inside the 1.2 s of work the three hold
         proc.send_signal(signal.SIGTERM)
         end = time.monotonic() + 10
         while httpx.get(f"{url}/v2/health/ready").status_code == 200:  # readiness turns false
