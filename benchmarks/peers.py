@@ -419,7 +419,7 @@ class Ceilings:
 
     def __init__(self, onnx: Path, images: np.ndarray, threads: int) -> None:
         from service.artifact import load_manifest
-        from service.ood import Detector
+        from service.calibration_file import load_detector
         from service.postprocess import make_postprocess
         from service.runtimes import OnnxGraph, load_runtime
 
@@ -427,7 +427,7 @@ class Ceilings:
         manifest = load_manifest(bundle)
         self.graph = OnnxGraph(onnx, "cpu", threads)
         self.runtime = load_runtime(manifest, bundle, "onnx", "cpu", threads)
-        self.postprocess = make_postprocess(Detector.from_bundle(manifest, bundle))
+        self.postprocess = make_postprocess(load_detector(manifest, bundle))
         self.batch = np.ascontiguousarray(images[:32])
 
     def _worker_step(self) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import load_manifest
-from service.ood import Detector
+from service.calibration_file import load_detector
 from service.postprocess import make_postprocess
 from service.runtimes import load_runtime
 
@@ -33,7 +33,7 @@ def per_call_us(fn, calls: int) -> float:
 def main(argv: list[str]) -> int:
     bundle = Path(argv[0]) if argv else Path("models/fashion-glow/1")
     manifest = load_manifest(bundle)
-    detector = Detector.from_bundle(manifest, bundle)
+    detector = load_detector(manifest, bundle)
     postprocess = make_postprocess(detector)
     runtime = load_runtime(manifest, bundle, "onnx", "cpu")  # orientation as the manifest says
     images = np.random.default_rng(0).integers(0, 256, (32, *manifest.input.shape), dtype=np.uint8)

@@ -25,6 +25,14 @@ TORCHSCRIPT_FILE = "model.pt"
 # The eager flow's state dict as plain arrays, for what needs its inverse (training side only).
 WEIGHTS_FILE = "weights.npz"
 WEIGHTS_KEY = "weights"
+# The optional background flow (the likelihood-ratio score's general model of images).
+BACKGROUND_ONNX_FILE = "background.onnx"
+BACKGROUND_TORCHSCRIPT_FILE = "background.pt"
+BACKGROUND_ONNX_KEY = "background_onnx"
+BACKGROUND_TORCHSCRIPT_KEY = "background_torchscript"
+# The OOD calibration's arrays; their layout and the manifest summary are service.calibration_file's.
+CALIBRATION_FILE = "calibration.npz"
+CALIBRATION_KEY = "calibration"
 
 
 class ArtifactError(RuntimeError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import conformal
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
@@ -80,9 +81,10 @@ class Scored:
 
 def check_level(value: float, name: str, code: str) -> float:
     """A level in (0, 1) or a 422 that names it."""
-    if not (0.0 < value < 1.0) or math.isnan(value):
-        raise ServiceError(422, code, f"{name} must lie strictly between 0 and 1, got {value}")
-    return value
+    try:
+        return conformal.check_level(value, name)
+    except ValueError as exc:
+        raise ServiceError(422, code, str(exc)) from None
 
 
 def finite(value) -> float | None:

@@ -1,6 +1,6 @@
 """Three guarantees on top of the conformal p-values: FDR per batch, calibration-conditional flags, a drift alarm.
 
-:mod:`service.ood` turns a score into the split-conformal p-value
+:mod:`service.conformal` turns a score into the split-conformal p-value
 ``p = (1 + #{cal >= s}) / (n + 1)``, whose flag ``p <= alpha`` has a *marginal*
 false-positive rate of at most alpha on in-distribution images (averaged over
 the draw of the calibration set). This module holds the math of three stronger
@@ -96,20 +96,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .conformal import check_level
+
 DEFAULT_CONDITIONAL_DELTA = 0.1
 DEFAULT_DRIFT_DELTA = 0.01
 COMMON_ALPHAS = (0.01, 0.05, 0.1)  # the levels GET /models shows thresholds for
 KAPPAS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # power-calibrator exponents 0.05 ... 0.95
 MAX_STREAM_IMAGES = 10_000_000  # 80 MB of scores; past it the martingale stops until reset
 CHUNK = 256  # images ranked against each other at once
-
-
-def check_level(value: float, name: str) -> float:
-    """A probability level strictly inside (0, 1): alpha, q, delta."""
-    value = float(value)
-    if math.isnan(value) or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------- FDR

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .complexity import complexity_bits
-from .ood import Detector, conformal_p_values
+from .ood import Detector
 
 SCORE_PREFIX = "score/"
 P_VALUE_PREFIX = "p_value/"
@@ -44,8 +44,7 @@ def make_postprocess(detector: Detector) -> Postprocess:
         scores = detector.score(stats, complexity_bits(images) if needs_complexity else None)
         out = {score_key(name): values for name, values in scores.items()}
         if detector.fitted:
-            for name, values in scores.items():
-                out[p_value_key(name)] = conformal_p_values(detector.calibration[name], values)
+            out.update({p_value_key(name): values for name, values in detector.p_values(scores).items()})
         return out
 
     return postprocess

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .artifact import MANIFEST_NAME, ArtifactError, Manifest, discover_bundles, load_manifest
 from .batcher import Batcher
+from .calibration_file import load_detector
 from .errors import ServiceError
 from .metrics import Metrics
 from .ood import Detector
@@ -144,7 +145,7 @@ class ModelRepository:
                 continue
             try:
                 manifest = load_manifest(bundle_dir, verify=self.settings.verify_files)
-                detector = Detector.from_bundle(manifest, bundle_dir)
+                detector = load_detector(manifest, bundle_dir)
             except (ArtifactError, ValueError, OSError) as exc:
                 self.errors[f"{name}/{version}"] = str(exc)
                 log.error("skipping bundle %s: %s", bundle_dir, exc)
@@ -392,7 +393,7 @@ class ModelRepository:
             other = self.entries.get(key)
             if other is not None and other is not serving:
                 return f"its manifest says {key[0]}/{key[1]}, which {other.bundle_dir} serves already"
-            detector = Detector.from_bundle(manifest, bundle_dir)
+            detector = load_detector(manifest, bundle_dir)
         except (ArtifactError, ValueError, OSError) as exc:
             return str(exc)
         candidate = self._entry(manifest, bundle_dir, detector)

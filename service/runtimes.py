@@ -29,12 +29,20 @@ from typing import Protocol
 
 import numpy as np
 
-from .artifact import INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, TORCHSCRIPT_FILE, Manifest
-from .ood import BACKGROUND_BPD, VFLIP_BPD
+from .artifact import (
+    BACKGROUND_ONNX_KEY,
+    BACKGROUND_TORCHSCRIPT_KEY,
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    TORCHSCRIPT_FILE,
+    Manifest,
+)
+from .scores import BACKGROUND_BPD, VFLIP_BPD
 
 log = logging.getLogger(__name__)
 
-BACKGROUND_KEYS = {"onnx": "background_onnx", "torchscript": "background_torchscript"}
+BACKGROUND_KEYS = {"onnx": BACKGROUND_ONNX_KEY, "torchscript": BACKGROUND_TORCHSCRIPT_KEY}
 MAIN_KEYS = {"onnx": "onnx", "torchscript": "torchscript"}
 DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
 

@@ -28,15 +28,23 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.artifact import ONNX_FILE, TORCHSCRIPT_FILE, file_entry, load_manifest, write_manifest
-from service.ood import BACKGROUND_ONNX_KEY, BACKGROUND_TORCHSCRIPT_KEY, CALIBRATION_KEY
+from service.artifact import (
+    BACKGROUND_ONNX_FILE,
+    BACKGROUND_ONNX_KEY,
+    BACKGROUND_TORCHSCRIPT_FILE,
+    BACKGROUND_TORCHSCRIPT_KEY,
+    CALIBRATION_FILE,
+    CALIBRATION_KEY,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    file_entry,
+    load_manifest,
+    write_manifest,
+)
 from training.architectures import MultiScaleFlow
 from training.config import RunConfig, load_config
 from training.data import Slices
 from training.train import Trainer, model_from_checkpoint, run_training
-
-BACKGROUND_ONNX_FILE = "background.onnx"
-BACKGROUND_TORCHSCRIPT_FILE = "background.pt"
 
 
 class BackgroundSpec(BaseModel):
@@ -111,7 +119,7 @@ def attach_background(
     files[BACKGROUND_TORCHSCRIPT_KEY] = file_entry(bundle_dir, BACKGROUND_TORCHSCRIPT_FILE)
     training = {**manifest.training, "background": {**(info or {}), "export_parity": parity}}
     write_manifest(bundle_dir, manifest.model_copy(update={"files": files, "training": training, "calibration": None}))
-    stale = bundle_dir / "calibration.npz"
+    stale = bundle_dir / CALIBRATION_FILE
     if stale.exists():
         stale.unlink()
 

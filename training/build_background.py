@@ -150,8 +150,7 @@ def attach_stage(checkpoint: Path, bundle_dir: Path) -> bool:
 
     Attaching drops the bundle's calibration, so the calibrate and evaluate stages run again.
     """
-    from service.artifact import load_manifest
-    from service.ood import BACKGROUND_ONNX_KEY
+    from service.artifact import BACKGROUND_ONNX_KEY, load_manifest
 
     manifest = load_manifest(bundle_dir, verify=True)
     recorded = (manifest.training or {}).get("background", {})

@@ -25,15 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError, Manifest
-from service.ood import (
-    COMBINE_RULES,
-    DEFAULT_ALPHA,
-    DEFAULT_FIT_FRACTION,
-    DOSE_DENSITIES,
-    SCORE_NAMES,
-    CalibrationError,
-    Detector,
-)
+from service.calibration_file import save_calibration
+from service.conformal import DEFAULT_ALPHA
+from service.densities import DOSE_DENSITIES
+from service.ood import DEFAULT_FIT_FRACTION, CalibrationError, Detector
+from service.scores import COMBINE_RULES, SCORE_NAMES
 from training.data import DatasetError, load_npz, recorded_training_split, sha256_array
 from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
 
@@ -104,7 +100,7 @@ def calibrate_bundle(
         "holdout_sha256": sha256_array(holdout),
         "runtime": f"{bundle.runtime.backend} {importlib.metadata.version('onnxruntime')}",
     }
-    bundle.manifest = detector.save(bundle.directory, manifest, extra=extra)
+    bundle.manifest = save_calibration(detector, bundle.directory, manifest, extra=extra)
     return detector
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError
-from service.ood import Detector, conformal_p_values
+from service.calibration_file import load_detector, save_calibration
+from service.ood import Detector
 from training.data import DatasetError, recorded_test_split
 from training.metrics import auroc, flag_rate, fpr_at_tpr
 from training.ood_sets import (
@@ -126,8 +127,7 @@ def score_set(
     stats = run_statistics(bundle, image_set.images, batch_size=batch_size, desc=image_set.name, progress=progress)
     complexity = run_complexity(image_set.images, desc=f"{image_set.name} L(x)", progress=progress)
     scores = detector.score(stats, complexity)
-    # the service's own formula on the service's own scores (Detector.predict does exactly this)
-    p_values = {name: conformal_p_values(detector.calibration[name], scores[name]) for name in scores}
+    p_values = detector.p_values(scores)  # what the service's worker attaches to every batch
     return ScoredSet(
         image_set.name,
         kind,
@@ -288,7 +288,7 @@ def evaluate(bundle_dir: str | Path, options: EvalOptions, command: str = "") ->
     check_set_names(options)
     progress = options.progress
     bundle = open_bundle(bundle_dir, threads=options.threads)
-    detector = Detector.from_bundle(bundle.manifest, bundle.directory)
+    detector = load_detector(bundle.manifest, bundle.directory)
     if not detector.fitted:
         raise ArtifactError(f"{bundle_dir} carries no calibration: run oodgate-calibrate {bundle_dir} first")
     shape = tuple(bundle.manifest.input.shape)
@@ -348,8 +348,11 @@ def set_default_score(result: Evaluation) -> bool:
     if not result.recommended or result.recommended == result.detector.default_score:
         return False
     result.detector.default_score = result.recommended
-    result.bundle.manifest = result.detector.save(
-        result.bundle.directory, result.bundle.manifest, extra=_kept_calibration_fields(result.bundle.manifest)
+    result.bundle.manifest = save_calibration(
+        result.detector,
+        result.bundle.directory,
+        result.bundle.manifest,
+        extra=_kept_calibration_fields(result.bundle.manifest),
     )
     result.notes.append(f"default score of {result.bundle.directory} set to {result.recommended} (--set-default)")
     return True

@@ -1,7 +1,7 @@
 """``python -m training.guarantees BUNDLE``: measure the three guarantees of service/guarantees.py on a bundle.
 
 Every image goes through the bundle's runtime and :class:`service.ood.Detector`
-(the service's scoring code), every p-value through :func:`service.ood.conformal_p_values`
+(the service's scoring code), every p-value through :func:`service.conformal.conformal_p_values`
 against the bundle's own ``calibration.npz``, and every decision through
 :mod:`service.guarantees`: what is measured here is what the service does.
 
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.conformal import conformal_p_values
 from service.guarantees import (
     DEFAULT_CONDITIONAL_DELTA,
     DEFAULT_DRIFT_DELTA,
@@ -45,7 +46,7 @@ from service.guarantees import (
     marginal_rank,
     thresholds,
 )
-from service.ood import Detector, conformal_p_values
+from service.ood import Detector
 from training.calibrate import load_holdout
 from training.data import load_npz
 from training.evaluate import in_distribution_images, parse_extra

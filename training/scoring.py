@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.artifact import ArtifactError, Manifest, load_manifest
+from service.calibration_file import load_detector
 from service.complexity import complexity_bits
 from service.ood import Detector
 from service.runtimes import FlowRuntime, build_runtime
@@ -45,7 +46,7 @@ def open_bundle(
 def open_calibrated_bundle(bundle_dir: str | Path, threads: int = 0) -> tuple[Bundle, Detector]:
     """The bundle's runtime and its calibrated detector; an uncalibrated bundle is an ArtifactError."""
     bundle = open_bundle(bundle_dir, threads=threads)
-    detector = Detector.from_bundle(bundle.manifest, bundle.directory)
+    detector = load_detector(bundle.manifest, bundle.directory)
     if not detector.fitted:
         raise ArtifactError(f"{bundle_dir} carries no calibration: run oodgate-calibrate {bundle_dir} first")
     return bundle, detector

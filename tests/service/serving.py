@@ -16,6 +16,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.artifact import load_manifest
+from service.calibration_file import save_calibration
 from service.cli import uvicorn_config
 from service.complexity import complexity_bits
 from service.ood import Detector
@@ -175,7 +176,7 @@ def calibrated_root(tmp_root: Path, tiny_root: Path) -> Path:
     stats = reference_stats(tmp_root, holdout)
     detector = Detector(manifest.input.dims, manifest.levels, dose_density="gaussian")
     detector.fit(stats, complexity_bits(holdout), seed=0)
-    detector.save(bundle, manifest)
+    save_calibration(detector, bundle, manifest)
     return tmp_root
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from service.artifact import load_manifest
+from service.calibration_file import load_detector
 from service.complexity import complexity_bits
-from service.ood import Detector
 from service.postprocess import make_postprocess, p_value_key
 from service.runtimes import build_runtime
 from training.evaluate import score_set
@@ -96,7 +96,7 @@ def bundle(request):
 
 def test_service_p_values_and_flags_are_pinned(bundle):
     name, directory, manifest, images, stats = bundle
-    detector = Detector.from_bundle(manifest, directory)
+    detector = load_detector(manifest, directory)
     assert detector.default_score == DEFAULT_SCORE[name] and detector.default_alpha == ALPHA
     assert list(detector.score_names) == list(PINNED[name])
     computed = make_postprocess(detector)(stats, images)  # what the model's worker attaches to each batch
@@ -113,7 +113,7 @@ def test_service_p_values_and_flags_are_pinned(bundle):
 
 def test_evaluation_report_gets_the_service_p_values(bundle):
     name, directory, manifest, images, stats = bundle
-    detector = Detector.from_bundle(manifest, directory)
+    detector = load_detector(manifest, directory)
     service = make_postprocess(detector)(stats, images)
     opened = open_bundle(directory, threads=1)
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.artifact import load_manifest
-from service.ood import Detector
+from service.calibration_file import load_detector
 from training.calibrate import calibrate_bundle
 from training.evaluate import main as eval_main
 from training.scoring import open_bundle
@@ -52,7 +52,7 @@ def test_service_flags_equal_eval_flags(tmp_path, calibrated):
     with gzip.open(tmp_path / "report" / "scores.csv.gz", "rt") as handle:
         rows = [r for r in csv.DictReader(handle) if r["set"] == "probe"]
     assert len(rows) == len(images)
-    detector = Detector.from_bundle(load_manifest(calibrated / "tiny" / "1"), calibrated / "tiny" / "1")
+    detector = load_detector(load_manifest(calibrated / "tiny" / "1"), calibrated / "tiny" / "1")
     names = detector.score_names
     assert ("orientation" in names) == detector.orientation and "combined" in names
     assert all(f"score_{name}" in rows[0] for name in names)  # the report has every score, the new ones too

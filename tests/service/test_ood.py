@@ -1,67 +1,18 @@
-"""Each score on synthetic statistics where the right answer is known, conformal p-values, and the contract."""
+"""The detector: each score on synthetic statistics where the right answer is known, its p-values and flags."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from scipy import stats as st
 
-from service.artifact import ArtifactError, load_manifest
-from service.ood import (
-    BACKGROUND_BPD,
-    CALIBRATION_FILE,
-    COMBINED_PARTS,
-    VFLIP_BPD,
-    CalibrationError,
-    Decision,
-    Detector,
-    UnknownScoreError,
-    conformal_p_values,
-)
+from service.ood import CalibrationError, Decision, Detector, UnknownScoreError
+from service.scores import BACKGROUND_BPD, COMBINED_PARTS, VFLIP_BPD
 from training.metrics import auroc
 
-D = 784
-LN2 = np.log(2.0)
-
-
-def make_stats(
-    n: int,
-    rng: np.random.Generator,
-    *,
-    complexity_bpd: float = 4.0,
-    complexity_spread: float = 0.4,
-    gap: float = -0.8,
-    det_shift: float = 0.0,
-    background_gap: float = 0.1,
-    flip_gap: float = -0.17,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Flow-like statistics: bpd tracks L(x)/D (the papers' finding) and log p(x) splits into levels.
-
-    ``gap`` is bpd - L(x)/D; ``det_shift`` moves nats per dim from log p(z) into
-    log-det without changing log p(x) (only DoSE can see it); ``background_gap``
-    is bpd - background bpd; ``flip_gap`` is bpd - bpd(vertical flip) (upright images: negative,
-    the flow prefers them to their flips).
-    """
-    complexity = (complexity_bpd + complexity_spread * rng.standard_normal(n)) * D
-    bpd = complexity / D + gap + 0.05 * rng.standard_normal(n)
-    log_px = -(bpd * D * LN2 - D * np.log(256.0))
-    log_det = (1.0 + det_shift + 0.02 * rng.standard_normal(n)) * D
-    log_pz = log_px - log_det
-    share = 0.6 + 0.01 * rng.standard_normal(n)
-    stats = {
-        "log_pz": log_pz.astype(np.float32),
-        "log_det": log_det.astype(np.float32),
-        "log_px": log_px.astype(np.float32),
-        "bpd": bpd.astype(np.float32),
-        "log_pz_levels": np.stack([share * log_pz, (1 - share) * log_pz], 1).astype(np.float32),
-        "log_det_levels": np.stack([0.7 * log_det, 0.3 * log_det], 1).astype(np.float32),
-        BACKGROUND_BPD: (bpd - background_gap - 0.02 * rng.standard_normal(n)).astype(np.float32),
-        VFLIP_BPD: (bpd - flip_gap - 0.1 * rng.standard_normal(n)).astype(np.float32),
-    }
-    return stats, complexity
+from .flow_stats import D, make_stats
 
 
 def fitted(rng, n=2000, background=True, density="kde") -> Detector:
@@ -171,11 +122,6 @@ def test_realized_false_positive_rate_is_near_alpha_on_fresh_in_distribution_ima
         assert abs(rate - alpha) <= tolerance, (alpha, rate)
 
 
-def test_conformal_p_value_formula_and_ties():
-    cal = np.sort(np.array([1.0, 2.0, 2.0, 3.0]))
-    np.testing.assert_allclose(conformal_p_values(cal, np.array([0.0, 2.0, 2.5, 9.0])), [1.0, 4 / 5, 2 / 5, 1 / 5])
-
-
 def test_non_finite_statistics_are_the_most_unusual_not_a_crash():
     rng = np.random.default_rng(7)
     detector = fitted(rng, n=500)
@@ -235,42 +181,6 @@ def test_fit_refuses_what_cannot_be_calibrated():
         Detector(D, 2).fit(stats, complexity)
 
 
-def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
-    bundle = tmp_path / "tiny" / "1"
-    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
-    rng = np.random.default_rng(11)
-    stats, complexity = make_stats(400, rng)
-    stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
-    detector = Detector(D, 2, dose_density="gaussian").fit(stats, complexity, seed=3, combined=True)
-    detector.default_score = "complexity"
-    detector.save(bundle, load_manifest(bundle), extra={"holdout_sha256": "abc"})
-
-    manifest = load_manifest(bundle)  # verifies calibration.npz's sha256 too
-    assert manifest.files["calibration"].path == CALIBRATION_FILE
-    assert manifest.calibration["default_score"] == "complexity"
-    expected = {"bpd": 400, "typicality": 240, "complexity": 400, "dose": 240, "combined": 240}
-    assert manifest.calibration["n_calibration"] == expected
-    loaded = Detector.from_bundle(manifest, bundle)
-    assert loaded.score_names == ("bpd", "typicality", "complexity", "dose", "combined")
-    assert loaded.default_score == "complexity" and not loaded.needs_background
-    new, new_complexity = make_stats(50, rng)
-    for name in detector.score_names:
-        expected = detector.p_value(new, new_complexity, name)
-        np.testing.assert_array_equal(expected, loaded.p_value(new, new_complexity, name))
-    summary = loaded.calibration_summary()
-    assert summary["calibrated"] and summary["n_holdout"] == 400
-    json.dumps(summary)
-
-    with np.load(bundle / CALIBRATION_FILE, allow_pickle=False) as archive:  # plain arrays only
-        assert all(archive[key].dtype == np.float64 for key in archive.files)
-
-
-def test_uncalibrated_bundle_loads_without_flags(tiny_models_root):
-    bundle = tiny_models_root / "tiny" / "1"
-    detector = Detector.from_bundle(load_manifest(bundle), bundle)
-    assert not detector.fitted and detector.calibration_summary()["calibrated"] is False
-
-
 def test_orientation_catches_flipped_images_that_every_other_score_misses():
     """Upside-down images: same likelihood, same complexity, but the flow prefers their flip."""
     rng = np.random.default_rng(13)
@@ -311,55 +221,9 @@ def test_orientation_needs_the_flag_and_the_flipped_pass():
     assert Detector(D, 2, orientation=True).score_names == ("bpd", "complexity", "orientation")  # no fit needed
 
 
-@pytest.mark.parametrize("rule", ["max", "sum"])
-def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_models_root, rule):
-    bundle = tmp_path / "tiny" / "1"
-    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
-    rng = np.random.default_rng(15)
-    stats, complexity = make_stats(400, rng)
-    stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
-    parts = ("dose", "complexity", "orientation")
-    detector = Detector(D, 2, orientation=True, dose_density="gmm")
-    detector.fit(stats, complexity, seed=2, combined=True, combined_parts=parts, combine_rule=rule)
-    detector.save(bundle, load_manifest(bundle))
-
-    manifest = load_manifest(bundle)
-    assert manifest.calibration["orientation"] is True and manifest.calibration["format"] == 2
-    assert manifest.calibration["combined"] == {"parts": list(parts), "rule": rule}
-    assert manifest.calibration["dose"]["features"][-1] == "bpd-bpd(vflip)"
-    assert "holdout_orientation_mean" in manifest.calibration
-    loaded = Detector.from_bundle(manifest, bundle)
-    assert loaded.orientation and loaded.combined_parts == parts and loaded.needs_orientation
-    assert loaded.combine_rule == rule
-    new, new_complexity = make_stats(50, rng, flip_gap=0.1)
-    for name in detector.score_names:
-        np.testing.assert_array_equal(
-            detector.p_value(new, new_complexity, name), loaded.p_value(new, new_complexity, name)
-        )
-    summary = loaded.calibration_summary()
-    assert summary["orientation"] is True and summary["combined_parts"] == list(parts)
-    assert summary["combined_rule"] == rule
-    json.dumps(summary)
-
-
-def test_a_format_1_calibration_still_loads_as_dose_and_complexity():
-    rng = np.random.default_rng(16)
-    stats, complexity = make_stats(300, rng)
-    summary, arrays = Detector(D, 2).fit(stats, complexity, seed=0, combined=True).state()
-    for key in ("orientation", "combined"):
-        del summary[key]
-    summary["format"] = 1
-    loaded = Detector.from_state(D, 2, summary, arrays)
-    assert not loaded.orientation and loaded.combined_parts == COMBINED_PARTS and loaded.combine_rule == "max"
-    assert "combined" in loaded.score_names
-    summary["format"] = 3
-    with pytest.raises(ArtifactError, match="format 3"):
-        Detector.from_state(D, 2, summary, arrays)
-
-
 def test_combined_rule_max_takes_the_larger_and_sum_adds_the_tail_evidence():
     """Fisher's rule adds the parts' -log tail probabilities; max keeps the larger; anything else is refused."""
-    from service.ood import tail_evidence
+    from service.scores import tail_evidence
 
     rng = np.random.default_rng(17)
     stats, complexity = make_stats(400, rng)

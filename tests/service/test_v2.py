@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from service.api.v2 import numeric_tensor, split_body, tensor_bytes
+from service.calibration_file import load_detector
 from service.complexity import complexity_bits
-from service.ood import Detector
 
 from .serving import LiveServer, calibrated_root, create_app, png, random_images, reference_stats, settings
 
@@ -69,7 +69,7 @@ def expected_decisions(root, images, alpha=0.05):
     from service.artifact import load_manifest
 
     bundle = root / "tiny" / "1"
-    detector = Detector.from_bundle(load_manifest(bundle), bundle)
+    detector = load_detector(load_manifest(bundle), bundle)
     stats = reference_stats(root, images)
     return stats, detector.decide(stats, complexity_bits(images), None, alpha)
 

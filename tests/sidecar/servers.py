@@ -70,6 +70,7 @@ def default_models_root(tmp_path: Path) -> Path:
 def calibrated_tiny_root(tmp_path: Path, tiny_root: Path) -> Path:
     """The session's tiny bundle, copied and calibrated on smooth blobs (p-values and flags exist)."""
     from service.artifact import load_manifest
+    from service.calibration_file import save_calibration
     from service.complexity import complexity_bits
     from service.ood import Detector
     from service.runtimes import load_runtime
@@ -84,7 +85,7 @@ def calibrated_tiny_root(tmp_path: Path, tiny_root: Path) -> Path:
     stats = load_runtime(manifest, bundle, backend="onnx", device="cpu").run(holdout)
     detector = Detector(manifest.input.dims, manifest.levels, dose_density="gaussian")
     detector.fit(stats, complexity_bits(holdout), seed=0)
-    detector.save(bundle, manifest)
+    save_calibration(detector, bundle, manifest)
     return root
 
 

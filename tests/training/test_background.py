@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.artifact import load_manifest
-from service.ood import Detector
+from service.calibration_file import load_detector
 from tests.conftest import make_tiny_flow
 from tests.training.test_train import blob_slices, tiny_config
 from training.background import (
@@ -63,7 +63,7 @@ def test_attached_background_gives_the_likelihood_ratio_score(tmp_path, tiny_mod
     assert {"background_onnx", "background_torchscript"} <= set(manifest.files)
     assert manifest.calibration is None and "calibration" not in manifest.files  # stale: scores changed
     assert manifest.training["background"]["export_parity"]["onnx_max_abs_delta_bpd"] <= 1e-4
-    assert not Detector.from_bundle(manifest, bundle_dir).fitted
+    assert not load_detector(manifest, bundle_dir).fitted
 
     bundle = open_bundle(bundle_dir, threads=1)
     detector = calibrate_bundle(bundle, holdout, progress=False)
@@ -75,14 +75,14 @@ def test_attached_background_gives_the_likelihood_ratio_score(tmp_path, tiny_mod
     np.testing.assert_allclose(stats["background_bpd"], direct, rtol=1e-6)
     ratio = detector.score(stats, np.zeros(5) + 784 * 8, ["likelihood_ratio"])["likelihood_ratio"]
     np.testing.assert_allclose(ratio, stats["bpd"].astype(np.float64) - direct.astype(np.float64), rtol=1e-6)
-    assert Detector.from_bundle(load_manifest(bundle_dir), bundle_dir).background
+    assert load_detector(load_manifest(bundle_dir), bundle_dir).background
 
     detach_background(bundle_dir)  # what a build does when the domain-free rule prefers the bundle without it
     manifest = load_manifest(bundle_dir, verify=True)
     assert not {"background_onnx", "background_torchscript", "calibration"} & set(manifest.files)
     assert "background" not in manifest.training and manifest.calibration is None
     assert not (bundle_dir / "background.onnx").exists() and not (bundle_dir / "background.pt").exists()
-    assert not Detector.from_bundle(manifest, bundle_dir).background
+    assert not load_detector(manifest, bundle_dir).background
 
 
 def test_attach_refuses_a_flow_of_another_shape(tmp_path, tiny_models_root):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.artifact import TrainingData, load_manifest, write_manifest
-from service.ood import Detector
+from service.calibration_file import load_detector
 from tests.conftest import make_tiny_flow
 from training.calibrate import calibrate_bundle, load_holdout, main
 from training.data import DatasetError, sha256_array
@@ -43,7 +43,7 @@ def test_cli_calibrates_from_an_npz_and_keeps_sha256s_consistent(tmp_path, bundl
     manifest = load_manifest(bundle_copy, verify=True)
     assert manifest.calibration["n_holdout"] == 120 and manifest.calibration["holdout_sha256"] == sha256_array(holdout)
     assert manifest.calibration["runtime"].startswith("onnx")
-    detector = Detector.from_bundle(manifest, bundle_copy)
+    detector = load_detector(manifest, bundle_copy)
     assert detector.fitted and detector.default_score == "dose"
 
     # recalibrating replaces, never duplicates, and the default score can be chosen
@@ -144,7 +144,7 @@ def test_cli_calibrates_with_orientation_and_the_runtime_follows(tmp_path, bundl
 
     bundle = open_bundle(bundle_copy, threads=1)  # as oodgate-eval and the service open it
     assert bundle.runtime.orientation
-    detector = Detector.from_bundle(manifest, bundle_copy)
+    detector = load_detector(manifest, bundle_copy)
     stats = run_statistics(bundle, holdout, progress=False)
     plain = open_bundle(bundle_copy, threads=1, orientation=False)
     flipped = run_statistics(plain, holdout[:, :, ::-1], progress=False)

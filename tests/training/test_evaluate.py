@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from service.artifact import load_manifest, write_manifest
-from service.ood import Detector
+from service.calibration_file import load_detector
 from tests.conftest import GRAY8, RGB8, make_tiny_flow
 from tests.training.recorded import recorded_bundle
 from training.calibrate import calibrate_bundle
@@ -189,7 +189,7 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["meets_targets"]) <= set(
-        Detector.from_bundle(load_manifest(calibrated_bundle), calibrated_bundle).score_names
+        load_detector(load_manifest(calibrated_bundle), calibrated_bundle).score_names
     )
     if summary["meets_targets"]:  # the tiny bundle may meet none; then every score competed
         assert summary["recommended"] in summary["meets_targets"]
@@ -205,7 +205,7 @@ def test_eval_cli_writes_the_report(tmp_path, calibrated_bundle, capsys):
     # --set-default wrote the recommendation into the bundle, sha256s still consistent
     manifest = load_manifest(calibrated_bundle, verify=True)
     assert manifest.calibration["default_score"] == summary["recommended"]
-    assert Detector.from_bundle(manifest, calibrated_bundle).default_score == summary["recommended"]
+    assert load_detector(manifest, calibrated_bundle).default_score == summary["recommended"]
 
 
 def test_eval_inverts_the_bundles_own_weights_without_a_checkpoint(tmp_path, calibrated_bundle):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.artifact import load_manifest
-from service.ood import Detector
+from service.calibration_file import load_detector
 from training.calibrate import calibrate_bundle
 from training.guarantees import (
     FDR_LEVELS,
@@ -127,7 +127,7 @@ def test_the_command_writes_the_report(tmp_path, calibrated):
 
 
 def test_parity_catches_a_calibration_that_is_not_the_holdouts(calibrated, tmp_path):
-    detector = Detector.from_bundle(load_manifest(calibrated), calibrated)
+    detector = load_detector(load_manifest(calibrated), calibrated)
     holdout = np.load(tmp_path / "holdout.npz")["images"]
     bundle = open_bundle(calibrated, threads=1)
     from training.guarantees import score_images

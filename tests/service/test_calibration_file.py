@@ -1,0 +1,98 @@
+"""The calibration file: a fitted detector survives the bundle round trip bit for bit, old formats still read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from service.artifact import CALIBRATION_FILE, ArtifactError, load_manifest
+from service.calibration_file import calibration_state, detector_from_state, load_detector, save_calibration
+from service.ood import Detector
+from service.scores import BACKGROUND_BPD, COMBINED_PARTS
+
+from .flow_stats import D, make_stats
+
+
+def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
+    bundle = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
+    rng = np.random.default_rng(11)
+    stats, complexity = make_stats(400, rng)
+    stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
+    detector = Detector(D, 2, dose_density="gaussian").fit(stats, complexity, seed=3, combined=True)
+    detector.default_score = "complexity"
+    save_calibration(detector, bundle, load_manifest(bundle), extra={"holdout_sha256": "abc"})
+
+    manifest = load_manifest(bundle)  # verifies calibration.npz's sha256 too
+    assert manifest.files["calibration"].path == CALIBRATION_FILE
+    assert manifest.calibration["default_score"] == "complexity"
+    expected = {"bpd": 400, "typicality": 240, "complexity": 400, "dose": 240, "combined": 240}
+    assert manifest.calibration["n_calibration"] == expected
+    loaded = load_detector(manifest, bundle)
+    assert loaded.score_names == ("bpd", "typicality", "complexity", "dose", "combined")
+    assert loaded.default_score == "complexity" and not loaded.needs_background
+    new, new_complexity = make_stats(50, rng)
+    for name in detector.score_names:
+        expected = detector.p_value(new, new_complexity, name)
+        np.testing.assert_array_equal(expected, loaded.p_value(new, new_complexity, name))
+    summary = loaded.calibration_summary()
+    assert summary["calibrated"] and summary["n_holdout"] == 400
+    json.dumps(summary)
+
+    with np.load(bundle / CALIBRATION_FILE, allow_pickle=False) as archive:  # plain arrays only
+        assert all(archive[key].dtype == np.float64 for key in archive.files)
+
+
+def test_uncalibrated_bundle_loads_without_flags(tiny_models_root):
+    bundle = tiny_models_root / "tiny" / "1"
+    detector = load_detector(load_manifest(bundle), bundle)
+    assert not detector.fitted and detector.calibration_summary()["calibrated"] is False
+
+
+@pytest.mark.parametrize("rule", ["max", "sum"])
+def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_models_root, rule):
+    bundle = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
+    rng = np.random.default_rng(15)
+    stats, complexity = make_stats(400, rng)
+    stats = {k: v for k, v in stats.items() if k != BACKGROUND_BPD}
+    parts = ("dose", "complexity", "orientation")
+    detector = Detector(D, 2, orientation=True, dose_density="gmm")
+    detector.fit(stats, complexity, seed=2, combined=True, combined_parts=parts, combine_rule=rule)
+    save_calibration(detector, bundle, load_manifest(bundle))
+
+    manifest = load_manifest(bundle)
+    assert manifest.calibration["orientation"] is True and manifest.calibration["format"] == 2
+    assert manifest.calibration["combined"] == {"parts": list(parts), "rule": rule}
+    assert manifest.calibration["dose"]["features"][-1] == "bpd-bpd(vflip)"
+    assert "holdout_orientation_mean" in manifest.calibration
+    loaded = load_detector(manifest, bundle)
+    assert loaded.orientation and loaded.combined_parts == parts and loaded.needs_orientation
+    assert loaded.combine_rule == rule
+    new, new_complexity = make_stats(50, rng, flip_gap=0.1)
+    for name in detector.score_names:
+        np.testing.assert_array_equal(
+            detector.p_value(new, new_complexity, name), loaded.p_value(new, new_complexity, name)
+        )
+    summary = loaded.calibration_summary()
+    assert summary["orientation"] is True and summary["combined_parts"] == list(parts)
+    assert summary["combined_rule"] == rule
+    json.dumps(summary)
+
+
+def test_a_format_1_calibration_still_loads_as_dose_and_complexity():
+    rng = np.random.default_rng(16)
+    stats, complexity = make_stats(300, rng)
+    summary, arrays = calibration_state(Detector(D, 2).fit(stats, complexity, seed=0, combined=True))
+    for key in ("orientation", "combined"):
+        del summary[key]
+    summary["format"] = 1
+    loaded = detector_from_state(D, 2, summary, arrays)
+    assert not loaded.orientation and loaded.combined_parts == COMBINED_PARTS and loaded.combine_rule == "max"
+    assert "combined" in loaded.score_names
+    summary["format"] = 3
+    with pytest.raises(ArtifactError, match="format 3"):
+        detector_from_state(D, 2, summary, arrays)
