@@ -10,7 +10,8 @@ summary; a format-1 calibration reads as orientation off and parts
 ``(dose, complexity)``.
 
 Training writes calibrations (:func:`save_calibration`); the service only
-reads them (:func:`load_detector`).
+reads them (:func:`load_detector`) and shows their public part on ``GET /models``
+(:func:`calibration_summary`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,27 @@ def calibration_state(detector: Detector) -> tuple[dict[str, Any], dict[str, np.
         **detector.info,
     }
     return summary, {key: np.asarray(value, dtype=np.float64) for key, value in arrays.items()}
+
+
+def calibration_summary(detector: Detector) -> dict[str, Any]:
+    """What ``GET /models`` shows about a model's OOD gate: the manifest summary's public part."""
+    summary: dict[str, Any] = {
+        "calibrated": detector.fitted,
+        "scores": list(detector.score_names),
+        "default_score": detector.default_score,
+        "default_alpha": detector.default_alpha,
+        "background": detector.background,
+        "orientation": detector.orientation,
+    }
+    if detector.fitted:
+        summary["method"] = CONFORMAL_METHOD
+        if detector.combined_parts:
+            summary["combined_parts"] = list(detector.combined_parts)
+            summary["combined_rule"] = detector.combine_rule
+        summary["n_calibration"] = {name: int(len(v)) for name, v in detector.calibration.items()}
+        summary["dose_density"] = detector.dose_density
+        summary.update({k: v for k, v in detector.info.items() if k in ("fitted", "n_holdout", "n_fit")})
+    return summary
 
 
 def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

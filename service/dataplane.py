@@ -32,7 +32,7 @@ from .drift import DriftTracker
 from .errors import ServiceError
 from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, threshold_table
 from .metrics import Metrics
-from .ood import Decision
+from .ood import Decision, flag_decisions
 from .postprocess import p_value_key, score_key
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
@@ -286,22 +286,13 @@ class DataPlane:
         """Per-image verdicts from the scores and p-values the worker computed, and the rule's p-value cutoff."""
         if len(out.failures) == count:
             return [None] * count, None
-        names = entry.detector.score_names
-        columns = [out.stats[score_key(name)].tolist() for name in names]
+        scores = {name: out.stats[score_key(name)] for name in entry.detector.score_names}
         p_values = out.stats.get(p_value_key(score))
-        p_list = [None] * count if p_values is None else p_values.tolist()
         cutoff = None
         if p_values is not None:  # the rule sees only the images that were scored
             scored = p_values if not out.failures else np.delete(p_values, list(out.failures))
             cutoff = rule.cutoff(scored, len(entry.detector.calibration[score]))
-        decisions: list[Decision | None] = []
-        for i, row in enumerate(zip(*columns, strict=True)):
-            if i in out.failures:
-                decisions.append(None)
-                continue
-            p = p_list[i]
-            decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= cutoff))
-        return decisions, cutoff
+        return flag_decisions(scores, score, p_values, cutoff, out.failures), cutoff
 
     def _count(self, entry: ModelEntry, decisions: list[Decision | None], score: str) -> None:
         key = (entry.name, entry.version, score)

@@ -18,13 +18,13 @@ calibrate on the whole slice. ``p = (1 + #{cal >= s}) / (n + 1)`` and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service.conformal import CONFORMAL_METHOD, DEFAULT_ALPHA, check_level, conformal_p_values
+from service.conformal import DEFAULT_ALPHA, check_level, conformal_p_values
 from service.densities import DOSE_DENSITIES, fit_density
 from service.scores import (
     BACKGROUND_BPD,
@@ -68,6 +68,32 @@ class Decision:
     score: str
     p_value: float | None
     ood: bool | None
+
+
+def flag_decisions(
+    scores: Mapping[str, np.ndarray],
+    score: str,
+    p_values: np.ndarray | None,
+    cutoff: float | None,
+    failed: Collection[int] = (),
+) -> list[Decision | None]:
+    """Per-image verdicts: every score, the deciding one, its p-value and ``ood = p <= cutoff``.
+
+    The one place a p-value becomes a flag, for :meth:`Detector.decide` (cutoff
+    ``alpha``) and the data plane (the request's rule's cutoff); ``failed``
+    images, which have no scores, get ``None``.
+    """
+    names = list(scores)
+    columns = [np.asarray(scores[name]).tolist() for name in names]
+    p_list = None if p_values is None else np.asarray(p_values).tolist()
+    decisions: list[Decision | None] = []
+    for i, row in enumerate(zip(*columns, strict=True)):
+        if i in failed:
+            decisions.append(None)
+            continue
+        p = None if p_list is None else p_list[i]
+        decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= cutoff))
+    return decisions
 
 
 class Detector:
@@ -285,14 +311,7 @@ class Detector:
     ) -> list[Decision]:
         """The service's per-image verdicts (``alpha``/``score`` ``None``: the model's defaults)."""
         result = self.predict(stats, complexity, alpha=alpha, score=score)
-        names = list(result["scores"])
-        columns = [result["scores"][name].tolist() for name in names]
-        decisions = []
-        for i, row in enumerate(zip(*columns, strict=True)):
-            p_value = None if result["p_value"] is None else float(result["p_value"][i])
-            ood = None if result["is_ood"] is None else bool(result["is_ood"][i])
-            decisions.append(Decision(dict(zip(names, row, strict=True)), result["score"], p_value, ood))
-        return decisions
+        return flag_decisions(result["scores"], result["score"], result["p_value"], result["alpha"])
 
     # -- fitting ------------------------------------------------------------------
     def fit(
@@ -398,23 +417,3 @@ class Detector:
         if len(parts) < 2:
             raise ValueError(f"combined needs at least two parts, got {list(parts)}")
         return parts
-
-    def calibration_summary(self) -> dict[str, Any]:
-        """What ``GET /models`` shows about this model's OOD gate."""
-        summary: dict[str, Any] = {
-            "calibrated": self.fitted,
-            "scores": list(self.score_names),
-            "default_score": self.default_score,
-            "default_alpha": self.default_alpha,
-            "background": self.background,
-            "orientation": self.orientation,
-        }
-        if self.fitted:
-            summary["method"] = CONFORMAL_METHOD
-            if self.combined_parts:
-                summary["combined_parts"] = list(self.combined_parts)
-                summary["combined_rule"] = self.combine_rule
-            summary["n_calibration"] = {name: int(len(v)) for name, v in self.calibration.items()}
-            summary["dose_density"] = self.dose_density
-            summary.update({k: v for k, v in self.info.items() if k in ("fitted", "n_holdout", "n_fit")})
-        return summary

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .artifact import MANIFEST_NAME, ArtifactError, Manifest, discover_bundles, load_manifest
 from .batcher import Batcher
-from .calibration_file import load_detector
+from .calibration_file import calibration_summary, load_detector
 from .errors import ServiceError
 from .metrics import Metrics
 from .ood import Detector
@@ -116,7 +116,7 @@ class ModelEntry:
             "scores": list(self.detector.score_names),
             "default_score": self.detector.default_score,
             "default_alpha": self.detector.default_alpha,
-            "calibration": self.detector.calibration_summary(),
+            "calibration": calibration_summary(self.detector),
             "metrics": self.manifest.metrics,
         }
 

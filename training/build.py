@@ -54,6 +54,7 @@ import torch
 import yaml
 
 from service.artifact import MANIFEST_NAME, ArtifactError, load_manifest
+from service.calibration_file import calibration_summary
 from training.architectures import FlowConfig, build_flow
 from training.build_background import (
     BACKGROUND_SHARE,
@@ -304,7 +305,7 @@ def calibrate_dir(bundle_dir: Path, threads: int | None, progress: bool) -> None
         log("calibrate: done earlier")
         return
     detector = calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=progress)
-    info = detector.calibration_summary()
+    info = calibration_summary(detector)
     log(f"calibrate: {info['n_holdout']} held-out images, scores {info['scores']}")
 
 

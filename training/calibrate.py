@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError, Manifest
-from service.calibration_file import save_calibration
+from service.calibration_file import calibration_summary, save_calibration
 from service.conformal import DEFAULT_ALPHA
 from service.densities import DOSE_DENSITIES
 from service.ood import DEFAULT_FIT_FRACTION, CalibrationError, Detector
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, DatasetError, CalibrationError, ValueError) as exc:
         print(f"oodgate-calibrate: {exc}", file=sys.stderr)
         return 2
-    info = detector.calibration_summary()
+    info = calibration_summary(detector)
     print(
         f"calibrated {Path(args.bundle)} on {info['n_holdout']} held-out images "
         f"({info['n_fit']} fit, calibration sets {info['n_calibration']}); scores {info['scores']}, "

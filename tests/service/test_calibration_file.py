@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from service.artifact import CALIBRATION_FILE, ArtifactError, load_manifest
-from service.calibration_file import calibration_state, detector_from_state, load_detector, save_calibration
+from service.calibration_file import (
+    calibration_state,
+    calibration_summary,
+    detector_from_state,
+    load_detector,
+    save_calibration,
+)
 from service.ood import Detector
 from service.scores import BACKGROUND_BPD, COMBINED_PARTS
 
@@ -38,7 +44,7 @@ def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
     for name in detector.score_names:
         expected = detector.p_value(new, new_complexity, name)
         np.testing.assert_array_equal(expected, loaded.p_value(new, new_complexity, name))
-    summary = loaded.calibration_summary()
+    summary = calibration_summary(loaded)
     assert summary["calibrated"] and summary["n_holdout"] == 400
     json.dumps(summary)
 
@@ -49,7 +55,7 @@ def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
 def test_uncalibrated_bundle_loads_without_flags(tiny_models_root):
     bundle = tiny_models_root / "tiny" / "1"
     detector = load_detector(load_manifest(bundle), bundle)
-    assert not detector.fitted and detector.calibration_summary()["calibrated"] is False
+    assert not detector.fitted and calibration_summary(detector)["calibrated"] is False
 
 
 @pytest.mark.parametrize("rule", ["max", "sum"])
@@ -77,7 +83,7 @@ def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_mod
         np.testing.assert_array_equal(
             detector.p_value(new, new_complexity, name), loaded.p_value(new, new_complexity, name)
         )
-    summary = loaded.calibration_summary()
+    summary = calibration_summary(loaded)
     assert summary["orientation"] is True and summary["combined_parts"] == list(parts)
     assert summary["combined_rule"] == rule
     json.dumps(summary)
