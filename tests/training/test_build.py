@@ -11,7 +11,8 @@ from PIL import Image
 
 from service.app import create_app
 from tests.service.serving import LiveServer, png, settings
-from training.build import BuildError, BuildOptions, build, levels_for, main, slice_spec
+from training.build import build, main
+from training.build_plan import BuildOptions
 
 pytestmark = pytest.mark.slow
 
@@ -125,21 +126,6 @@ def test_mixed_sizes_are_refused_with_a_clear_error(tmp_path, capsys):
     Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "b.png")
     assert main([str(tmp_path), "--name", "x", "--runs-root", str(tmp_path / "runs")]) == 2
     assert "--size" in capsys.readouterr().err
-
-
-def test_presets_fit_the_image_size_and_slices_fit_the_data():
-    assert levels_for(28, 28) == 2 and levels_for(32, 32) == 3 and levels_for(24, 24) == 3
-    with pytest.raises(BuildError):
-        levels_for(7, 7)
-    spec = slice_spec(7308)
-    assert (spec.holdout, spec.validation, spec.shuffle_seed) == (1462, 512, 0)
-    with pytest.raises(BuildError, match="at least"):
-        slice_spec(60)
-
-
-def test_a_build_options_object_names_its_directories(tmp_path):
-    options = BuildOptions(images="x", name="m", version="2", models_root=str(tmp_path), runs_root="r")
-    assert options.bundle_dir == tmp_path / "m" / "2" and str(options.run_dir) == "r/m/2"
 
 
 def test_a_gray_folder_without_a_test_set_gets_a_gray_model_and_a_cut_test_set(tmp_path):
