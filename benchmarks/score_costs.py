@@ -1,4 +1,4 @@
-"""``python benchmarks/score_costs.py BUNDLE...``: what each OOD score costs, in images/s on this machine.
+"""``python -m benchmarks.score_costs BUNDLE...``: what each OOD score costs, in images/s on this machine.
 
 A score is as dear as the flow passes it needs: ``bpd`` and ``typicality`` one;
 ``complexity`` one plus the PNG size of the image; ``orientation`` two (the image
@@ -7,17 +7,17 @@ its background flow); ``dose`` and ``combined`` what their parts need. This runs
 the service's own runtime (:func:`service.runtimes.build_runtime`, ONNX Runtime on
 the CPU) in each of those configurations, and the PNG complexity and the
 detector's arithmetic on their own, on random uint8 images of the bundle's shape,
-batch 64; best of several windows (the machine may be shared).
+batch 64; best of several windows (the machine may be shared). Run it from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.graph_bench import best_rate
 from service.artifact import load_manifest
 from service.complexity import complexity_bits
 from service.runtimes import build_runtime
@@ -28,18 +28,6 @@ PASSES = {  # configuration -> (orientation pass, background graph)
     "2 passes: model + background (likelihood_ratio)": (False, True),
     "3 passes: image + flip + background": (True, True),
 }
-
-
-def best_rate(work, batch: int, windows: int, seconds: float) -> float:
-    work()
-    best = 0.0
-    for _ in range(windows):
-        started, count = time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            work()
-            count += batch
-        best = max(best, count / (time.perf_counter() - started))
-    return best
 
 
 def costs(bundle: Path, batch: int, threads: int, windows: int, seconds: float) -> list[tuple[str, float]]:

@@ -49,17 +49,12 @@ from pathlib import Path
 
 from service.artifact import MANIFEST_NAME, ArtifactError, load_manifest
 from service.calibration_file import calibration_summary
-from training.build_background import (
-    GENERAL_AUTO,
-    GENERAL_NONE,
-    attach_stage,
-    background_was_refused,
-    choose_background,
-    plan_background,
-    train_background,
-)
+from training.background import BackgroundTrainer
+from training.build_background import WITHOUT, attach_stage, choose_background, plan_background, recorded_choice
 from training.build_plan import (
     BUDGET_USED,
+    GENERAL_AUTO,
+    GENERAL_NONE,
     MIN_TRAIN_MINUTES,
     PRESETS,
     BuildError,
@@ -71,26 +66,32 @@ from training.build_plan import (
 )
 from training.config import RunConfig
 from training.data import DatasetError
+from training.train import Trainer
 
 
-def train_stage(config: RunConfig, options: BuildOptions, deadline: float) -> Path:
-    from training.train import Trainer, load_checkpoint, run_training
+def train_within(trainer_cls, config: RunConfig, minutes: float, deadline: float, what: str, progress: bool) -> Path:
+    """Train ``config`` for at most ``minutes`` (and never past ``deadline``), resuming; returns ``best.pt``.
+
+    A run that reached its steps, or spent its budget, is done; an interrupted one trains
+    only for what its budget has left. ``what`` names the run in the log ("train", "background").
+    """
+    from training.train import load_checkpoint, run_training
 
     best = config.run_dir / "best.pt"
     last = config.run_dir / "last.pt"
-    budget_s = 60 * training_minutes(options)
+    budget_s = 60 * minutes
     if last.exists():
         state = load_checkpoint(last)
         if state["step"] >= config.train.max_steps or state.get("seconds", 0.0) >= BUDGET_USED * budget_s:
-            log(f"train: done earlier ({state['step']} steps in {state.get('seconds', 0.0) / 60:.1f} min; {last})")
+            log(f"{what}: done earlier ({state['step']} steps in {state.get('seconds', 0.0) / 60:.1f} min; {last})")
             return best
-        budget_s -= state.get("seconds", 0.0)  # an interrupted build trains only for what its budget has left
-    minutes = max(MIN_TRAIN_MINUTES, min(budget_s / 60, (deadline - time.monotonic()) / 60))
-    code = run_training(Trainer, config, "auto", minutes, "oodgate-build", progress=options.progress)
+        budget_s -= state.get("seconds", 0.0)
+    limit = max(MIN_TRAIN_MINUTES, min(budget_s / 60, (deadline - time.monotonic()) / 60))
+    code = run_training(trainer_cls, config, "auto", limit, f"oodgate-build {what}", progress=progress)
     if code != 0:
-        raise BuildError(f"training stopped with exit code {code}; fix the cause and re-run to resume")
+        raise BuildError(f"{what}: training stopped with exit code {code}; fix the cause and re-run to resume")
     if load_checkpoint(last)["step"] < config.train.max_steps:
-        log("train: out of time before the planned steps; exporting the best checkpoint so far")
+        log(f"{what}: out of time before the planned steps; using the best checkpoint so far")
     return best
 
 
@@ -116,22 +117,18 @@ def export_stage(checkpoint: Path, options: BuildOptions) -> None:
     report_export(manifest, options.bundle_dir)
 
 
-def calibrate_dir(bundle_dir: Path, threads: int | None, progress: bool) -> None:
-    """Calibrate a bundle as the build does (the detector's defaults), unless it is calibrated."""
+def calibrate_stage(options: BuildOptions) -> None:
+    """Calibrate the bundle with the detector's defaults, unless it is calibrated."""
     from training.calibrate import calibrate_bundle, load_holdout
     from training.scoring import open_bundle
 
-    bundle = open_bundle(bundle_dir, threads=threads or 0)
+    bundle = open_bundle(options.bundle_dir, threads=options.threads or 0)
     if bundle.manifest.calibration is not None:
         log("calibrate: done earlier")
         return
-    detector = calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=progress)
+    detector = calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=options.progress)
     info = calibration_summary(detector)
     log(f"calibrate: {info['n_holdout']} held-out images, scores {info['scores']}")
-
-
-def calibrate_stage(options: BuildOptions) -> None:
-    calibrate_dir(options.bundle_dir, options.threads, options.progress)
 
 
 def build(options: BuildOptions) -> Path:
@@ -143,22 +140,21 @@ def build(options: BuildOptions) -> Path:
     if options.general != GENERAL_NONE:
         steps = int(config.train.max_steps * background_minutes(options) / training_minutes(options))
         background = plan_background(config, options.general, steps)
-    checkpoint = train_stage(config, options, deadline - 60 * background_minutes(options) * (background is not None))
+    main_deadline = deadline - 60 * background_minutes(options) * (background is not None)
+    checkpoint = train_within(Trainer, config, training_minutes(options), main_deadline, "train", options.progress)
     background_checkpoint = None
     if background is not None:
-        background_checkpoint = train_background(background, background_minutes(options), deadline, options.progress)
+        background_checkpoint = train_within(
+            BackgroundTrainer, background, background_minutes(options), deadline, "background", options.progress
+        )
     export_stage(checkpoint, options)
-    if background_checkpoint is not None and not background_was_refused(background_checkpoint):
+    keep = background_checkpoint is not None and recorded_choice(background_checkpoint) != WITHOUT
+    if keep:
         attach_stage(background_checkpoint, options.bundle_dir)  # drops the calibration: the stages after redo
     calibrate_stage(options)
-    if background_checkpoint is not None and not background_was_refused(background_checkpoint):
+    if keep:
         choose_background(
-            options.bundle_dir,
-            background_checkpoint,
-            options.test,
-            lambda directory: calibrate_dir(directory, options.threads, options.progress),
-            options.threads or 0,
-            options.progress,
+            options.bundle_dir, background_checkpoint, options.test, options.threads or 0, options.progress
         )
     evaluate_stage(options)
     log(f"done in {time.monotonic() - started:.0f} s: serve it with  oodgate-serve --models-root {options.models_root}")

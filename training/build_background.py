@@ -7,7 +7,7 @@ what is left is what only the user's flow learned. It needs no OOD example of th
 user's: the general mix comes from this machine (:mod:`training.general_images`)
 or from a file the user names, resized to the user's image size and channels.
 
-The background gets ``BACKGROUND_SHARE`` of the training minutes, the user's flow
+The background gets ``BACKGROUND_SHARE`` (:mod:`training.build_plan`) of the training minutes, the user's flow
 the rest; both are ordinary runs that resume from ``last.pt``. Without the mix's
 sources (and no ``--general PATH``) the build says so and goes on without it: the
 bundle then has every score but ``likelihood_ratio``.
@@ -15,14 +15,15 @@ bundle then has every score but ``likelihood_ratio``.
 
 from __future__ import annotations
 
-import math
+import argparse
+import json
+import shutil
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from training.background import (
     BackgroundRunConfig,
@@ -30,32 +31,16 @@ from training.background import (
     attach_background,
     background_from_checkpoint,
     background_kind,
+    detach_background,
 )
+from training.build_plan import GENERAL_AUTO, GENERAL_NONE, log, schedule
 from training.config import DataConfig, RunConfig
-from training.data import SliceSpec, load_images
+from training.data import SliceSpec, load_images, resize_images
 
-BACKGROUND_SHARE = 1 / 3  # of the training minutes, for the general-domain flow
-GENERAL_AUTO, GENERAL_NONE = "auto", "none"
 VALIDATION_SHARE, VALIDATION_RANGE = 0.05, (20, 512)  # of the mix, for checkpoint selection
 GENERAL_FILE = "general.npz"
-
-
-def log(message: str) -> None:
-    print(f"oodgate-build: {message}", file=sys.stderr, flush=True)
-
-
-def fit_to(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Square mix images resized (LANCZOS) to the model's ``H x W`` when it is not square."""
-    _, h, w = shape
-    if images.shape[2:] == (h, w):
-        return images
-    out = np.empty((len(images), images.shape[1], h, w), dtype=np.uint8)
-    for i, image in enumerate(images):
-        mode = "L" if image.shape[0] == 1 else "RGB"
-        pil = Image.fromarray(image[0] if mode == "L" else image.transpose(1, 2, 0), mode)
-        resized = np.asarray(pil.resize((w, h), Image.LANCZOS))
-        out[i] = resized[None] if mode == "L" else resized.transpose(2, 0, 1)
-    return out
+CHOICE_FILE = "choice.json"  # in the background run dir: which calibration the domain-free rule kept
+WITH, WITHOUT = "with background", "without background"
 
 
 def general_images(general: str, shape: tuple[int, int, int], progress_log=log) -> np.ndarray | None:
@@ -68,11 +53,11 @@ def general_images(general: str, shape: tuple[int, int, int], progress_log=log) 
     from training.general_images import build_mix
 
     try:
-        images, _, _ = build_mix(max(h, w), channels, seed=0, per_source=2500, log=lambda *a, **k: None)
+        images, _, _ = build_mix(max(h, w), channels, seed=0, log=lambda *a, **k: None)
     except RuntimeError as exc:
         progress_log(f"background: no general-domain mix on this machine, so no likelihood_ratio score ({exc})")
         return None
-    return fit_to(images, shape)
+    return resize_images(images, (h, w))
 
 
 def plan_background(main: RunConfig, general: str, steps: int) -> BackgroundRunConfig | None:
@@ -92,17 +77,8 @@ def plan_background(main: RunConfig, general: str, steps: int) -> BackgroundRunC
     slices = SliceSpec(
         validation=int(np.clip(round(VALIDATION_SHARE * len(images)), *VALIDATION_RANGE)), holdout=0, shuffle_seed=0
     )
-    train = main.train.model_copy(
-        update={
-            "warmup_steps": min(1000, max(1, steps // 10)),
-            "decay_start": int(0.6 * steps),
-            "epochs": math.ceil(steps / max(1, (len(images) - slices.validation) // batch)),
-            "max_steps": steps,
-            "val_every": max(1, min(500, steps // 10)),
-            "checkpoint_every": max(1, min(200, steps // 20)),
-            "num_val_images": slices.validation,
-        }
-    )
+    steps_per_epoch = (len(images) - slices.validation) // batch
+    train = main.train.model_copy(update={**schedule(steps, steps_per_epoch), "num_val_images": slices.validation})
     config = BackgroundRunConfig(
         name=f"{main.name}-background",
         version=main.version,
@@ -124,25 +100,6 @@ def plan_background(main: RunConfig, general: str, steps: int) -> BackgroundRunC
     )
     log(f"plan: background flow on {len(images)} general-domain images, {steps} steps")
     return config
-
-
-def train_background(config: BackgroundRunConfig, minutes: float, deadline: float, progress: bool) -> Path:
-    from training.background import BackgroundTrainer
-    from training.train import load_checkpoint, run_training
-
-    last = Path(config.out_dir) / "last.pt"
-    budget_s = 60 * minutes
-    if last.exists():
-        state = load_checkpoint(last)
-        if state["step"] >= config.train.max_steps or state.get("seconds", 0.0) >= 0.98 * budget_s:
-            log(f"background: trained earlier ({state['step']} steps; {last})")
-            return Path(config.out_dir) / "best.pt"
-        budget_s -= state.get("seconds", 0.0)
-    limit = max(0.25, min(budget_s / 60, (deadline - time.monotonic()) / 60))
-    code = run_training(BackgroundTrainer, config, "auto", limit, "oodgate-build background", progress=progress)
-    if code != 0:
-        raise RuntimeError(f"background training stopped with exit code {code}; re-run to resume")
-    return Path(config.out_dir) / "best.pt"
 
 
 def attach_stage(checkpoint: Path, bundle_dir: Path) -> bool:
@@ -171,45 +128,54 @@ def attach_stage(checkpoint: Path, bundle_dir: Path) -> bool:
     return True
 
 
-CHOICE_FILE = "choice.json"  # in the background run dir: which calibration the domain-free rule kept
-WITH, WITHOUT = "with background", "without background"
+def recorded_choice(checkpoint: Path) -> str | None:
+    """WITH or WITHOUT when the domain-free rule already chose for the background trained to this checkpoint."""
+    record = checkpoint.parent / CHOICE_FILE
+    if not record.exists():
+        return None
+    said = json.loads(record.read_text())
+    return said["choice"] if said.get("checkpoint_mtime") == checkpoint.stat().st_mtime else None
 
 
-def choose_background(
-    bundle_dir: Path, checkpoint: Path, test: str | None, calibrate, threads: int, progress: bool
-) -> bool:
+def calibrate_like(bundle_dir: Path, orientation: bool, threads: int, progress: bool) -> None:
+    """Calibrate with the detector's defaults and the given orientation pass, as the bundle was calibrated."""
+    from training.calibrate import calibrate_bundle, load_holdout
+    from training.scoring import open_bundle
+
+    bundle = open_bundle(bundle_dir, threads=threads, orientation=orientation)
+    calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=progress)
+
+
+def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, threads: int, progress: bool) -> bool:
     """Keep the background flow only if the domain-free rule prefers it; True when kept.
 
-    Both calibrations, with and without ``likelihood_ratio``, are measured on the
-    domain-free synthetic sets and the in-distribution test set, and the report's own
-    rule (:func:`training.evaluate.recommend`: the choosing targets, then the best worst
-    AUROC over those sets) picks among the scores of both. A general mix that does not
-    look like the user's images (say, light backgrounds for a dark-background domain)
-    can make the ratio hurt; this is how a build finds out without an OOD example.
-    ``calibrate(bundle_dir)`` calibrates the bundle as the build does.
+    Both calibrations, with and without ``likelihood_ratio`` (the bundle's own
+    calibration, and one made the same way, orientation pass included, on a copy
+    without the background), are measured on the domain-free synthetic sets and the
+    in-distribution test set, and the report's own rule
+    (:func:`training.evaluate.recommend`: the choosing targets, then the best worst
+    AUROC over those sets) picks among the scores of both. A general mix that does
+    not look like the user's images (say, light backgrounds for a dark-background
+    domain) can make the ratio hurt; this is how a build finds out without an OOD
+    example. The choice is recorded beside the checkpoint.
     """
-    import json
-    import shutil
-    import tempfile
-
-    from training.background import detach_background
+    from service.artifact import load_manifest
+    from service.runtimes import manifest_orientation
     from training.evaluate import EvalOptions, evaluate, recommend
     from training.ood_sets import DOMAIN_FREE_OOD
 
-    record = checkpoint.parent / CHOICE_FILE
-    stamp = checkpoint.stat().st_mtime
-    if record.exists():
-        said = json.loads(record.read_text())
-        if said.get("checkpoint_mtime") == stamp:
-            log(f"background: kept earlier ({said['choice']}: {said['why']})")
-            return said["choice"] == WITH
+    said = recorded_choice(checkpoint)
+    if said is not None:
+        log(f"background: {said}, as chosen earlier ({checkpoint.parent / CHOICE_FILE})")
+        return said == WITH
+    orientation = manifest_orientation(load_manifest(bundle_dir))
     options = EvalOptions(in_dist=test, sets=DOMAIN_FREE_OOD, threads=threads, progress=progress)
     rows, names, eligible = [], [], set()
     with tempfile.TemporaryDirectory(dir=bundle_dir.parent) as scratch:
         plain = Path(scratch) / bundle_dir.name
         shutil.copytree(bundle_dir, plain)
         detach_background(plain)
-        calibrate(plain)
+        calibrate_like(plain, orientation, threads, progress)
         for label, directory in ((WITH, bundle_dir), (WITHOUT, plain)):
             result = evaluate(directory, options)
             rows += [{**row, "score": f"{label}: {row['score']}"} for row in result.rows]
@@ -221,18 +187,33 @@ def choose_background(
     why = f"best by the domain-free rule: {best} (worst AUROC {value:.3f} on {on_set})"
     if choice == WITHOUT:
         detach_background(bundle_dir)
-        calibrate(bundle_dir)
-    record.write_text(json.dumps({"checkpoint_mtime": stamp, "choice": choice, "why": why, "best": best}))
+        calibrate_like(bundle_dir, orientation, threads, progress)
+    stamp = checkpoint.stat().st_mtime
+    record = {"checkpoint_mtime": stamp, "choice": choice, "why": why, "best": best}
+    (checkpoint.parent / CHOICE_FILE).write_text(json.dumps(record))
     log(f"background: {choice} ({why})")
     return choice == WITH
 
 
-def background_was_refused(checkpoint: Path) -> bool:
-    """The domain-free rule already dropped the background trained to this checkpoint."""
-    import json
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.build_background BUNDLE CHECKPOINT``: the build's keep-or-drop rule on a bundle.
 
-    record = checkpoint.parent / CHOICE_FILE
-    if not record.exists():
-        return False
-    said = json.loads(record.read_text())
-    return said.get("checkpoint_mtime") == checkpoint.stat().st_mtime and said["choice"] == WITHOUT
+    The bundle must have the background attached and be calibrated (``oodgate-background
+    attach``, ``oodgate-calibrate``); run it on a copy, since a background the rule drops
+    is taken out of the bundle.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m training.build_background", description=main.__doc__.split("\n")[0]
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("checkpoint", type=Path, help="the background's checkpoint (the choice is recorded beside it)")
+    parser.add_argument("--in-dist", help="in-distribution test images (default: the bundle's recorded test set)")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    kept = choose_background(args.bundle, args.checkpoint, args.in_dist, args.threads, progress=False)
+    print(f"{args.bundle}: background {'kept' if kept else 'dropped'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

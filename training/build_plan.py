@@ -18,7 +18,6 @@ import torch
 import yaml
 
 from training.architectures import FlowConfig, build_flow
-from training.build_background import BACKGROUND_SHARE, GENERAL_AUTO, GENERAL_NONE
 from training.config import DataConfig, RunConfig, TrainConfig
 from training.data import SliceSpec, detect_source, load_images, split_training_set, test_positions
 from training.flows import dequantize, initialize_actnorms
@@ -38,6 +37,8 @@ AFTER_TRAINING_SHARE = 0.2  # of the budget, kept for export, calibration and ev
 MIN_TRAIN_MINUTES = 0.25
 PROBE_STEPS = 6  # optimizer steps timed to size the schedule
 TEST_EVERY = 10  # without --test, every 10th image (in the order read) is the test set
+BACKGROUND_SHARE = 1 / 3  # of the training minutes, for the general-domain background flow
+GENERAL_AUTO, GENERAL_NONE = "auto", "none"  # --general: build the mix here, or no background
 BUDGET_USED = 0.98  # a run that trained this share of its minutes is done, even short of the planned steps
 
 
@@ -155,6 +156,18 @@ def background_minutes(options: BuildOptions) -> float:
     return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE) * BACKGROUND_SHARE)
 
 
+def schedule(steps: int, steps_per_epoch: int) -> dict:
+    """The schedule fields of a planned run of ``steps`` steps: warm-up, decay, validation and checkpoints."""
+    return {
+        "warmup_steps": min(1000, max(1, steps // 10)),
+        "decay_start": int(0.6 * steps),
+        "epochs": math.ceil(steps / max(1, steps_per_epoch)),
+        "max_steps": steps,
+        "val_every": max(1, min(500, steps // 10)),
+        "checkpoint_every": max(1, min(200, steps // 20)),
+    }
+
+
 def plan(options: BuildOptions) -> RunConfig:
     """Write (once) and return the run config: data, slices, architecture and a schedule sized to the budget."""
     path = options.run_dir / "config.yaml"
@@ -179,12 +192,7 @@ def plan(options: BuildOptions) -> RunConfig:
         train=TrainConfig(
             batch_size=BATCH_SIZE,
             lr=1e-3,
-            warmup_steps=min(1000, max(1, steps // 10)),
-            decay_start=int(0.6 * steps),
-            epochs=math.ceil(steps / steps_per_epoch),
-            max_steps=steps,
-            val_every=max(1, min(500, steps // 10)),
-            checkpoint_every=max(1, min(200, steps // 20)),
+            **schedule(steps, steps_per_epoch),
             num_val_images=min(2000, data.slices.validation),
             threads=options.threads,
         ),

@@ -106,7 +106,9 @@ def mix_sources() -> list[GeneralSource]:
     return tune_sources() + extra_sources()
 
 
-def build_mix(size: int, channels: int, seed: int, per_source: int, log=print) -> tuple[np.ndarray, list, list]:
+def build_mix(
+    size: int, channels: int, seed: int, per_source: int = PER_SOURCE, log=print
+) -> tuple[np.ndarray, list, list]:
     """The mix from every source installed here; a missing source is named and skipped.
 
     Fewer than ``MIN_IMAGES`` images in all is a RuntimeError naming what to install:

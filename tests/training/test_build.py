@@ -116,7 +116,7 @@ def test_rerunning_resumes_and_redoes_nothing(built, capsys):
     build(options)
     assert (bundle_dir / "manifest.json").stat().st_mtime == before
     err = capsys.readouterr().err
-    assert "train: done earlier" in err and "background: trained earlier" in err
+    assert "train: done earlier" in err and "background: done earlier" in err
     assert "export: " in err and "is current" in err
     assert "evaluate: " in err and "report is current" in err
 

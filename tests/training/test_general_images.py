@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 import training.general_images as general_images_module
-from training.build_background import GENERAL_NONE, fit_to, general_images
+from training.build_background import general_images
+from training.build_plan import GENERAL_NONE
 from training.colour_sets import HELDOUT, NEAR, TUNE, IconFiles, SetSpec
+from training.data import resize_images
 from training.general_images import GeneralSource, check_no_heldout_source, extra_sources, to_gray, tune_sources
 
 
@@ -47,9 +49,9 @@ def test_gray_is_pillows_luma():
 def test_square_mix_images_are_resized_to_a_non_square_model(tmp_path):
     rng = np.random.default_rng(1)
     square = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
-    out = fit_to(square, (3, 6, 4))
+    out = resize_images(square, (6, 4))  # what general_images does to the square mix
     assert out.shape == (3, 3, 6, 4) and out.dtype == np.uint8
-    same = fit_to(square, (3, 8, 8))
+    same = resize_images(square, (8, 8))
     assert same is square
 
 
