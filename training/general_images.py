@@ -5,12 +5,13 @@ flow with a flow of *images in general*: both learn the local pixel statistics t
 make a flow's likelihood generalise (Kirichenko et al. 2020), so their difference
 keeps what only the in-distribution model learned. The general model must be broad
 and must never have seen the sets it is judged on, so this mix takes every source
-on a Debian machine that no **held-out** colour OOD set (:mod:`training.colour_sets`)
-comes from: the tune groups' sources (icon themes, the tune half of Noto's emoji,
-the tune photos, at other crops), the icon themes the OOD sets leave out
-(Tango, MATE, Menta, Faba, Adwaita) and game art (Frozen Bubble, Pingus, Freeciv
-flags). :func:`check_no_heldout_source` refuses a mix that shares a source with a
-held-out set.
+on a Debian machine that no **heldout** or **final** colour OOD set
+(:mod:`training.colour_sets`) comes from: the tune groups' sources (icon themes, the
+tune half of Noto's emoji, the tune photos, at other crops), the icon themes the OOD
+sets leave out (Tango, MATE, Menta, Faba, Adwaita), game art (Frozen Bubble, Pingus,
+Freeciv flags) and line art (DejaVu's pictographs on the tune half of the codepoints,
+the Glyphicons and Material Design icon fonts), half of it light on dark.
+:func:`check_no_heldout_source` refuses a mix that shares a source with an unseen set.
 
 Every image is prepared like the clip art (:mod:`training.square_on_white`) at the
 asked size; ``--channels 1`` turns the mix gray (ITU-R 601 luma, Pillow's ``L``),
@@ -31,21 +32,23 @@ from pathlib import Path
 
 import numpy as np
 
-from training.colour_sets import (
-    HELDOUT,
+from training.colour_sets import TUNE, UNSEEN, default_sets, set_rng
+from training.image_sources import (
     ICONS,
-    TUNE,
+    BothPolarities,
     EmojiGlyphs,
+    FontGlyphs,
     IconFiles,
     PhotoCrops,
     Source,
-    default_sets,
-    set_rng,
 )
 
 MIN_IMAGES = 2000  # fewer, and the background flow would learn those images, not images in general
 PER_SOURCE = 2500  # at most this many images from one source, so no theme dominates the mix
 GAMES = Path("/usr/share/games")
+FONTS = Path("/usr/share/fonts/truetype")
+GLYPH_PX = 109  # the emoji sets' render size
+LINE_ART_HALF = 0  # the tune half of the codepoints (training.image_sources.emoji_half): no held-out glyph
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,38 @@ def extra_sources() -> list[GeneralSource]:
         GeneralSource(
             "flags-freeciv", IconFiles((GAMES / "freeciv" / "flags",), "freeciv-data", largest_per_name=False)
         ),
+        *line_art_sources(),
+    ]
+
+
+def line_art_sources() -> list[GeneralSource]:
+    """Monochrome pictographs, half of them light on dark: the line art the icon themes lack.
+
+    Without them a general model has seen almost no outline drawing, so it finds
+    line art unlikely and the ratio calls any line art in-distribution.
+    """
+    return [
+        GeneralSource(
+            "lineart-dejavu",
+            BothPolarities(
+                EmojiGlyphs(FONTS / "dejavu" / "DejaVuSans.ttf", "fonts-dejavu-core", GLYPH_PX, LINE_ART_HALF, False)
+            ),
+        ),
+        GeneralSource(
+            "lineart-glyphicons",
+            BothPolarities(
+                FontGlyphs(FONTS / "glyphicons" / "glyphicons-halflings-regular.ttf", "fonts-glyphicons-halflings")
+            ),
+        ),
+        GeneralSource(
+            "lineart-materialdesign",
+            BothPolarities(
+                FontGlyphs(
+                    FONTS / "materialdesignicons-webfont" / "materialdesignicons-webfont.ttf",
+                    "fonts-materialdesignicons-webfont",
+                )
+            ),
+        ),
     ]
 
 
@@ -83,8 +118,8 @@ def tune_sources() -> list[GeneralSource]:
 
 
 def check_no_heldout_source(mix: list[GeneralSource]) -> None:
-    """Refuse a mix that shares an icon folder, photo file or emoji codepoint with a held-out OOD set."""
-    held = [spec for spec in default_sets() if spec.group == HELDOUT and not spec.source.missing()]
+    """Refuse a mix that shares an icon folder, font, photo file or emoji codepoint with an unseen OOD set."""
+    held = [spec for spec in default_sets() if spec.group in UNSEEN and not spec.source.missing()]
     for part in mix:
         if part.source.missing():  # not on this machine: it cannot be built, nor share anything
             continue

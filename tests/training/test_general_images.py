@@ -9,9 +9,10 @@ from PIL import Image
 import training.general_images as general_images_module
 from training.build_background import general_images
 from training.build_plan import GENERAL_NONE
-from training.colour_sets import HELDOUT, NEAR, TUNE, IconFiles, SetSpec
+from training.colour_sets import FINAL, HELDOUT, NEAR, TUNE, SetSpec
 from training.data import resize_images
 from training.general_images import GeneralSource, check_no_heldout_source, extra_sources, to_gray, tune_sources
+from training.image_sources import IconFiles
 
 
 def test_the_mix_as_shipped_shares_no_source_with_a_held_out_set():
@@ -29,6 +30,9 @@ def test_a_mix_with_a_held_out_source_is_refused(tmp_path, monkeypatch):
     check_no_heldout_source([GeneralSource("ok", IconFiles((tmp_path / "tune", tmp_path / "other"), "pkg"))])
     with pytest.raises(ValueError, match="icons-held"):
         check_no_heldout_source([GeneralSource("same", IconFiles((tmp_path / "held",), "pkg"))])
+    specs.append(SetSpec("icons-final", NEAR, FINAL, "", "pkg", IconFiles((tmp_path / "other",), "pkg")))
+    with pytest.raises(ValueError, match="icons-final"):  # the final group is as unseen as heldout
+        check_no_heldout_source([GeneralSource("ok", IconFiles((tmp_path / "tune", tmp_path / "other"), "pkg"))])
     with pytest.raises(ValueError, match="icons-held"):  # a folder inside a held-out theme is that theme
         check_no_heldout_source([GeneralSource("inside", IconFiles((tmp_path / "held" / "apps",), "pkg"))])
 
@@ -91,3 +95,14 @@ def test_a_missing_source_is_skipped_and_named_and_too_few_images_refused(monkey
     parts.append(GeneralSource("b", FakeSource(1000)))
     images, sources, groups = general_images_module.build_mix(8, 1, 0, 2500, log=lambda *a, **k: None)
     assert images.shape == (2500, 1, 8, 8) and len(sources) == 2500 and set(groups) == {"a", "b"}
+
+
+def test_line_art_comes_in_both_polarities_and_only_from_the_tune_half_of_codepoints():
+    from training.image_sources import BothPolarities, EmojiGlyphs, emoji_half
+
+    parts = general_images_module.line_art_sources()
+    assert parts and all(isinstance(part.source, BothPolarities) for part in parts)
+    for part in parts:
+        inner = part.source.source
+        if isinstance(inner, EmojiGlyphs) and not inner.missing():
+            assert {emoji_half(cp) for cp in inner.codepoints()} == {0}
