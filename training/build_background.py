@@ -20,6 +20,7 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,47 @@ def calibrate_like(bundle_dir: Path, orientation: bool, threads: int, progress: 
     calibrate_bundle(bundle, load_holdout(bundle.manifest), progress=progress)
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """Which calibrated bundle the domain-free rule prefers, and why."""
+
+    label: str | None  # the candidate whose best score wins; None when no score could be ranked
+    best: str | None  # "<label>: <score>"
+    why: str
+
+
+def rank_calibrations(candidates: dict[str, Path], options) -> Ranking:
+    """The report's own rule (:func:`training.evaluate.recommend`) over the scores of several calibrated bundles.
+
+    Each bundle is evaluated with ``options`` (the domain-free synthetic sets and the
+    in-distribution test set); every score is named ``"<label>: <score>"`` and the
+    choosing targets, then the best worst AUROC over those sets, pick one. This is
+    how a background is kept or dropped, and how two general mixes are compared,
+    without an OOD example of the user's.
+    """
+    from training.evaluate import evaluate
+
+    results = {label: evaluate(directory, options) for label, directory in candidates.items()}
+    return rank_results(results, options.sets)
+
+
+def rank_results(results: dict, choice_sets: tuple[str, ...]) -> Ranking:
+    """:func:`rank_calibrations` on evaluation results already measured (label -> ``EvalResult``)."""
+    from training.evaluate import recommend
+
+    rows, names, eligible = [], [], set()
+    for label, result in results.items():
+        rows += [{**row, "score": f"{label}: {row['score']}"} for row in result.rows]
+        names += [f"{label}: {name}" for name in result.detector.score_names]
+        eligible |= {f"{label}: {name}" for name in result.meets_targets}
+    best, worst = recommend(rows, tuple(names), eligible=eligible, choice_sets=choice_sets)
+    if best is None:
+        return Ranking(None, None, "no score could be ranked")
+    label = next(label for label in results if best.startswith(f"{label}: "))
+    value, on_set = worst[best]
+    return Ranking(label, best, f"{best} (worst AUROC {value:.3f} on {on_set})")
+
+
 def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, threads: int, progress: bool) -> bool:
     """Keep the background flow only if the domain-free rule prefers it; True when kept.
 
@@ -161,7 +203,7 @@ def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, thre
     """
     from service.artifact import load_manifest
     from service.runtimes import manifest_orientation
-    from training.evaluate import EvalOptions, evaluate, recommend
+    from training.evaluate import EvalOptions
     from training.ood_sets import DOMAIN_FREE_OOD
 
     said = recorded_choice(checkpoint)
@@ -170,26 +212,19 @@ def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, thre
         return said == WITH
     orientation = manifest_orientation(load_manifest(bundle_dir))
     options = EvalOptions(in_dist=test, sets=DOMAIN_FREE_OOD, threads=threads, progress=progress)
-    rows, names, eligible = [], [], set()
     with tempfile.TemporaryDirectory(dir=bundle_dir.parent) as scratch:
         plain = Path(scratch) / bundle_dir.name
         shutil.copytree(bundle_dir, plain)
         detach_background(plain)
         calibrate_like(plain, orientation, threads, progress)
-        for label, directory in ((WITH, bundle_dir), (WITHOUT, plain)):
-            result = evaluate(directory, options)
-            rows += [{**row, "score": f"{label}: {row['score']}"} for row in result.rows]
-            names += [f"{label}: {name}" for name in result.detector.score_names]
-            eligible |= {f"{label}: {name}" for name in result.meets_targets}
-    best, worst = recommend(rows, tuple(names), eligible=eligible, choice_sets=DOMAIN_FREE_OOD)
-    choice = WITH if best is None or best.startswith(WITH) else WITHOUT
-    value, on_set = worst.get(best, (float("nan"), "-"))
-    why = f"best by the domain-free rule: {best} (worst AUROC {value:.3f} on {on_set})"
+        ranked = rank_calibrations({WITH: bundle_dir, WITHOUT: plain}, options)
+    choice = WITH if ranked.label is None else ranked.label
+    why = f"best by the domain-free rule: {ranked.why}"
     if choice == WITHOUT:
         detach_background(bundle_dir)
         calibrate_like(bundle_dir, orientation, threads, progress)
     stamp = checkpoint.stat().st_mtime
-    record = {"checkpoint_mtime": stamp, "choice": choice, "why": why, "best": best}
+    record = {"checkpoint_mtime": stamp, "choice": choice, "why": why, "best": ranked.best}
     (checkpoint.parent / CHOICE_FILE).write_text(json.dumps(record))
     log(f"background: {choice} ({why})")
     return choice == WITH
