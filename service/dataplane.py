@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import conformal
+from .artifact import LEVEL_OUTPUTS, SCALAR_OUTPUTS  # noqa: F401 - the response renderers read them here
+from .batch_result import BatchResult
+from .batch_run import BatchOutput
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
@@ -33,14 +36,11 @@ from .errors import ServiceError
 from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, threshold_table
 from .metrics import Metrics
 from .ood import Decision, flag_decisions
-from .postprocess import p_value_key, score_key
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")
-LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")
 # A tensor this small is checked on the loop: cheaper than a trip to the pool and back (measured on
 # 2 cores: 25-50 us to check 32 FashionMNIST images sent as JSON numbers, about 100 us at this
 # bound; a pool trip costs as much, plus a wake-up that a busy machine delays).
@@ -104,7 +104,7 @@ class DataPlane:
         self._children: dict[tuple[str, str, str], tuple] = {}
         # sliding-window drift gauges per model (issue 5)
         self.drift = DriftTracker(metrics, settings.drift_window, delta=settings.drift_delta)
-        self.drift.attach(repository.all(), settings.max_queue_images)
+        self.drift.attach(repository.all())
 
     async def blocking(self, fn, *args, **kwargs):
         """Run CPU-bound ``fn`` in the decode pool so the event loop keeps serving."""
@@ -122,7 +122,7 @@ class DataPlane:
         if self.draining:
             raise ServiceError(503, "draining", "the server is shutting down", headers=retry, reason="draining")
         if entry is not None and not entry.ready:
-            message = entry.batcher.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
+            message = entry.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
             raise ServiceError(503, "not_ready", message, headers=retry, reason="not_ready")
         if entry is not None:
             self.check_room(entry)  # a full queue refuses before the body is even read
@@ -266,28 +266,21 @@ class DataPlane:
         except DeadlineExceeded as exc:
             raise ServiceError(504, "deadline_exceeded", str(exc)) from None
         decisions, cutoff = self._decisions(entry, out, len(images), score, rule)
-        stats = out.stats or self._no_stats(entry, len(images))
+        result = out.result or BatchResult.unscored(len(images), entry.manifest.levels)
         self._count(entry, decisions, score)
-        self.drift.observe(entry, stats["bpd"], decisions)
+        self.drift.observe(entry, result.bpd, decisions)
         described = None if rule.rule == ALPHA_RULE else rule
-        return Scored(entry, rule.alpha, score, stats, decisions, out.failures, described, cutoff)
-
-    @staticmethod
-    def _no_stats(entry: ModelEntry, count: int) -> dict[str, np.ndarray]:
-        """NaN rows for a request whose every image failed inference, so every consumer sees the usual shapes."""
-        stats = {name: np.full(count, np.nan) for name in SCALAR_OUTPUTS}
-        stats.update({name: np.full((count, entry.manifest.levels), np.nan) for name in LEVEL_OUTPUTS})
-        return stats
+        return Scored(entry, rule.alpha, score, result.outputs, decisions, out.failures, described, cutoff)
 
     @staticmethod
     def _decisions(
-        entry: ModelEntry, out, count: int, score: str, rule: DecisionRule
+        entry: ModelEntry, out: BatchOutput[BatchResult], count: int, score: str, rule: DecisionRule
     ) -> tuple[list[Decision | None], float | None]:
         """Per-image verdicts from the scores and p-values the worker computed, and the rule's p-value cutoff."""
-        if len(out.failures) == count:
+        if out.result is None:
             return [None] * count, None
-        scores = {name: out.stats[score_key(name)] for name in entry.detector.score_names}
-        p_values = out.stats.get(p_value_key(score))
+        scores = out.result.scores
+        p_values = out.result.p_values.get(score)
         cutoff = None
         if p_values is not None:  # the rule sees only the images that were scored
             scored = p_values if not out.failures else np.delete(p_values, list(out.failures))

@@ -175,7 +175,7 @@ class DriftTracker:
     typicality test are computed when ``/metrics`` is scraped (gauge callbacks,
     cached until the window changes), so the request path never pays for them.
     :meth:`attach` runs at start-up so every model's gauges exist (NaN until the
-    window holds enough), and sets the queue bound the queue alert divides by.
+    window holds enough).
     """
 
     FIELDS = {
@@ -203,15 +203,13 @@ class DriftTracker:
         self.martingales: dict[tuple[str, str], tuple[str, DriftMartingale]] = {}  # key -> (score, test)
         self._cache: dict[tuple[str, str], tuple[int, DriftSnapshot]] = {}
 
-    def attach(self, entries: Iterable, queue_capacity: int | None = None) -> None:
+    def attach(self, entries: Iterable) -> None:
         for entry in entries:
             key = (entry.name, entry.version)
             self.monitors[key] = monitor_for(entry.detector, self.window, self.resamples)
             for attribute, field in self.FIELDS.items():
                 gauge = getattr(self.metrics, attribute).labels(*key)
                 gauge.set_function(lambda key=key, field=field: getattr(self.snapshot(key), field))
-            if queue_capacity is not None:
-                self.metrics.queue_capacity.labels(*key).set(queue_capacity)
             detector = entry.detector
             if getattr(detector, "fitted", False):  # an uncalibrated model has no scores to test
                 score = detector.default_score

@@ -103,8 +103,7 @@ def test_tracker_publishes_gauges(calibration):
     detector = SimpleNamespace(calibration={"bpd": calibration}, default_alpha=0.1)
     entry = SimpleNamespace(name="m", version="1", detector=detector)
     tracker = DriftTracker(metrics, window=50, resamples=200)
-    tracker.attach([entry], queue_capacity=64)
-    assert gauge(metrics, "oodgate_queue_capacity_images") == 64
+    tracker.attach([entry])
     assert gauge(metrics, "oodgate_drift_window_images") == 0
     assert math.isnan(gauge(metrics, "oodgate_drift_typicality_p_value"))
     assert gauge(metrics, "oodgate_drift_alpha") == 0.1
