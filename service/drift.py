@@ -28,7 +28,7 @@ so the statistics are computed at scrape time, not on the request path.
 
 The window statistics have no error rate over time: watched long enough, an
 in-distribution stream crosses any fixed line. Calibrated models also get an
-anytime-valid test (:class:`service.guarantees.DriftMartingale`) over every image
+anytime-valid test (:class:`service.drift_martingale.DriftMartingale`) over every image
 scored since start-up (or the last reset) with the model's default score: its
 alarm's probability of *ever* firing on an in-distribution stream is at most
 ``drift_delta``. It latches; ``POST /admin/drift/reset`` clears it and restarts
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .guarantees import DEFAULT_DRIFT_DELTA, DriftMartingale, DriftState
+from .drift_martingale import DEFAULT_DRIFT_DELTA, DriftMartingale, DriftState
 
 DEFAULT_WINDOW = 500
 DEFAULT_RESAMPLES = 2000

@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .guarantees import DEFAULT_CONDITIONAL_DELTA, DEFAULT_DRIFT_DELTA
+from .drift_martingale import DEFAULT_DRIFT_DELTA
+from .guarantees import DEFAULT_CONDITIONAL_DELTA
 
 # the model a request that names none gets when OODGATE_DEFAULT_MODEL is unset and it is loaded
 BUNDLED_DEFAULT_MODEL = "fashion-glow"
