@@ -30,12 +30,12 @@ from .artifact import LEVEL_OUTPUTS, SCALAR_OUTPUTS  # noqa: F401 - the response
 from .batch_result import BatchResult
 from .batch_run import BatchOutput
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
+from .decision import Decision, flag_decisions
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
 from .errors import ServiceError
 from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, threshold_table
 from .metrics import Metrics
-from .ood import Decision, flag_decisions
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
 

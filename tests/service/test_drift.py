@@ -95,9 +95,9 @@ def gauge(metrics, name: str, model: str = "m", version: str = "1") -> float:
 def test_tracker_publishes_gauges(calibration):
     from types import SimpleNamespace
 
+    from service.decision import Decision
     from service.drift import DriftTracker
     from service.metrics import Metrics
-    from service.ood import Decision
 
     metrics = Metrics(process=False)
     detector = SimpleNamespace(calibration={"bpd": calibration}, default_alpha=0.1)
