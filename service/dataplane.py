@@ -3,9 +3,10 @@
 The REST and V2 layers only translate HTTP; this module holds the logic both
 share, so ``POST /score`` and ``POST /v2/models/{name}/infer`` cannot drift
 apart: pick the model, decode and check the pixels, queue the images on the
-model's batcher under the request's deadline (its worker runs the graph and
-:mod:`service.postprocess`: PNG complexity, every score and p-value, once per
-batch), then apply the request's score and decision rule (``alpha``, the
+model's queue under the request's deadline (its worker runs the model's
+pipeline, :mod:`service.pipeline`: the graph, then PNG complexity and every
+score and p-value, once per batch, into a :class:`~service.batch_result.BatchResult`),
+then apply the request's score and decision rule (``alpha``, the
 calibration-conditional cutoff, or Benjamini-Hochberg at ``fdr``: see
 :mod:`service.guarantees`) to get each image's flag.
 Decoding runs in a small thread pool, never on the event loop; only a tensor of
@@ -19,6 +20,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,7 +66,7 @@ class Scored:
     entry: ModelEntry
     alpha: float | None  # None when the rule decides the batch as a whole (fdr)
     score: str
-    stats: dict[str, np.ndarray]
+    stats: Mapping[str, np.ndarray]  # the graph's outputs, by service.artifact.OUTPUT_NAMES
     decisions: list[Decision | None]
     failures: dict[int, str]
     rule: DecisionRule | None = None
