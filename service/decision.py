@@ -1,6 +1,7 @@
 """The OOD decision per image: every score, the one that decides, its p-value, and the flag ``p <= cutoff``.
 
-The one place a p-value becomes a flag. :meth:`service.ood.Detector.decide`
+The one place a p-value becomes a flag (:func:`flags`, for arrays;
+:func:`flag_decisions`, per image). :meth:`service.ood.Detector.decide`
 calls it with the cutoff ``alpha``; the data plane calls it with the cutoff of
 the request's rule (:class:`service.guarantees.DecisionRule`: ``alpha``, the
 calibration-conditional cutoff, or Benjamini-Hochberg over the request).
@@ -28,6 +29,11 @@ class Decision:
     ood: bool | None
 
 
+def flags(p_values: np.ndarray, cutoff: float) -> np.ndarray:
+    """``ood = p <= cutoff`` for a batch of p-values: the comparison every flag comes from."""
+    return np.asarray(p_values, dtype=np.float64) <= float(cutoff)
+
+
 def flag_decisions(
     scores: Mapping[str, np.ndarray],
     score: str,
@@ -42,13 +48,16 @@ def flag_decisions(
     images, which have no scores, get ``None``.
     """
     names = list(scores)
+    if not names:
+        return []
     columns = [np.asarray(scores[name]).tolist() for name in names]
-    p_list = None if p_values is None else np.asarray(p_values).tolist()
+    count = len(columns[0])
+    p_list = [None] * count if p_values is None else np.asarray(p_values).tolist()
+    ood_list = [None] * count if p_values is None else flags(p_values, cutoff).tolist()
     decisions: list[Decision | None] = []
-    for i, row in enumerate(zip(*columns, strict=True)):
+    for i, (row, p, ood) in enumerate(zip(zip(*columns, strict=True), p_list, ood_list, strict=True)):
         if i in failed:
             decisions.append(None)
             continue
-        p = None if p_list is None else p_list[i]
-        decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= cutoff))
+        decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, ood))
     return decisions

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.conformal import DEFAULT_ALPHA, check_level, conformal_p_values
-from service.decision import Decision, flag_decisions
+from service.decision import Decision, flag_decisions, flags
 from service.densities import DOSE_DENSITIES, fit_density
 from service.scores import (
     BACKGROUND_BPD,
@@ -259,7 +259,7 @@ class Detector:
         p_value = is_ood = None
         if self.fitted:
             p_value = self.p_values({score: scores[score]})[score]
-            is_ood = p_value <= alpha
+            is_ood = flags(p_value, alpha)
         return {"score": score, "alpha": alpha, "scores": scores, "p_value": p_value, "is_ood": is_ood}
 
     def decide(
