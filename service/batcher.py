@@ -112,11 +112,12 @@ class Batcher(Generic[R]):
         version: str,
         metrics: Metrics,
         *,
-        max_batch_size: int = 32,
-        max_batch_delay_s: float = 0.002,
-        max_queue_images: int = 4096,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue_images: int,
         dynamic: bool = True,
     ) -> None:
+        """The bounds come from :class:`service.settings.Settings` (their one set of defaults)."""
         self.name, self.version = name, version
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s

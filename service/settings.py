@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .drift import DEFAULT_WINDOW
 from .drift_martingale import DEFAULT_DRIFT_DELTA
 from .guarantees import DEFAULT_CONDITIONAL_DELTA
 
@@ -157,7 +158,9 @@ class Settings(BaseSettings):
 
     # --- drift monitoring (service/drift.py) ---------------------------------------------------
     drift_window: int = Field(
-        500, ge=1, description="Images in each model's drift window (OOD rate, mean p-value, typicality test)."
+        DEFAULT_WINDOW,
+        ge=1,
+        description="Images in each model's drift window (OOD rate, mean p-value, typicality test).",
     )
 
     # --- guarantees (service/guarantees.py) ----------------------------------------------------

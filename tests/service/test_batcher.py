@@ -285,12 +285,12 @@ def test_http_poisoned_image_gets_500_and_the_others_their_answers(controlled, t
 def test_the_queue_publishes_its_bound():
     """The bound the queue alert divides by is set where the queue is (moved from the drift tracker's test)."""
     metrics = Metrics(process=False)
-    Batcher("m", "1", metrics, max_queue_images=64)
+    Batcher("m", "1", metrics, max_batch_size=4, max_batch_delay_s=0.0, max_queue_images=64)
     assert metrics.registry.get_sample_value("oodgate_queue_capacity_images", {"model": "m", "version": "1"}) == 64
 
 
 def test_a_queue_whose_worker_never_opens_refuses_with_the_reason():
-    batcher = Batcher("m", "1", Metrics(process=False))
+    batcher = Batcher("m", "1", Metrics(process=False), max_batch_size=4, max_batch_delay_s=0.0, max_queue_images=64)
     with pytest.raises(NotReady, match="still loading"):
         asyncio.run(batcher.submit(images_with_means([1]), later()))
     batcher.refuse("model m/1 failed to load: boom")
