@@ -6,8 +6,9 @@ merged into one batch paid it sixteen times on the event loop; done per batch
 in the worker, they pay it once. The PNG complexity ``L(x)`` is computed here
 too, from the batch's pixels, so the event loop no longer encodes PNGs; its cost
 per image is what remains (``benchmarks/postprocess_bench.py`` measures the whole
-step per batch size). The request's own choices (which score decides, ``alpha``)
-are applied later by the data plane, which only compares ``p_value <= alpha``.
+step per batch size). The request's own choices (which score decides, its
+decision rule) are applied later by the data plane, which only compares each
+p-value with the rule's cutoff (:mod:`service.decision`).
 
 The result is a :class:`service.batch_result.BatchResult`: the graph's outputs,
 every score and, for a calibrated model, every score's p-value, each keyed by
