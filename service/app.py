@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     repository = ModelRepository(settings, metrics, runtime_factory)
     repository.load()
     plane = DataPlane(settings, repository, metrics)
-    repository.on_loaded.append(lambda entry: plane.drift.attach([entry], settings.max_queue_images))
+    repository.on_loaded.append(lambda entry: plane.drift.attach([entry]))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("log_pz", "log_det", "log_px", "bpd", "log_pz_levels", "log_det_levels")
+SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")  # one number per image
+LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")  # one number per image and flow level
+OUTPUT_NAMES = SCALAR_OUTPUTS + LEVEL_OUTPUTS
+# The graph, one file per backend, listed in ``files`` under the backend's name.
+ONNX_KEY, TORCHSCRIPT_KEY = "onnx", "torchscript"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 # The eager flow's state dict as plain arrays, for what needs its inverse (training side only).
@@ -33,6 +37,10 @@ BACKGROUND_TORCHSCRIPT_KEY = "background_torchscript"
 # The OOD calibration's arrays; their layout and the manifest summary are service.calibration_file's.
 CALIBRATION_FILE = "calibration.npz"
 CALIBRATION_KEY = "calibration"
+# per backend: the main graph's ``files`` key and default file name, and the background graph's ``files`` key
+GRAPH_KEYS = {"onnx": ONNX_KEY, "torchscript": TORCHSCRIPT_KEY}
+GRAPH_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
+BACKGROUND_KEYS = {"onnx": BACKGROUND_ONNX_KEY, "torchscript": BACKGROUND_TORCHSCRIPT_KEY}
 
 
 class ArtifactError(RuntimeError):
@@ -100,6 +108,21 @@ class Manifest(BaseModel):
     calibration: dict[str, Any] | None = Field(None, description="OOD calibration state, defined by service.ood")
     files: dict[str, FileEntry]
     packages: dict[str, str] = Field(default_factory=dict)
+
+
+def has_background(manifest: Manifest) -> bool:
+    """Whether the bundle ships a background graph (for any backend)."""
+    return any(key in manifest.files for key in BACKGROUND_KEYS.values())
+
+
+def bundle_file(manifest: Manifest, bundle_dir: Path, key: str, default: str | None) -> Path | None:
+    """The path of the file listed under ``key``, else ``default`` when that file exists; None when neither."""
+    entry = manifest.files.get(key)
+    if entry is not None:
+        return bundle_dir / entry.path
+    if default is not None and (bundle_dir / default).exists():
+        return bundle_dir / default
+    return None
 
 
 def sha256_file(path: str | Path) -> str:

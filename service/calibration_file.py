@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from service.artifact import (
-    BACKGROUND_ONNX_KEY,
-    BACKGROUND_TORCHSCRIPT_KEY,
     CALIBRATION_FILE,
     CALIBRATION_KEY,
     ArtifactError,
     Manifest,
     file_entry,
+    has_background,
     write_manifest,
 )
 from service.conformal import CONFORMAL_METHOD, DEFAULT_ALPHA
@@ -165,7 +164,7 @@ def save_calibration(
 def load_detector(manifest: Manifest, bundle_dir: str | Path) -> Detector:
     """The bundle's detector: calibrated when the manifest says so, else raw scores and no flags."""
     bundle_dir = Path(bundle_dir)
-    background = BACKGROUND_ONNX_KEY in manifest.files or BACKGROUND_TORCHSCRIPT_KEY in manifest.files
+    background = has_background(manifest)
     dims, levels = manifest.input.dims, manifest.levels
     if not manifest.calibration:
         return Detector(dims, levels, background=background)

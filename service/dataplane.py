@@ -3,9 +3,10 @@
 The REST and V2 layers only translate HTTP; this module holds the logic both
 share, so ``POST /score`` and ``POST /v2/models/{name}/infer`` cannot drift
 apart: pick the model, decode and check the pixels, queue the images on the
-model's batcher under the request's deadline (its worker runs the graph and
-:mod:`service.postprocess`: PNG complexity, every score and p-value, once per
-batch), then apply the request's score and decision rule (``alpha``, the
+model's queue under the request's deadline (its worker runs the model's
+pipeline, :mod:`service.pipeline`: the graph, then PNG complexity and every
+score and p-value, once per batch, into a :class:`~service.batch_result.BatchResult`),
+then apply the request's score and decision rule (``alpha``, the
 calibration-conditional cutoff, or Benjamini-Hochberg at ``fdr``: see
 :mod:`service.guarantees`) to get each image's flag.
 Decoding runs in a small thread pool, never on the event loop; only a tensor of
@@ -19,6 +20,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,21 +28,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import conformal
+from .artifact import LEVEL_OUTPUTS, SCALAR_OUTPUTS  # noqa: F401 - the response renderers read them here
+from .batch_result import BatchResult
+from .batch_run import BatchOutput
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
+from .decision import Decision, flag_decisions
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
 from .errors import ServiceError
 from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, threshold_table
 from .metrics import Metrics
-from .ood import Decision, flag_decisions
-from .postprocess import p_value_key, score_key
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")
-LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")
 # A tensor this small is checked on the loop: cheaper than a trip to the pool and back (measured on
 # 2 cores: 25-50 us to check 32 FashionMNIST images sent as JSON numbers, about 100 us at this
 # bound; a pool trip costs as much, plus a wake-up that a busy machine delays).
@@ -64,7 +66,7 @@ class Scored:
     entry: ModelEntry
     alpha: float | None  # None when the rule decides the batch as a whole (fdr)
     score: str
-    stats: dict[str, np.ndarray]
+    stats: Mapping[str, np.ndarray]  # the graph's outputs, by service.artifact.OUTPUT_NAMES
     decisions: list[Decision | None]
     failures: dict[int, str]
     rule: DecisionRule | None = None
@@ -104,7 +106,7 @@ class DataPlane:
         self._children: dict[tuple[str, str, str], tuple] = {}
         # sliding-window drift gauges per model (issue 5)
         self.drift = DriftTracker(metrics, settings.drift_window, delta=settings.drift_delta)
-        self.drift.attach(repository.all(), settings.max_queue_images)
+        self.drift.attach(repository.all())
 
     async def blocking(self, fn, *args, **kwargs):
         """Run CPU-bound ``fn`` in the decode pool so the event loop keeps serving."""
@@ -122,7 +124,7 @@ class DataPlane:
         if self.draining:
             raise ServiceError(503, "draining", "the server is shutting down", headers=retry, reason="draining")
         if entry is not None and not entry.ready:
-            message = entry.batcher.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
+            message = entry.load_error or f"model {entry.name}/{entry.version} is loading or warming up"
             raise ServiceError(503, "not_ready", message, headers=retry, reason="not_ready")
         if entry is not None:
             self.check_room(entry)  # a full queue refuses before the body is even read
@@ -266,28 +268,21 @@ class DataPlane:
         except DeadlineExceeded as exc:
             raise ServiceError(504, "deadline_exceeded", str(exc)) from None
         decisions, cutoff = self._decisions(entry, out, len(images), score, rule)
-        stats = out.stats or self._no_stats(entry, len(images))
+        result = out.result or BatchResult.unscored(len(images), entry.manifest.levels)
         self._count(entry, decisions, score)
-        self.drift.observe(entry, stats["bpd"], decisions)
+        self.drift.observe(entry, result.bpd, decisions)
         described = None if rule.rule == ALPHA_RULE else rule
-        return Scored(entry, rule.alpha, score, stats, decisions, out.failures, described, cutoff)
-
-    @staticmethod
-    def _no_stats(entry: ModelEntry, count: int) -> dict[str, np.ndarray]:
-        """NaN rows for a request whose every image failed inference, so every consumer sees the usual shapes."""
-        stats = {name: np.full(count, np.nan) for name in SCALAR_OUTPUTS}
-        stats.update({name: np.full((count, entry.manifest.levels), np.nan) for name in LEVEL_OUTPUTS})
-        return stats
+        return Scored(entry, rule.alpha, score, result.outputs, decisions, out.failures, described, cutoff)
 
     @staticmethod
     def _decisions(
-        entry: ModelEntry, out, count: int, score: str, rule: DecisionRule
+        entry: ModelEntry, out: BatchOutput[BatchResult], count: int, score: str, rule: DecisionRule
     ) -> tuple[list[Decision | None], float | None]:
         """Per-image verdicts from the scores and p-values the worker computed, and the rule's p-value cutoff."""
-        if len(out.failures) == count:
+        if out.result is None:
             return [None] * count, None
-        scores = {name: out.stats[score_key(name)] for name in entry.detector.score_names}
-        p_values = out.stats.get(p_value_key(score))
+        scores = out.result.scores
+        p_values = out.result.p_values.get(score)
         cutoff = None
         if p_values is not None:  # the rule sees only the images that were scored
             scored = p_values if not out.failures else np.delete(p_values, list(out.failures))

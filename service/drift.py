@@ -28,7 +28,7 @@ so the statistics are computed at scrape time, not on the request path.
 
 The window statistics have no error rate over time: watched long enough, an
 in-distribution stream crosses any fixed line. Calibrated models also get an
-anytime-valid test (:class:`service.guarantees.DriftMartingale`) over every image
+anytime-valid test (:class:`service.drift_martingale.DriftMartingale`) over every image
 scored since start-up (or the last reset) with the model's default score: its
 alarm's probability of *ever* firing on an in-distribution stream is at most
 ``drift_delta``. It latches; ``POST /admin/drift/reset`` clears it and restarts
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .guarantees import DEFAULT_DRIFT_DELTA, DriftMartingale, DriftState
+from .drift_martingale import DEFAULT_DRIFT_DELTA, DriftMartingale, DriftState
 
 DEFAULT_WINDOW = 500
 DEFAULT_RESAMPLES = 2000
@@ -175,7 +175,7 @@ class DriftTracker:
     typicality test are computed when ``/metrics`` is scraped (gauge callbacks,
     cached until the window changes), so the request path never pays for them.
     :meth:`attach` runs at start-up so every model's gauges exist (NaN until the
-    window holds enough), and sets the queue bound the queue alert divides by.
+    window holds enough).
     """
 
     FIELDS = {
@@ -203,15 +203,13 @@ class DriftTracker:
         self.martingales: dict[tuple[str, str], tuple[str, DriftMartingale]] = {}  # key -> (score, test)
         self._cache: dict[tuple[str, str], tuple[int, DriftSnapshot]] = {}
 
-    def attach(self, entries: Iterable, queue_capacity: int | None = None) -> None:
+    def attach(self, entries: Iterable) -> None:
         for entry in entries:
             key = (entry.name, entry.version)
             self.monitors[key] = monitor_for(entry.detector, self.window, self.resamples)
             for attribute, field in self.FIELDS.items():
                 gauge = getattr(self.metrics, attribute).labels(*key)
                 gauge.set_function(lambda key=key, field=field: getattr(self.snapshot(key), field))
-            if queue_capacity is not None:
-                self.metrics.queue_capacity.labels(*key).set(queue_capacity)
             detector = entry.detector
             if getattr(detector, "fitted", False):  # an uncalibrated model has no scores to test
                 score = detector.default_score

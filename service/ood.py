@@ -4,7 +4,7 @@ Training (``training.calibrate``) fits a :class:`Detector` on held-out
 in-distribution images; the service, the evaluation report and the guarantee
 checks apply the same object, so the numbers the report measures are the
 numbers the service returns. The score math is :mod:`service.scores`, the
-p-value formula :mod:`service.conformal`, and reading and writing the fitted
+p-value formula :mod:`service.conformal`, the flag :mod:`service.decision`, and reading and writing the fitted
 state (``calibration.npz`` plus ``manifest.calibration``) is
 :mod:`service.calibration_file`.
 
@@ -18,13 +18,13 @@ calibrate on the whole slice. ``p = (1 + #{cal >= s}) / (n + 1)`` and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from service.conformal import DEFAULT_ALPHA, check_level, conformal_p_values
+from service.decision import Decision, flag_decisions, flags
 from service.densities import DOSE_DENSITIES, fit_density
 from service.scores import (
     BACKGROUND_BPD,
@@ -54,46 +54,6 @@ class UnknownScoreError(ValueError):
 
 class CalibrationError(ValueError):
     """The calibration data cannot give a sound detector (too few images, non-finite statistics...)."""
-
-
-@dataclass
-class Decision:
-    """One image's verdict: every score, the one that decides, its p-value and the flag.
-
-    ``p_value`` and ``ood`` are ``None`` when the bundle carries no calibration:
-    an uncalibrated model never gets a made-up flag.
-    """
-
-    scores: dict[str, float]
-    score: str
-    p_value: float | None
-    ood: bool | None
-
-
-def flag_decisions(
-    scores: Mapping[str, np.ndarray],
-    score: str,
-    p_values: np.ndarray | None,
-    cutoff: float | None,
-    failed: Collection[int] = (),
-) -> list[Decision | None]:
-    """Per-image verdicts: every score, the deciding one, its p-value and ``ood = p <= cutoff``.
-
-    The one place a p-value becomes a flag, for :meth:`Detector.decide` (cutoff
-    ``alpha``) and the data plane (the request's rule's cutoff); ``failed``
-    images, which have no scores, get ``None``.
-    """
-    names = list(scores)
-    columns = [np.asarray(scores[name]).tolist() for name in names]
-    p_list = None if p_values is None else np.asarray(p_values).tolist()
-    decisions: list[Decision | None] = []
-    for i, row in enumerate(zip(*columns, strict=True)):
-        if i in failed:
-            decisions.append(None)
-            continue
-        p = None if p_list is None else p_list[i]
-        decisions.append(Decision(dict(zip(names, row, strict=True)), score, p, None if p is None else p <= cutoff))
-    return decisions
 
 
 class Detector:
@@ -299,7 +259,7 @@ class Detector:
         p_value = is_ood = None
         if self.fitted:
             p_value = self.p_values({score: scores[score]})[score]
-            is_ood = p_value <= alpha
+            is_ood = flags(p_value, alpha)
         return {"score": score, "alpha": alpha, "scores": scores, "p_value": p_value, "is_ood": is_ood}
 
     def decide(

@@ -6,45 +6,37 @@ merged into one batch paid it sixteen times on the event loop; done per batch
 in the worker, they pay it once. The PNG complexity ``L(x)`` is computed here
 too, from the batch's pixels, so the event loop no longer encodes PNGs; its cost
 per image is what remains (``benchmarks/postprocess_bench.py`` measures the whole
-step per batch size). The request's own choices (which score decides, ``alpha``)
-are applied later by the data plane, which only compares ``p_value <= alpha``.
+step per batch size). The request's own choices (which score decides, its
+decision rule) are applied later by the data plane, which only compares each
+p-value with the rule's cutoff (:mod:`service.decision`).
 
-The outputs join the graph's in the batch results under ``score/<name>`` and,
-for a calibrated model, ``p_value/<name>``.
+The result is a :class:`service.batch_result.BatchResult`: the graph's outputs,
+every score and, for a calibrated model, every score's p-value, each keyed by
+its own name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from .batch_result import BatchResult
 from .complexity import complexity_bits
 from .ood import Detector
 
-SCORE_PREFIX = "score/"
-P_VALUE_PREFIX = "p_value/"
-
-Postprocess = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
-
-
-def score_key(name: str) -> str:
-    return SCORE_PREFIX + name
-
-
-def p_value_key(name: str) -> str:
-    return P_VALUE_PREFIX + name
+Postprocess = Callable[[Mapping[str, np.ndarray], np.ndarray], BatchResult]
 
 
 def make_postprocess(detector: Detector) -> Postprocess:
-    """The batch function for one model: (graph outputs, uint8 images) -> scores and p-values."""
+    """The batch function for one model: (runtime stats, uint8 images) -> :class:`BatchResult`."""
     needs_complexity = detector.needs_complexity
 
-    def postprocess(stats: dict[str, np.ndarray], images: np.ndarray) -> dict[str, np.ndarray]:
+    def postprocess(stats: Mapping[str, np.ndarray], images: np.ndarray) -> BatchResult:
         scores = detector.score(stats, complexity_bits(images) if needs_complexity else None)
-        out = {score_key(name): values for name, values in scores.items()}
-        if detector.fitted:
-            out.update({p_value_key(name): values for name, values in detector.p_values(scores).items()})
-        return out
+        p_values = detector.p_values(scores) if detector.fitted else {}
+        result = BatchResult.from_stats(stats, scores, p_values)
+        result.check_rows(len(images))
+        return result
 
     return postprocess

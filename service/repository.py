@@ -1,7 +1,7 @@
 """The model repository: every bundle under ``models_root`` (or those named in settings), ready to serve.
 
-One :class:`ModelEntry` per ``name/version``: its manifest, its OOD detector and
-its batcher (which owns the runtime and the worker thread). Loading is split in
+One :class:`~service.model_entry.ModelEntry` per ``name/version``: its manifest,
+its OOD detector, its worker (the runtime and its thread) and its queue. Loading is split in
 two so the server can answer liveness at once: :meth:`ModelRepository.load`
 reads manifests and checks file hashes; :meth:`ModelRepository.start` starts
 the workers, which load the runtimes and warm up in the background - a model
@@ -11,12 +11,12 @@ is ready only once warm. A bundle that fails to load is reported (``GET
 Live management (issue 14; the Open Inference Protocol's model-repository
 extension in :mod:`service.api.v2`, and ``poll_models_s``): :meth:`ModelRepository.sync`
 makes what is served follow what is on disk for one model. A new or changed
-version directory is loaded and warmed beside what serves (its own batcher and
+version directory is loaded and warmed beside what serves (its own queue and
 worker thread), and only once warm put in the table, one dict assignment: the
 switch is atomic, and "latest" moves to it. A version that fails (sha256
 mismatch, a graph that does not load, a warm-up that raises) is refused and
 what served before serves on. A removed version leaves the table at once; its
-batcher finishes what was queued before it stops (:meth:`ModelRepository.retire`).
+worker finishes what was queued before it stops (:meth:`ModelRepository.retire`).
 Files changed on disk under a loaded version are noticed by their size and
 mtime at each sync or poll and re-verified; a mismatch is logged and shown in
 ``errors`` while the copy in memory, verified at load, keeps serving.
@@ -26,99 +26,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifact import MANIFEST_NAME, ArtifactError, Manifest, discover_bundles, load_manifest
-from .batcher import Batcher
-from .calibration_file import calibration_summary, load_detector
+from .artifact import ArtifactError, Manifest, discover_bundles, load_manifest
+from .calibration_file import load_detector
 from .errors import ServiceError
 from .metrics import Metrics
+from .model_entry import ModelEntry, RuntimeFactory, build_entry, default_runtime_factory, files_signature
 from .ood import Detector
-from .postprocess import make_postprocess
-from .runtimes import load_runtime
 from .settings import BUNDLED_DEFAULT_MODEL, Settings
 
 log = logging.getLogger(__name__)
-
-RuntimeFactory = Callable[[Manifest, Path, Settings], object]
-
-
-def default_runtime_factory(manifest: Manifest, bundle_dir: Path, settings: Settings):
-    return load_runtime(
-        manifest,
-        bundle_dir,
-        backend=settings.runtime,
-        device=settings.device,
-        threads=settings.intra_op_threads,
-        probe_batch=min(8, settings.max_batch_size),
-    )
 
 
 def _version_key(version: str):
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
-# a retired version's batcher stops once idle this long (or, at the latest, after request_timeout_s)
+# a retired version's worker stops once idle this long (or, at the latest, after request_timeout_s)
 RETIRE_SETTLE_S = 1.0
-
-
-def files_signature(bundle_dir: Path, manifest: Manifest) -> tuple:
-    """Size and mtime of the manifest and every file it lists: cheap to take at each poll; a change means re-verify."""
-    names = [MANIFEST_NAME, *sorted(entry.path for entry in manifest.files.values())]
-    signature = []
-    for name in names:
-        try:
-            stat = os.stat(bundle_dir / name)
-            signature.append((name, stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            signature.append((name, None, None))
-    return tuple(signature)
-
-
-@dataclass
-class ModelEntry:
-    name: str
-    version: str
-    manifest: Manifest
-    bundle_dir: Path
-    detector: Detector
-    batcher: Batcher
-    signature: tuple = ()
-    loaded_at: float = field(default_factory=time.time)  # wall clock, for people reading /models
-
-    @property
-    def ready(self) -> bool:
-        return self.batcher.ready
-
-    def info(self) -> dict:
-        runtime = self.batcher.runtime
-        return {
-            "name": self.name,
-            "version": self.version,
-            "input": {
-                "name": self.manifest.input.name,
-                "dtype": self.manifest.input.dtype,
-                "shape": list(self.manifest.input.shape),
-                "color_mode": self.manifest.input.color_mode,
-            },
-            "levels": self.manifest.levels,
-            "backend": getattr(runtime, "backend", None),
-            "runtime_warnings": list(getattr(runtime, "warnings", None) or []),
-            "device": getattr(runtime, "device", None),
-            "runtime_timings_s": getattr(runtime, "timings", None) or None,
-            "ready": self.ready,
-            "error": self.batcher.load_error,
-            "scores": list(self.detector.score_names),
-            "default_score": self.detector.default_score,
-            "default_alpha": self.detector.default_alpha,
-            "calibration": calibration_summary(self.detector),
-            "metrics": self.manifest.metrics,
-        }
 
 
 class ModelRepository:
@@ -138,7 +67,7 @@ class ModelRepository:
         return not wanted or name in wanted or f"{name}/{version}" in wanted
 
     def load(self) -> None:
-        """Read and verify every wanted bundle's manifest and build its detector and batcher."""
+        """Read and verify every wanted bundle's manifest and build its detector, queue and worker."""
         for bundle_dir in discover_bundles(self.settings.models_root):
             name, version = bundle_dir.parent.name, bundle_dir.name
             if not self._wanted(name, version):
@@ -167,48 +96,18 @@ class ModelRepository:
             )
 
     def _entry(self, manifest: Manifest, bundle_dir: Path, detector: Detector) -> ModelEntry:
-        return ModelEntry(
-            name=manifest.name,
-            version=manifest.version,
-            manifest=manifest,
-            bundle_dir=bundle_dir,
-            detector=detector,
-            batcher=self._batcher(manifest, bundle_dir, detector),
-            signature=files_signature(bundle_dir, manifest),
-        )
+        return build_entry(manifest, bundle_dir, detector, self.settings, self.metrics, self.runtime_factory)
 
     @staticmethod
     def _match(wanted: str, key: tuple[str, str]) -> bool:
         return wanted in (key[0], f"{key[0]}/{key[1]}")
 
-    def _batcher(self, manifest: Manifest, bundle_dir: Path, detector: Detector) -> Batcher:
-        settings, metrics = self.settings, self.metrics
-
-        def load():
-            runtime = self.runtime_factory(manifest, bundle_dir, settings)
-            metrics.model_info.labels(manifest.name, manifest.version, runtime.backend, runtime.device).set(1)
-            return runtime
-
-        return Batcher(
-            manifest.name,
-            manifest.version,
-            load,
-            manifest.input.shape,
-            metrics,
-            max_batch_size=settings.max_batch_size,
-            max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
-            max_queue_images=settings.max_queue_images,
-            dynamic=settings.dynamic_batching,
-            warmup=settings.warmup,
-            postprocess=make_postprocess(detector),
-        )
-
     def start(self) -> None:
         for entry in self.entries.values():
-            entry.batcher.start()
+            entry.worker.start()
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
-        return all(entry.batcher.wait_loaded(timeout) for entry in self.entries.values())
+        return all(entry.worker.wait_loaded(timeout) for entry in self.entries.values())
 
     @property
     def ready(self) -> bool:
@@ -258,7 +157,7 @@ class ModelRepository:
 
     def begin_drain(self) -> None:
         for entry in self.entries.values():
-            entry.batcher.begin_drain()
+            entry.worker.begin_drain()
 
     @property
     def idle(self) -> bool:
@@ -266,7 +165,7 @@ class ModelRepository:
 
     def stop(self, timeout: float | None = None) -> None:
         for entry in self.entries.values():
-            entry.batcher.stop(timeout)
+            entry.worker.stop(timeout)
 
     # ---- live management (issue 14) ------------------------------------------------------------------
 
@@ -279,8 +178,8 @@ class ModelRepository:
                 reason = "unloaded" if name in self.unloaded else self.errors.get(f"{name}/{version}", "not loaded")
                 rows[(name, version)] = {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
         for entry in self.all():
-            state = "READY" if entry.ready else ("UNAVAILABLE" if entry.batcher.load_error else "LOADING")
-            reason = entry.batcher.load_error or self.errors.get(f"{entry.name}/{entry.version}", "")
+            state = "READY" if entry.ready else ("UNAVAILABLE" if entry.load_error else "LOADING")
+            reason = entry.load_error or self.errors.get(f"{entry.name}/{entry.version}", "")
             rows[(entry.name, entry.version)] = {
                 "name": entry.name,
                 "version": entry.version,
@@ -397,11 +296,11 @@ class ModelRepository:
         except (ArtifactError, ValueError, OSError) as exc:
             return str(exc)
         candidate = self._entry(manifest, bundle_dir, detector)
-        candidate.batcher.start()
-        candidate.batcher.wait_loaded()
-        if candidate.batcher.load_error or not candidate.batcher.ready:
-            candidate.batcher.stop(1)
-            return candidate.batcher.load_error or "the model did not become ready"
+        candidate.worker.start()
+        candidate.worker.wait_loaded()
+        if candidate.load_error or not candidate.ready:
+            candidate.worker.stop(1)
+            return candidate.load_error or "the model did not become ready"
         return candidate
 
     def retire(self, entry: ModelEntry, why: str) -> None:
@@ -420,6 +319,6 @@ class ModelRepository:
                 else:
                     idle_since = None
                 time.sleep(0.05)
-            entry.batcher.stop(self.settings.drain_timeout_s)
+            entry.worker.stop(self.settings.drain_timeout_s)
 
         threading.Thread(target=stop_when_idle, name=f"retire-{entry.name}-{entry.version}", daemon=True).start()

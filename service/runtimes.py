@@ -30,21 +30,18 @@ from typing import Protocol
 import numpy as np
 
 from .artifact import (
-    BACKGROUND_ONNX_KEY,
-    BACKGROUND_TORCHSCRIPT_KEY,
+    BACKGROUND_KEYS,
+    GRAPH_FILES,
+    GRAPH_KEYS,
     INPUT_NAME,
-    ONNX_FILE,
     OUTPUT_NAMES,
-    TORCHSCRIPT_FILE,
     Manifest,
+    bundle_file,
+    has_background,
 )
 from .scores import BACKGROUND_BPD, VFLIP_BPD
 
 log = logging.getLogger(__name__)
-
-BACKGROUND_KEYS = {"onnx": BACKGROUND_ONNX_KEY, "torchscript": BACKGROUND_TORCHSCRIPT_KEY}
-MAIN_KEYS = {"onnx": "onnx", "torchscript": "torchscript"}
-DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -182,15 +179,6 @@ def manifest_orientation(manifest: Manifest) -> bool:
     return bool((manifest.calibration or {}).get("orientation", False))
 
 
-def bundle_file(manifest: Manifest, bundle_dir: Path, key: str, default: str | None) -> Path | None:
-    entry = manifest.files.get(key)
-    if entry is not None:
-        return bundle_dir / entry.path
-    if default is not None and (bundle_dir / default).exists():
-        return bundle_dir / default
-    return None
-
-
 def resolve_device(backend: str, device: str) -> str:
     if device == "cpu":
         return "cpu"
@@ -213,14 +201,14 @@ def build_runtime(
     ``orientation`` ``None``: as the bundle's calibration says; ``True``/``False``
     override it (calibration decides it before the manifest records it).
     """
-    main_path = bundle_file(manifest, bundle_dir, MAIN_KEYS[backend], DEFAULT_FILES[backend])
+    main_path = bundle_file(manifest, bundle_dir, GRAPH_KEYS[backend], GRAPH_FILES[backend])
     if main_path is None or not main_path.exists():
         raise RuntimeUnavailable(f"{bundle_dir} has no {backend} graph")
     resolved = resolve_device(backend, device)
     graph_cls = GRAPHS[backend]
     background = None
     bg_path = bundle_file(manifest, bundle_dir, BACKGROUND_KEYS[backend], None)
-    if bg_path is None and any(k in manifest.files for k in BACKGROUND_KEYS.values()):
+    if bg_path is None and has_background(manifest):
         raise RuntimeUnavailable(f"{bundle_dir}: the background graph has no {backend} file")
     if bg_path is not None:
         background = graph_cls(bg_path, resolved, threads)

@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .guarantees import DEFAULT_CONDITIONAL_DELTA, DEFAULT_DRIFT_DELTA
+from .drift import DEFAULT_WINDOW
+from .drift_martingale import DEFAULT_DRIFT_DELTA
+from .guarantees import DEFAULT_CONDITIONAL_DELTA
 
 # the model a request that names none gets when OODGATE_DEFAULT_MODEL is unset and it is loaded
 BUNDLED_DEFAULT_MODEL = "fashion-glow"
@@ -156,7 +158,9 @@ class Settings(BaseSettings):
 
     # --- drift monitoring (service/drift.py) ---------------------------------------------------
     drift_window: int = Field(
-        500, ge=1, description="Images in each model's drift window (OOD rate, mean p-value, typicality test)."
+        DEFAULT_WINDOW,
+        ge=1,
+        description="Images in each model's drift window (OOD rate, mean p-value, typicality test).",
     )
 
     # --- guarantees (service/guarantees.py) ----------------------------------------------------

@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from service.conformal import conformal_p_values
+from service.drift_martingale import DEFAULT_DRIFT_DELTA, DriftMartingale
 from service.guarantees import (
     DEFAULT_CONDITIONAL_DELTA,
-    DEFAULT_DRIFT_DELTA,
-    DriftMartingale,
     benjamini_hochberg,
     binomial_upper_tail,
     conditional_rank,

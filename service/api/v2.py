@@ -63,8 +63,7 @@ def dataplane(request: Request) -> DataPlane:
 
 
 def platform(entry: ModelEntry) -> str:
-    backend = getattr(entry.batcher.runtime, "backend", None)
-    return {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}.get(backend, "oodgate")
+    return {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}.get(entry.backend, "oodgate")
 
 
 def output_specs(entry: ModelEntry) -> list[dict]:

@@ -10,73 +10,37 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, DeadlineExceeded, QueueFull, warmup_sizes
+from service.batcher import Batcher, DeadlineExceeded, NotReady, QueueFull
 from service.metrics import Metrics
+from service.worker import ModelWorker
 
+from .fake_model import FakeRuntime, images_with_means, later, make_worker, wait_for
 from .serving import LiveServer, controlled_app, multipart_files, random_images, reference_stats
 
-SHAPE = (1, 2, 2)
 
-
-class FakeRuntime:
-    """bpd = mean pixel (so each image's answer is known); can be held at a gate; fails on all-255 images."""
-
-    backend, device = "fake", "cpu"
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-
-    def run(self, images):
-        self.entered.set()
-        assert self.gate.wait(30)
-        flat = images.reshape(len(images), -1)
-        if (flat == 255).all(axis=1).any():
-            raise MemoryError("poisoned image")
-        self.batches.append(len(images))
-        mean = flat.mean(axis=1).astype(np.float32)
-        return {"bpd": mean, "log_pz_levels": np.stack([mean, -mean], axis=1)}
-
-
-def make_batcher(runtime, **kwargs) -> Batcher:
-    options = {"max_batch_size": 4, "max_batch_delay_s": 0.0, "max_queue_images": 64, "warmup": False, **kwargs}
-    batcher = Batcher("fake", "1", lambda: runtime, SHAPE, Metrics(process=False), **options)
-    batcher.start()
-    assert batcher.wait_loaded(10) and batcher.ready
-    return batcher
-
-
-def images_with_means(means) -> np.ndarray:
-    return np.stack([np.full(SHAPE, m, dtype=np.uint8) for m in means])
-
-
-def later(seconds: float = 10.0) -> float:
-    return time.monotonic() + seconds
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition never became true"
-        await asyncio.sleep(0.005)
+def make_batcher(runtime, **kwargs) -> ModelWorker:
+    """A worker serving ``runtime`` through a batcher, ready; tests drive its ``batcher``."""
+    worker = make_worker(runtime, **kwargs)
+    assert worker.wait_loaded(10) and worker.ready
+    return worker
 
 
 def test_a_big_request_is_split_and_reassembled_in_order():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime)
+    worker = make_batcher(runtime)
+    batcher = worker.batcher
     means = list(range(10, 20))
     out = asyncio.run(batcher.submit(images_with_means(means), later()))
     assert runtime.batches == [4, 4, 2]
-    assert out.stats["bpd"].tolist() == means and out.failures == {}
-    assert out.stats["log_pz_levels"][:, 1].tolist() == [-m for m in means]
-    batcher.stop(5)
+    assert out.result.outputs["bpd"].tolist() == means and out.failures == {}
+    assert out.result.outputs["log_pz_levels"][:, 1].tolist() == [-m for m in means]
+    worker.stop(5)
 
 
 def test_concurrent_requests_share_batches_and_keep_their_own_answers():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime)
+    worker = make_batcher(runtime)
+    batcher = worker.batcher
 
     async def scenario():
         runtime.gate.clear()
@@ -89,14 +53,15 @@ def test_concurrent_requests_share_batches_and_keep_their_own_answers():
 
     first, others = asyncio.run(scenario())
     assert runtime.batches == [1, 4, 2]  # 6 queued images: one full batch, then the rest
-    assert first.stats["bpd"].tolist() == [1]
-    assert [o.stats["bpd"].tolist() for o in others] == [[10, 11], [20, 21], [30, 31]]
-    batcher.stop(5)
+    assert first.result.outputs["bpd"].tolist() == [1]
+    assert [o.result.outputs["bpd"].tolist() for o in others] == [[10, 11], [20, 21], [30, 31]]
+    worker.stop(5)
 
 
 def test_batching_disabled_never_mixes_requests():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime, dynamic=False)
+    worker = make_batcher(runtime, dynamic=False)
+    batcher = worker.batcher
 
     async def scenario():
         runtime.gate.clear()
@@ -109,21 +74,23 @@ def test_batching_disabled_never_mixes_requests():
 
     asyncio.run(scenario())
     assert runtime.batches == [1, 1, 1, 1]
-    batcher.stop(5)
+    worker.stop(5)
 
 
 def test_a_lone_request_does_not_wait_for_company():
     """With an hour of batch delay, a lone request still runs: it reached an idle worker and an empty queue."""
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime, max_batch_delay_s=3600.0)
+    worker = make_batcher(runtime, max_batch_delay_s=3600.0)
+    batcher = worker.batcher
     out = asyncio.run(batcher.submit(images_with_means([5]), later(20)))
-    assert out.stats["bpd"].tolist() == [5] and runtime.batches == [1]
-    batcher.stop(5)
+    assert out.result.outputs["bpd"].tolist() == [5] and runtime.batches == [1]
+    worker.stop(5)
 
 
 def test_images_queued_behind_a_busy_worker_wait_at_most_the_delay():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime, max_batch_delay_s=0.05)
+    worker = make_batcher(runtime, max_batch_delay_s=0.05)
+    batcher = worker.batcher
 
     async def scenario():
         runtime.gate.clear()
@@ -135,8 +102,8 @@ def test_images_queued_behind_a_busy_worker_wait_at_most_the_delay():
         return await first, await second  # the second is alone once the worker frees up: it runs after the delay
 
     first, second = asyncio.run(scenario())
-    assert runtime.batches == [1, 1] and second.stats["bpd"].tolist() == [2]
-    batcher.stop(5)
+    assert runtime.batches == [1, 1] and second.result.outputs["bpd"].tolist() == [2]
+    worker.stop(5)
 
 
 def test_a_free_worker_waits_for_company_only_when_some_is_expected():
@@ -145,7 +112,8 @@ def test_a_free_worker_waits_for_company_only_when_some_is_expected():
 
     async def scenario(gap_s: float, more: list[int] | None):
         runtime = FakeRuntime()
-        batcher = make_batcher(runtime, max_batch_delay_s=5.0)
+        worker = make_batcher(runtime, max_batch_delay_s=5.0)
+        batcher = worker.batcher
         runtime.gate.clear()
         first = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
         await asyncio.to_thread(runtime.entered.wait, 10)
@@ -159,19 +127,20 @@ def test_a_free_worker_waits_for_company_only_when_some_is_expected():
             await asyncio.sleep(0.05)
             tasks.append(asyncio.create_task(batcher.submit(images_with_means(more), later())))
         results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=2.5)
-        batcher.stop(5)
+        worker.stop(5)
         return runtime.batches, results
 
     batches, results = asyncio.run(scenario(0.001, [3, 4, 5]))
     assert batches == [1, 4]  # the second waited, and the next request filled its batch
-    assert [r.stats["bpd"].tolist() for r in results] == [[2], [3, 4, 5]]
+    assert [r.result.outputs["bpd"].tolist() for r in results] == [[2], [3, 4, 5]]
     batches, results = asyncio.run(scenario(10.0, None))
-    assert batches == [1, 1] and results[0].stats["bpd"].tolist() == [2]
+    assert batches == [1, 1] and results[0].result.outputs["bpd"].tolist() == [2]
 
 
 def test_a_full_queue_refuses_at_once():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime, max_queue_images=4)
+    worker = make_batcher(runtime, max_queue_images=4)
+    batcher = worker.batcher
 
     async def scenario():
         runtime.gate.clear()
@@ -187,13 +156,14 @@ def test_a_full_queue_refuses_at_once():
         return await asyncio.gather(running, queued, fits)
 
     results = asyncio.run(scenario())
-    assert [r.stats["bpd"].tolist() for r in results] == [[1], [2, 3, 4], [7]]
-    batcher.stop(5)
+    assert [r.result.outputs["bpd"].tolist() for r in results] == [[1], [2, 3, 4], [7]]
+    worker.stop(5)
 
 
 def test_past_the_deadline_images_leave_the_queue_unrun():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime)
+    worker = make_batcher(runtime)
+    batcher = worker.batcher
 
     async def scenario():
         runtime.gate.clear()
@@ -207,57 +177,14 @@ def test_past_the_deadline_images_leave_the_queue_unrun():
         return await batcher.submit(images_with_means([9]), later())
 
     last = asyncio.run(scenario())
-    assert runtime.batches == [1, 1] and last.stats["bpd"].tolist() == [9]  # the 5 expired images never ran
-    batcher.stop(5)
-
-
-def test_a_failing_batch_is_retried_in_halves_and_only_poisoned_images_fail():
-    runtime = FakeRuntime()
-    metrics = Metrics(process=False)
-    batcher = Batcher("fake", "1", lambda: runtime, SHAPE, metrics, max_batch_size=8, warmup=False)
-    batcher.start()
-    batcher.wait_loaded(10)
-    means = [10, 11, 255, 13, 14, 255, 16, 17]
-    out = asyncio.run(batcher.submit(images_with_means(means), later()))
-    assert sorted(out.failures) == [2, 5] and "poisoned image" in out.failures[2]
-    good = [i for i in range(8) if i not in (2, 5)]
-    assert out.stats["bpd"][good].tolist() == [means[i] for i in good]
-    assert np.isnan(out.stats["bpd"][[2, 5]]).all()
-    assert metrics.image_failures.labels("fake", "1")._value.get() == 2
-    # the worker survives and keeps serving
-    assert asyncio.run(batcher.submit(images_with_means([3]), later())).stats["bpd"].tolist() == [3]
-    batcher.stop(5)
-
-
-def test_warmup_buckets_and_readiness():
-    assert (
-        warmup_sizes(1) == [1] and warmup_sizes(32) == [1, 2, 4, 8, 16, 32] and warmup_sizes(24) == [1, 2, 4, 8, 16, 24]
-    )
-    runtime = FakeRuntime()
-    runtime.gate.clear()
-    batcher = Batcher("fake", "1", lambda: runtime, SHAPE, Metrics(process=False), max_batch_size=6, warmup=True)
-    batcher.start()
-    assert runtime.entered.wait(10) and not batcher.ready  # not ready while warming up
-    runtime.gate.set()
-    batcher.wait_loaded(10)
-    assert batcher.ready and runtime.batches == [1, 2, 4, 6]
-    batcher.stop(5)
-
-
-def test_a_model_that_fails_to_load_is_not_ready_and_says_why():
-    def broken():
-        raise FileNotFoundError("model.onnx is gone")
-
-    batcher = Batcher("fake", "1", broken, SHAPE, Metrics(process=False), warmup=False)
-    batcher.start()
-    batcher.wait_loaded(10)
-    assert not batcher.ready and "model.onnx is gone" in batcher.load_error
-    batcher.stop(1)
+    assert runtime.batches == [1, 1] and last.result.outputs["bpd"].tolist() == [9]  # the 5 expired images never ran
+    worker.stop(5)
 
 
 def test_reserved_places_count_against_the_bound_until_submitted_or_released():
     runtime = FakeRuntime()
-    batcher = make_batcher(runtime, max_queue_images=4)
+    worker = make_batcher(runtime, max_queue_images=4)
+    batcher = worker.batcher
     try:
         places = batcher.reserve(3)
         with pytest.raises(QueueFull):
@@ -265,12 +192,12 @@ def test_reserved_places_count_against_the_bound_until_submitted_or_released():
         with batcher.reserve(1):
             pass  # released on leaving
         out = asyncio.run(batcher.submit(images_with_means([1, 2, 3]), later(), places))
-        assert out.stats["bpd"].tolist() == [1, 2, 3] and not places.held
+        assert out.result.outputs["bpd"].tolist() == [1, 2, 3] and not places.held
         places.release()  # a second release (after submit took the places) changes nothing
         with batcher.reserve(4):
             pass  # every place is free again
     finally:
-        batcher.stop(1)
+        worker.stop(1)
 
 
 # ---- the same behaviour seen through HTTP -----------------------------------------------------------
@@ -353,3 +280,19 @@ def test_http_poisoned_image_gets_500_and_the_others_their_answers(controlled, t
     response = httpx.post(f"{server.url}/score", files=multipart_files(alone))
     assert response.status_code == 500 and response.json()["error"]["code"] == "inference_failed"
     assert response.json()["results"][0]["error"]["index"] == 0
+
+
+def test_the_queue_publishes_its_bound():
+    """The bound the queue alert divides by is set where the queue is (moved from the drift tracker's test)."""
+    metrics = Metrics(process=False)
+    Batcher("m", "1", metrics, max_batch_size=4, max_batch_delay_s=0.0, max_queue_images=64)
+    assert metrics.registry.get_sample_value("oodgate_queue_capacity_images", {"model": "m", "version": "1"}) == 64
+
+
+def test_a_queue_whose_worker_never_opens_refuses_with_the_reason():
+    batcher = Batcher("m", "1", Metrics(process=False), max_batch_size=4, max_batch_delay_s=0.0, max_queue_images=64)
+    with pytest.raises(NotReady, match="still loading"):
+        asyncio.run(batcher.submit(images_with_means([1]), later()))
+    batcher.refuse("model m/1 failed to load: boom")
+    with pytest.raises(NotReady, match="boom"):
+        asyncio.run(batcher.submit(images_with_means([1]), later()))

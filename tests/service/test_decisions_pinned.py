@@ -20,7 +20,7 @@ import pytest
 from service.artifact import load_manifest
 from service.calibration_file import load_detector
 from service.complexity import complexity_bits
-from service.postprocess import make_postprocess, p_value_key
+from service.postprocess import make_postprocess
 from service.runtimes import build_runtime
 from training.evaluate import score_set
 from training.ood_sets import ImageSet
@@ -102,7 +102,7 @@ def test_service_p_values_and_flags_are_pinned(bundle):
     computed = make_postprocess(detector)(stats, images)  # what the model's worker attaches to each batch
     complexity = complexity_bits(images)
     for score, expected in PINNED[name].items():
-        np.testing.assert_allclose(computed[p_value_key(score)], expected, rtol=1e-6)
+        np.testing.assert_allclose(computed.p_values[score], expected, rtol=1e-6)
         decisions = detector.decide(stats, complexity, score, ALPHA)
         assert [d.ood for d in decisions] == PINNED_FLAGS[name][score], score
         assert [d.p_value for d in decisions] == pytest.approx(expected, rel=1e-6)
@@ -122,4 +122,4 @@ def test_evaluation_report_gets_the_service_p_values(bundle):
         opened.runtime.close()
     assert list(scored.p_values) == list(PINNED[name])
     for score, values in scored.p_values.items():
-        np.testing.assert_array_equal(values, service[p_value_key(score)])
+        np.testing.assert_array_equal(values, service.p_values[score])

@@ -95,16 +95,15 @@ def gauge(metrics, name: str, model: str = "m", version: str = "1") -> float:
 def test_tracker_publishes_gauges(calibration):
     from types import SimpleNamespace
 
+    from service.decision import Decision
     from service.drift import DriftTracker
     from service.metrics import Metrics
-    from service.ood import Decision
 
     metrics = Metrics(process=False)
     detector = SimpleNamespace(calibration={"bpd": calibration}, default_alpha=0.1)
     entry = SimpleNamespace(name="m", version="1", detector=detector)
     tracker = DriftTracker(metrics, window=50, resamples=200)
-    tracker.attach([entry], queue_capacity=64)
-    assert gauge(metrics, "oodgate_queue_capacity_images") == 64
+    tracker.attach([entry])
     assert gauge(metrics, "oodgate_drift_window_images") == 0
     assert math.isnan(gauge(metrics, "oodgate_drift_typicality_p_value"))
     assert gauge(metrics, "oodgate_drift_alpha") == 0.1

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from service.ood import CalibrationError, Decision, Detector, UnknownScoreError
+from service.decision import Decision
+from service.ood import CalibrationError, Detector, UnknownScoreError
 from service.scores import BACKGROUND_BPD, COMBINED_PARTS, VFLIP_BPD
 from training.metrics import auroc
 
