@@ -45,6 +45,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from service.artifact import MANIFEST_NAME, ArtifactError, load_manifest
@@ -60,6 +61,7 @@ from training.build_plan import (
     BuildError,
     BuildOptions,
     background_minutes,
+    give_background_minutes_back,
     log,
     plan,
     training_minutes,
@@ -140,6 +142,9 @@ def build(options: BuildOptions) -> Path:
     if options.general != GENERAL_NONE:
         steps = int(config.train.max_steps * background_minutes(options) / training_minutes(options))
         background = plan_background(config, options.general, steps)
+        if background is None:
+            config = give_background_minutes_back(config, options)
+            options = replace(options, general=GENERAL_NONE)
     main_deadline = deadline - 60 * background_minutes(options) * (background is not None)
     checkpoint = train_within(Trainer, config, training_minutes(options), main_deadline, "train", options.progress)
     background_checkpoint = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +154,37 @@ def training_minutes(options: BuildOptions) -> float:
 
 def background_minutes(options: BuildOptions) -> float:
     return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE) * BACKGROUND_SHARE)
+
+
+NO_BACKGROUND_MARK = "no-background"  # in the run dir: the background's minutes were given to the user's flow
+
+
+def give_background_minutes_back(config: RunConfig, options: BuildOptions) -> RunConfig:
+    """The plan, rescaled to the whole training budget, when no general mix turned up after all.
+
+    The plan sizes the user's flow for ``1 - BACKGROUND_SHARE`` of the training
+    minutes because a background is planned; a build that then finds no mix (the
+    packages are missing) would leave that share unused. The rescaled plan is
+    written back once, marked, so a resumed build neither rescales twice nor
+    changes the schedule under a checkpoint.
+    """
+    mark = Path(config.out_dir) / NO_BACKGROUND_MARK
+    if mark.exists() or options.general == GENERAL_NONE:
+        return config
+    scale = training_minutes(replace(options, general=GENERAL_NONE)) / training_minutes(options)
+    steps = max(1, int(config.train.max_steps * scale))
+    steps_per_epoch = max(1, math.ceil(config.train.max_steps / max(1, config.train.epochs)))
+    rescaled = config.model_copy(update={"train": config.train.model_copy(update=schedule(steps, steps_per_epoch))})
+    path = Path(config.out_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# written by oodgate-build (no general mix: the background's minutes went to this flow); "
+        f"oodgate-train can resume it: oodgate-train {path} --resume\n"
+        + yaml.safe_dump(rescaled.model_dump(mode="json"), sort_keys=False)
+    )
+    mark.write_text(f"{config.train.max_steps} -> {steps} steps\n")
+    log(f"plan: no general mix, so the user's flow gets every minute: {config.train.max_steps} -> {steps} steps")
+    return rescaled
 
 
 def schedule(steps: int, steps_per_epoch: int) -> dict:
