@@ -5,9 +5,10 @@ manifest (listed in its ``files``, so its sha256 is checked on load) plus a smal
 JSON summary in ``manifest.calibration``: nothing is ever pickled. Arrays are
 keyed ``cal__<score>`` (sorted calibration scores), ``dose__<name>`` (the DoSE
 density), ``typicality__mean_bpd`` and ``ref__<part>`` (``combined``'s
-references). Format 2 added ``orientation`` and ``combined.parts`` to the
-summary; a format-1 calibration reads as orientation off and parts
-``(dose, complexity)``.
+references). The summary says ``orientation`` and, with the combined score,
+``combined.parts`` and ``combined.rule`` (format 2). Format 1, which had
+neither, is refused: no bundle carries one any more, so re-calibrate with
+``oodgate-calibrate``.
 
 Training writes calibrations (:func:`save_calibration`); the service only
 reads them (:func:`load_detector`) and shows their public part on ``GET /models``
@@ -34,10 +35,10 @@ from service.artifact import (
 from service.conformal import CONFORMAL_METHOD, DEFAULT_ALPHA
 from service.densities import density_from_arrays
 from service.ood import CalibrationError, Detector
-from service.scores import COMBINE_RULES, COMBINED_PARTS, dose_feature_names
+from service.scores import COMBINE_RULES, dose_feature_names
 
 CALIBRATION_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+READABLE_FORMATS = (CALIBRATION_FORMAT,)
 SCORES_PREFIX = "cal__"
 DOSE_PREFIX = "dose__"
 REFERENCE_PREFIX = "ref__"
@@ -111,7 +112,7 @@ def detector_from_state(
     if summary.get("method") != CONFORMAL_METHOD or summary.get("format") not in READABLE_FORMATS:
         raise ArtifactError(
             f"calibration is {summary.get('method')!r} format {summary.get('format')!r}; this oodgate reads "
-            f"{CONFORMAL_METHOD!r} formats {list(READABLE_FORMATS)}"
+            f"{CONFORMAL_METHOD!r} formats {list(READABLE_FORMATS)}: re-calibrate it with oodgate-calibrate"
         )
     detector = Detector(
         dims,
@@ -127,8 +128,11 @@ def detector_from_state(
     detector.calibration = _prefixed(arrays, SCORES_PREFIX)
     detector.reference = _prefixed(arrays, REFERENCE_PREFIX)
     if "combined" in detector.calibration:
-        detector.combined_parts = tuple(summary.get("combined", {}).get("parts", COMBINED_PARTS))
-        detector.combine_rule = summary.get("combined", {}).get("rule", "max")
+        combined = summary.get("combined", {})
+        if "parts" not in combined:
+            raise ArtifactError("calibration has the combined score but its summary names no combined.parts")
+        detector.combined_parts = tuple(combined["parts"])
+        detector.combine_rule = combined.get("rule", "max")
         if detector.combine_rule not in COMBINE_RULES:
             raise ArtifactError(f"combined rule {detector.combine_rule!r} is not one of {COMBINE_RULES}")
         if set(detector.reference) != set(detector.combined_parts):

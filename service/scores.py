@@ -57,7 +57,7 @@ NEEDS_FIT = frozenset({"typicality", "dose", "combined"})
 NEEDS_COMPLEXITY = frozenset({"complexity", "dose", "combined"})
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
 NEEDS_ORIENTATION = frozenset({"orientation"})
-COMBINED_PARTS = ("dose", "complexity")  # the default, and what every format-1 calibration used
+COMBINED_PARTS = ("dose", "complexity")  # the default when the calibration has no orientation
 ORIENTATION_COMBINED_PARTS = ("dose", "orientation")  # the default when the calibration has orientation
 COMBINE_RULES = ("max", "sum")  # how combined joins its parts' tail evidence; "max" for calibrations without a rule
 

@@ -46,7 +46,7 @@ def flow_from_bundle(bundle_dir: str | Path) -> MultiScaleFlow:
     if entry is None:
         raise ArtifactError(
             f"{bundle_dir} carries no {WEIGHTS_FILE} (exported before bundles carried their weights): "
-            f"re-export it, or run python -m training.recover_weights {bundle_dir}"
+            "re-export it from its training checkpoint with oodgate-export"
         )
     flow = build_bundle_flow(manifest)
     try:

@@ -1,7 +1,8 @@
-"""The calibration file: a fitted detector survives the bundle round trip bit for bit, old formats still read."""
+"""The calibration file: a fitted detector survives the bundle round trip bit for bit; a format not read is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 
@@ -16,10 +17,14 @@ from service.calibration_file import (
     load_detector,
     save_calibration,
 )
+from service.errors import ServiceError
+from service.metrics import Metrics
 from service.ood import Detector
-from service.scores import BACKGROUND_BPD, COMBINED_PARTS
+from service.repository import ModelRepository
+from service.scores import BACKGROUND_BPD
 
 from .flow_stats import D, make_stats
+from .serving import settings
 
 
 def test_calibration_round_trips_through_the_bundle(tmp_path, tiny_models_root):
@@ -89,16 +94,36 @@ def test_combined_parts_are_chosen_at_fit_time_and_round_trip(tmp_path, tiny_mod
     json.dumps(summary)
 
 
-def test_a_format_1_calibration_still_loads_as_dose_and_complexity():
+def test_a_calibration_in_a_format_not_read_is_refused_by_name():
     rng = np.random.default_rng(16)
     stats, complexity = make_stats(300, rng)
     summary, arrays = calibration_state(Detector(D, 2).fit(stats, complexity, seed=0, combined=True))
     for key in ("orientation", "combined"):
         del summary[key]
-    summary["format"] = 1
-    loaded = detector_from_state(D, 2, summary, arrays)
-    assert not loaded.orientation and loaded.combined_parts == COMBINED_PARTS and loaded.combine_rule == "max"
-    assert "combined" in loaded.score_names
+    summary["format"] = 1  # what format 1 wrote: no orientation, no combined parts
+    with pytest.raises(ArtifactError, match=r"format 1; this oodgate reads 'split-conformal' formats \[2\]"):
+        detector_from_state(D, 2, summary, arrays)
     summary["format"] = 3
     with pytest.raises(ArtifactError, match="format 3"):
         detector_from_state(D, 2, summary, arrays)
+    summary["format"] = 2  # a format-2 summary without the parts its combined score was built from
+    with pytest.raises(ArtifactError, match="combined.parts"):
+        detector_from_state(D, 2, summary, arrays)
+
+
+def test_the_service_refuses_a_bundle_whose_calibration_it_cannot_read_and_says_why(tmp_path, calibrated_models_root):
+    shutil.copytree(calibrated_models_root / "tiny", tmp_path / "tiny")
+    shutil.copytree(calibrated_models_root / "tiny", tmp_path / "old")
+    manifest_path = tmp_path / "old" / "1" / "manifest.json"  # not among the hashed files
+    manifest = json.loads(manifest_path.read_text())
+    manifest["name"], manifest["calibration"]["format"] = "old", 1
+    manifest_path.write_text(json.dumps(manifest))
+    repo = ModelRepository(settings(tmp_path), Metrics(process=False))
+    repo.load()
+    assert [key for key in repo.entries] == [("tiny", "1")]  # the readable bundle still serves
+    assert "format 1" in repo.errors["old/1"] and "oodgate-calibrate" in repo.errors["old/1"]
+    (row,) = [row for row in repo.index() if row["name"] == "old"]
+    assert row["state"] == "UNAVAILABLE" and "format 1" in row["reason"]
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(repo.load_model("old"))
+    assert refused.value.status == 400 and "format 1" in refused.value.message

@@ -231,7 +231,7 @@ def test_eval_says_why_latent_zeroed_is_missing_when_the_bundle_has_no_weights(t
     summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert "latent_zeroed" not in {row["set"] for row in summary["rows"]}
     (note,) = [n for n in summary["notes"] if "latent_zeroed" in n]
-    assert "skipped" in note and "training.recover_weights" in note
+    assert "skipped" in note and "re-export it" in note
 
 
 def test_eval_refuses_an_uncalibrated_bundle(tmp_path, tiny_models_root, capsys):

@@ -1,4 +1,4 @@
-"""A bundle rebuilds its eager flow from weights.npz, and a bundle without one can get it back from its graph."""
+"""A bundle rebuilds its eager flow from weights.npz, and a bundle without one is told to be re-exported."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from service.artifact import ArtifactError, load_manifest, write_manifest
-from tests.conftest import export_tiny_bundle, make_tiny_flow
+from tests.conftest import make_tiny_flow
 from training.export import prepare_for_export, run_onnx
-from training.flows import dequantize
-from training.recover_weights import RecoveryError, recover
 from training.weights import flow_from_bundle
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
@@ -57,36 +55,5 @@ def test_weights_that_do_not_match_the_manifest_are_refused(bundle):
 
 def test_a_bundle_without_weights_says_how_to_get_them(bundle):
     strip_weights(bundle)
-    with pytest.raises(ArtifactError, match="training.recover_weights"):
+    with pytest.raises(ArtifactError, match="re-export it from its training checkpoint"):
         flow_from_bundle(bundle)
-
-
-def test_recovery_from_the_onnx_graph_gives_back_the_exported_flow(bundle):
-    strip_weights(bundle)
-    report = recover(bundle)
-    assert report["onnx_max_abs_delta_bpd"] <= 1e-4 and report["round_trip_max_abs"] <= 1e-4
-    recovered = flow_from_bundle(bundle)
-    original, _ = make_tiny_flow(seed=0)
-    for ours, theirs in zip(outputs(recovered), outputs(original), strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-3)
-    v = dequantize(torch.from_numpy(IMAGES))
-    with torch.no_grad():  # the inverse is what the graph cannot give, so check it against the original's
-        eps = original.standardize(original.transform(v).latents)
-        np.testing.assert_allclose(
-            recovered.unstandardize_and_invert(eps).numpy(), original.unstandardize_and_invert(eps).numpy(), atol=1e-4
-        )
-    assert "weights_recovered_from" in load_manifest(bundle).training
-    with pytest.raises(RecoveryError, match="already carries"):
-        recover(bundle)
-
-
-def test_recovery_writes_nothing_when_the_graphs_disagree(tmp_path, bundle):
-    other, _ = export_tiny_bundle(tmp_path / "other", seed=5)
-    shutil.copy(other / "model.onnx", bundle / "model.onnx")  # model.pt still the seed-0 flow
-    manifest = load_manifest(bundle, verify=False)
-    manifest.files["onnx"] = load_manifest(other).files["onnx"]
-    write_manifest(bundle, manifest)
-    strip_weights(bundle)
-    with pytest.raises(RecoveryError, match="does not score like the bundle"):
-        recover(bundle)
-    assert not (bundle / "weights.npz").exists() and "weights" not in load_manifest(bundle).files
