@@ -23,7 +23,6 @@ measured and reported, never chosen on.
 from __future__ import annotations
 
 import argparse
-import functools
 import shlex
 import sys
 import time
@@ -34,9 +33,8 @@ import numpy as np
 
 from service.artifact import ArtifactError
 from service.calibration_file import load_detector, save_calibration
-from service.ood import Detector
 from training.data import DatasetError, recorded_test_split
-from training.metrics import auroc, flag_rate, fpr_at_tpr
+from training.evaluation import ALPHAS, IN_DISTRIBUTION, Evaluation, metric_rows, score_set
 from training.ood_sets import (
     BUILTIN_SETS,
     DOMAIN_FREE_OOD,
@@ -49,151 +47,40 @@ from training.ood_sets import (
     load_set,
     read_images,
 )
-from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
+from training.report import write_report
+from training.scoring import Bundle, open_bundle, run_statistics
+from training.targets import recommend, target_checks
 
-ALPHAS = (0.01, 0.05, 0.1)
-AUROC_TIE = 0.01
-IN_DISTRIBUTION = "in-distribution"
+PER_SET = 2000  # images per built-in transformed/synthetic set (cap): targets.AUROC_TIE is two standard errors here
+BATCH_SIZE = 256  # images per runtime call: scores are per image, so this only bounds one call's memory
+EAGER_CHECK_IMAGES = 32  # the in-distribution images an eager flow is compared with the graph on
+EAGER_TOLERANCE_BPD = 1e-3  # an eager flow off the graph by more than this is some other model (export parity: 1e-4)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalOptions:
-    """What ``oodgate-eval`` measures, beyond the bundle; every field has the CLI's default."""
+    """What ``oodgate-eval`` measures, beyond the bundle; every field has the CLI's default.
+
+    The CLI builds one from its arguments (:func:`options_from_args`); ``oodgate-build``
+    and tests build one directly. Frozen: one evaluation's options do not change under it.
+    """
 
     in_dist: str | None = None  # folder, .npz, IDX, CIFAR binary; None: the bundle's recorded test set
     ood_sets: dict[str, str] = field(default_factory=dict)  # name -> images (same forms), should be flagged
     invariant_sets: dict[str, str] = field(default_factory=dict)  # name -> images (same forms), should pass
     sets: tuple[str, ...] | None = None  # built-in sets; None: those made for the bundle's data
     limit: int | None = None  # only the first N in-distribution test images
-    per_set: int = 2000
+    per_set: int = PER_SET
     checkpoint: str | None = None  # the eager flow for latent_zeroed (default: the bundle's weights.npz)
     alphas: tuple[float, ...] = ALPHAS
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int = BATCH_SIZE
     threads: int = 0
     progress: bool = True
 
 
 class SetNameError(ValueError):
     """An extra set's name is taken (by a built-in set, the in-distribution set or another extra set)."""
-
-
-@dataclass
-class ScoredSet:
-    name: str
-    kind: str  # "in", "ood" or "invariant"
-    description: str
-    images: np.ndarray
-    stats: dict[str, np.ndarray]
-    complexity: np.ndarray
-    scores: dict[str, np.ndarray]
-    p_values: dict[str, np.ndarray]
-    seconds: float = 0.0
-
-    @property
-    def n(self) -> int:
-        return len(self.images)
-
-
-@dataclass
-class Evaluation:
-    bundle: Bundle
-    detector: Detector
-    sets: list[ScoredSet]
-    alphas: tuple[float, ...]
-    rows: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    recommended: str | None = None
-    worst: dict[str, tuple[float, str]] = field(default_factory=dict)
-    meets_targets: set[str] = field(default_factory=set)  # scores that meet every target the report checks
-    command: str = ""
-    seconds: float = 0.0
-
-    @property
-    def in_set(self) -> ScoredSet:
-        return self.sets[0]
-
-    @property
-    def data_source(self) -> str | None:
-        """The training data's source as the manifest records it (``fashion-mnist``, ``folder``, ...)."""
-        data = self.bundle.manifest.data
-        return None if data is None else data.source
-
-
-def score_set(
-    bundle: Bundle, detector: Detector, image_set: ImageSet | ScoredSet, kind: str, batch_size: int, progress: bool
-) -> ScoredSet:
-    started = time.monotonic()
-    stats = run_statistics(bundle, image_set.images, batch_size=batch_size, desc=image_set.name, progress=progress)
-    complexity = run_complexity(image_set.images, desc=f"{image_set.name} L(x)", progress=progress)
-    scores = detector.score(stats, complexity)
-    p_values = detector.p_values(scores)  # what the service's worker attaches to every batch
-    return ScoredSet(
-        image_set.name,
-        kind,
-        image_set.description,
-        image_set.images,
-        stats,
-        complexity,
-        scores,
-        p_values,
-        time.monotonic() - started,
-    )
-
-
-def metric_rows(in_set: ScoredSet, sets: list[ScoredSet], alphas: tuple[float, ...]) -> list[dict]:
-    rows = []
-    for scored in [in_set, *sets]:
-        for name, values in scored.scores.items():
-            row = {"set": scored.name, "kind": scored.kind, "n": scored.n, "score": name}
-            if scored is in_set:
-                row["auroc"] = row["fpr95"] = float("nan")
-            else:
-                row["auroc"] = auroc(in_set.scores[name], values)
-                row["fpr95"] = fpr_at_tpr(in_set.scores[name], values, 0.95)
-            for alpha in alphas:
-                row[f"flag@{alpha:g}"] = flag_rate(scored.p_values[name], alpha)
-            rows.append(row)
-    return rows
-
-
-def recommend(
-    rows: list[dict],
-    score_names: tuple[str, ...],
-    tie: float = AUROC_TIE,
-    eligible: set[str] | None = None,
-    choice_sets: tuple[str, ...] | None = None,
-) -> tuple[str | None, dict[str, tuple[float, str]]]:
-    """The score whose worst AUROC over the OOD sets in ``choice_sets`` (None: all) is best, among ``eligible``.
-
-    Differences under ``tie`` (about two standard errors of an AUROC on a
-    2,000-image set) are noise, not a ranking: such ties go to the next-worst
-    set, then to the mean AUROC. ``eligible``: the scores that meet the hard
-    targets; a score that misses one (say, lets upside-down images through) is not
-    recommended over one that meets them all, however good its worst AUROC.
-    ``worst`` is returned for every score either way.
-    """
-    profiles, worst = {}, {}
-    for name in score_names:
-        ood = sorted(
-            (r["auroc"], r["set"])
-            for r in rows
-            if r["score"] == name and r["kind"] == "ood" and (choice_sets is None or r["set"] in choice_sets)
-        )
-        if ood:
-            worst[name] = ood[0]
-            if not eligible or name in eligible:
-                profiles[name] = [value for value, _ in ood]
-
-    def compare(a: str, b: str) -> int:
-        for x, y in zip(profiles[a], profiles[b], strict=True):
-            if abs(x - y) >= tie:
-                return 1 if x > y else -1
-        mean_a, mean_b = float(np.mean(profiles[a])), float(np.mean(profiles[b]))
-        return (mean_a > mean_b) - (mean_a < mean_b)  # Python bools: numpy's refuse to subtract
-
-    best = max(profiles, key=functools.cmp_to_key(compare)) if profiles else None
-    return best, worst
 
 
 def in_distribution_images(bundle: Bundle, path: str | None) -> tuple[np.ndarray, str]:
@@ -247,11 +134,11 @@ def eager_flow(bundle: Bundle, checkpoint: str | None, images: np.ndarray) -> tu
         except ArtifactError as exc:
             return None, f"no eager flow to invert: {exc}"
     with torch.no_grad():
-        log_pz, log_det = flow(dequantize(torch.from_numpy(images[:32])))
+        log_pz, log_det = flow(dequantize(torch.from_numpy(images[:EAGER_CHECK_IMAGES])))
         eager = bits_per_dim(log_pz.sum(1) + log_det.sum(1), flow.dims).double().numpy()
-    exported = run_statistics(bundle, images[:32], progress=False)["bpd"].astype(np.float64)
+    exported = run_statistics(bundle, images[:EAGER_CHECK_IMAGES], progress=False)["bpd"].astype(np.float64)
     delta = float(np.max(np.abs(eager - exported)))
-    if delta > 1e-3:
+    if delta > EAGER_TOLERANCE_BPD:
         return None, f"{source} is not this bundle's model (max |Δ bpd| {delta:.3g})"
     return flow, f"latent_zeroed inverts the eager flow from {source} (max |Δ bpd| {delta:.2g} against the graph)"
 
@@ -325,8 +212,6 @@ def evaluate(bundle_dir: str | Path, options: EvalOptions, command: str = "") ->
     for image_set in image_sets:
         scored.append(score_set(bundle, detector, image_set, image_set.kind, options.batch_size, progress))
         print(f"  {image_set.name}: {len(image_set.images)} images, {scored[-1].seconds:.1f} s", file=sys.stderr)
-    from training.report import target_checks  # report renders an Evaluation; import late, no cycle
-
     rows = metric_rows(in_set, scored, tuple(options.alphas))
     result = Evaluation(
         bundle, detector, [in_set, *scored], tuple(options.alphas), rows, notes + ctx.notes, command=command
@@ -372,8 +257,6 @@ def evaluate_bundle(
     Raises :class:`ArtifactError` (not calibrated), :class:`DatasetError` (no
     readable in-distribution test set) or :class:`SetNameError`; never exits.
     """
-    from training.report import write_report
-
     options = options or EvalOptions()
     if command is None:
         command = f"evaluate_bundle({str(bundle_dir)!r}, {str(out_dir)!r}, {options!r}, set_default={set_default})"
@@ -421,13 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the bundle records; FashionMNIST's test split for bundles trained on it)",
     )
     parser.add_argument("--limit", type=int, help="use only the first N in-distribution test images")
-    parser.add_argument("--per-set", type=int, default=2000, help="images per transformed/synthetic set (cap)")
+    parser.add_argument("--per-set", type=int, default=PER_SET, help="images per transformed/synthetic set (cap)")
     parser.add_argument(
         "--checkpoint", help="a training checkpoint to invert for latent_zeroed (default: the bundle's weights.npz)"
     )
     parser.add_argument("--alphas", type=parse_alphas, default=list(ALPHAS), help="flag levels (0.01,0.05,0.1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     parser.add_argument(
         "--set-default", action="store_true", help="write the recommended default score into the bundle's calibration"

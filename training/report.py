@@ -15,18 +15,14 @@ import io
 import json
 import math
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from service.artifact import sha256_file
-from training.ood_sets import BUILTIN_SETS, DOMAIN_FREE_OOD
-
-# domain-free sets (training.ood_sets, scope "any") that every score worth choosing flags nearly always
-TARGET_SETS_FLAGGED = ("constant", "noise", "vflip", "inverted")
-# the bar MNIST is held to under a FashionMNIST flow, and the user's own OOD sets under any flow
-TARGET_AUROC, TARGET_FPR95 = 0.99, 0.05
+from training.evaluation import Evaluation, find_row
+from training.ood_sets import DOMAIN_FREE_OOD
+from training.targets import REPORT_ALPHA, target_checks
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -42,78 +38,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _row(rows: list[dict], set_name: str, score: str) -> dict | None:
-    return next((r for r in rows if r["set"] == set_name and r["score"] == score), None)
-
-
-@dataclass
-class Target:
-    """One target of the report: what, whether met (None: not measured), the measured value.
-
-    ``chooses``: whether it enters the default-score choice, i.e. whether it is
-    measured on in-distribution data or a domain-free synthetic set only (never on
-    the user's OOD sets or the FashionMNIST-specific ones; DESIGN.md).
-    """
-
-    target: str
-    met: bool | None
-    measured: str
-    chooses: bool
-
-
-def _auroc_target(row: dict, label: str) -> Target:
-    met = row["auroc"] >= TARGET_AUROC and row["fpr95"] <= TARGET_FPR95
-    return Target(
-        f"{label}: AUROC >= {TARGET_AUROC} and FPR95 <= {TARGET_FPR95}",
-        met,
-        f"AUROC {row['auroc']:.4f}, FPR95 {row['fpr95']:.4f}",
-        chooses=False,
-    )
-
-
-def target_checks(result, score: str) -> list[Target]:
-    """The report's targets for ``score``, defined for every domain.
-
-    Realized FPR against alpha and the domain-free sets flagged (these choose the
-    default score); the user's OOD sets held to MNIST's bar; MNIST itself only for
-    bundles trained on FashionMNIST. A set that was not measured gives no target.
-    """
-    rows, checks = result.rows, []
-    mnist = _row(rows, "mnist", score)
-    if mnist and result.data_source == "fashion-mnist":
-        checks.append(_auroc_target(mnist, "MNIST"))
-    for name in TARGET_SETS_FLAGGED:
-        row = _row(rows, name, score)
-        if row and "flag@0.05" in row:
-            met = row["flag@0.05"] >= 0.99
-            checks.append(
-                Target(f"{name}: >= 99% flagged at alpha 0.05", met, f"{100 * row['flag@0.05']:.1f}% flagged", True)
-            )
-    for scored in result.sets:
-        if scored.kind == "ood" and scored.name not in BUILTIN_SETS:
-            checks.append(_auroc_target(_row(rows, scored.name, score), f"your set {scored.name}"))
-    in_row = _row(rows, result.in_set.name, score)
-    for alpha in result.alphas:
-        rate = in_row.get(f"flag@{alpha:g}")
-        if rate is None:
-            continue
-        if math.isclose(alpha, 0.01):
-            met, band = rate <= 2 * alpha, f"<= {2 * alpha:g}"
-        else:
-            met, band = 0.8 * alpha <= rate <= 1.2 * alpha, f"in [{0.8 * alpha:.3g}, {1.2 * alpha:.3g}]"
-        checks.append(Target(f"realized FPR at alpha {alpha:g} {band}", met, f"{rate:.4f}", True))
-    return checks
-
-
-def headline_table(result, score: str) -> str:
+def headline_table(result: Evaluation, score: str) -> str:
     """bpd beside the default score, one row per set: the table the README shows."""
-    alpha = 0.05 if 0.05 in result.alphas else result.alphas[0]
+    alpha = REPORT_ALPHA if REPORT_ALPHA in result.alphas else result.alphas[0]
     lines = [
         f"| set | n | AUROC `bpd` | AUROC `{score}` | FPR95 `{score}` | flagged at α={alpha:g} (`{score}`) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for scored in result.sets:
-        b, s = _row(result.rows, scored.name, "bpd"), _row(result.rows, scored.name, score)
+        b, s = find_row(result.rows, scored.name, "bpd"), find_row(result.rows, scored.name, score)
         label = scored.name if scored.kind != "invariant" else f"{scored.name} (should pass)"
         if scored.kind == "in":
             label = f"{scored.name} test (false positives)"
@@ -124,30 +57,30 @@ def headline_table(result, score: str) -> str:
     return "\n".join(lines)
 
 
-def full_table(result, kind: str) -> str:
+def full_table(result: Evaluation, kind: str) -> str:
     alphas = result.alphas
     head = "| set | score | AUROC | FPR95 | " + " | ".join(f"flag α={a:g}" for a in alphas) + " |"
     lines = [head, "|---|---|---:|---:|" + "---:|" * len(alphas)]
     for scored in [s for s in result.sets if s.kind == kind]:
         for name in result.detector.score_names:
-            r = _row(result.rows, scored.name, name)
+            r = find_row(result.rows, scored.name, name)
             flags = " | ".join(f"{100 * r[f'flag@{a:g}']:.1f}%" for a in alphas)
             lines.append(f"| {scored.name} | `{name}` | {_fmt(r['auroc'])} | {_fmt(r['fpr95'])} | {flags} |")
     return "\n".join(lines)
 
 
-def realized_fpr_table(result) -> str:
+def realized_fpr_table(result: Evaluation) -> str:
     lines = [
         "| score | " + " | ".join(f"α={a:g}" for a in result.alphas) + " |",
         "|---|" + "---:|" * len(result.alphas),
     ]
     for name in result.detector.score_names:
-        r = _row(result.rows, result.in_set.name, name)
+        r = find_row(result.rows, result.in_set.name, name)
         lines.append(f"| `{name}` | " + " | ".join(f"{r[f'flag@{a:g}']:.4f}" for a in result.alphas) + " |")
     return "\n".join(lines)
 
 
-def worst_table(result) -> str:
+def worst_table(result: Evaluation) -> str:
     lines = [
         "| score | meets every choosing target | worst AUROC, domain-free sets | on set | "
         "worst AUROC, every OOD set | on set |",
@@ -174,7 +107,7 @@ def negative_training_line(training: dict) -> str:
     )
 
 
-def guarantees_line(result, out: Path) -> list[str]:
+def guarantees_line(result: Evaluation, out: Path) -> list[str]:
     """A link to ``python -m training.guarantees``' account when it sits in the same folder, so a rerun keeps it."""
     if not (out / "guarantees.md").exists():
         return []
@@ -184,7 +117,7 @@ def guarantees_line(result, out: Path) -> list[str]:
     ]
 
 
-def write_markdown(result, out: Path, plots: bool) -> None:
+def write_markdown(result: Evaluation, out: Path, plots: bool) -> None:
     manifest, detector = result.bundle.manifest, result.detector
     score = detector.default_score
     cal = manifest.calibration or {}
@@ -291,7 +224,7 @@ def write_markdown(result, out: Path, plots: bool) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def write_csvs(result, out: Path) -> None:
+def write_csvs(result: Evaluation, out: Path) -> None:
     fields = list(result.rows[0])
     with open(out / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -339,7 +272,7 @@ def write_csvs(result, out: Path) -> None:
                 writer.writerow([scored.name, scored.kind, i, *(f"{v:.6g}" for v in values)])
 
 
-def write_plots(result, out: Path) -> None:
+def write_plots(result: Evaluation, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,7 +313,7 @@ def write_plots(result, out: Path) -> None:
         plt.close(fig)
 
 
-def write_report(result, out: Path, plots: bool = True) -> Path:
+def write_report(result: Evaluation, out: Path, plots: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(result, out)
     if plots:

@@ -7,7 +7,7 @@ The images are synthetic and seeded (two uniform-noise images, black, white and 
 horizontal ramp), so the test needs no data set; it skips when a bundle is absent.
 
 It also holds the "one decision path" contract: the evaluation report
-(``training.evaluate.score_set``) gets exactly the service's p-values for these images.
+(``training.evaluation.score_set``) gets exactly the service's p-values for these images.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from service.calibration_file import load_detector
 from service.complexity import complexity_bits
 from service.postprocess import make_postprocess
 from service.runtimes import build_runtime
-from training.evaluate import score_set
+from training.evaluation import score_set
 from training.ood_sets import ImageSet
 from training.scoring import open_bundle
 

@@ -1,0 +1,90 @@
+"""The acceptance targets and the default-score choice: worst AUROC over the domain-free sets, among the eligible."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from training.ood_sets import DOMAIN_FREE_OOD
+from training.targets import recommend, target_checks
+
+
+def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
+    rows = [
+        {"set": "mnist", "kind": "ood", "score": "complexity", "auroc": 0.999},
+        {"set": "photos", "kind": "ood", "score": "complexity", "auroc": 0.10},
+        {"set": "mnist", "kind": "ood", "score": "dose", "auroc": 0.95},
+        {"set": "photos", "kind": "ood", "score": "dose", "auroc": 0.90},
+        {"set": "shift1", "kind": "invariant", "score": "dose", "auroc": 0.01},  # not an OOD set: ignored
+    ]
+    best, worst = recommend(rows, ("complexity", "dose"))
+    assert best == "dose" and worst["dose"] == (0.90, "photos") and worst["complexity"] == (0.10, "photos")
+
+
+def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
+    rows = [
+        {"set": "vflip", "kind": "ood", "score": "dose", "auroc": 0.691},
+        {"set": "digits", "kind": "ood", "score": "dose", "auroc": 0.693},
+        {"set": "vflip", "kind": "ood", "score": "combined", "auroc": 0.682},
+        {"set": "digits", "kind": "ood", "score": "combined", "auroc": 0.876},
+    ]
+    assert recommend(rows, ("dose", "combined"))[0] == "combined"
+    assert recommend(rows, ("dose", "combined"), tie=0.0)[0] == "dose"  # the strict rule
+
+
+def test_scores_tied_on_every_set_go_to_the_mean_auroc():
+    rows = [
+        {"set": "constant", "kind": "ood", "score": "dose", "auroc": 1.0},
+        {"set": "noise", "kind": "ood", "score": "dose", "auroc": 0.995},
+        {"set": "constant", "kind": "ood", "score": "combined", "auroc": 1.0},
+        {"set": "noise", "kind": "ood", "score": "combined", "auroc": 0.999},
+    ]
+    assert recommend(rows, ("dose", "combined"))[0] == "combined"
+    assert recommend(rows[:1] + rows[2:3], ("dose", "combined"))[0] in ("dose", "combined")  # exact tie
+
+
+def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_them_all():
+    rows = [
+        {"set": "latent_zeroed", "kind": "ood", "score": "dose", "auroc": 0.93},
+        {"set": "vflip", "kind": "ood", "score": "dose", "auroc": 0.99},
+        {"set": "latent_zeroed", "kind": "ood", "score": "combined", "auroc": 0.90},
+        {"set": "vflip", "kind": "ood", "score": "combined", "auroc": 0.998},
+    ]
+    assert recommend(rows, ("dose", "combined"))[0] == "dose"
+    best, worst = recommend(rows, ("dose", "combined"), eligible={"combined"})
+    assert best == "combined" and worst["dose"] == (0.93, "latent_zeroed")  # worst still reported for all
+    assert recommend(rows, ("dose", "combined"), eligible=set())[0] == "dose"  # none eligible: all compete
+
+
+def test_the_choice_sees_only_the_domain_free_sets():
+    rows = [
+        {"set": "constant", "kind": "ood", "score": "dose", "auroc": 0.97},
+        {"set": "constant", "kind": "ood", "score": "bpd", "auroc": 0.90},
+        {"set": "mine", "kind": "ood", "score": "dose", "auroc": 0.20},  # a user's set: dose fails it
+        {"set": "mine", "kind": "ood", "score": "bpd", "auroc": 0.99},
+    ]
+    assert recommend(rows, ("dose", "bpd"))[0] == "bpd"  # unrestricted, the user's set would decide
+    best, worst = recommend(rows, ("dose", "bpd"), choice_sets=DOMAIN_FREE_OOD)
+    assert best == "dose" and worst["dose"] == (0.97, "constant")
+
+
+def fake_result(data_source: str, rows: list[dict], set_names: list[str]):
+    sets = [SimpleNamespace(name=n, kind="in" if n == "in-distribution" else "ood") for n in set_names]
+    return SimpleNamespace(rows=rows, data_source=data_source, sets=sets, in_set=sets[0], alphas=(0.05,))
+
+
+def test_mnist_is_a_target_only_for_fashion_mnist_bundles_and_user_sets_never_choose():
+    rows = [
+        {"set": "in-distribution", "score": "dose", "flag@0.05": 0.05},
+        {"set": "mnist", "score": "dose", "auroc": 0.5, "fpr95": 0.9, "flag@0.05": 0.1},
+        {"set": "mine", "score": "dose", "auroc": 0.995, "fpr95": 0.01, "flag@0.05": 0.9},
+    ]
+    names = ["in-distribution", "mnist", "mine"]
+    fashion = {c.target: c for c in target_checks(fake_result("fashion-mnist", rows, names), "dose")}
+    other = {c.target: c for c in target_checks(fake_result("folder", rows, names), "dose")}
+    mnist_target = "MNIST: AUROC >= 0.99 and FPR95 <= 0.05"
+    assert mnist_target in fashion and not fashion[mnist_target].met and not fashion[mnist_target].chooses
+    assert mnist_target not in other
+    mine = other["your set mine: AUROC >= 0.99 and FPR95 <= 0.05"]
+    assert mine.met and not mine.chooses
+    fpr = other["realized FPR at alpha 0.05 in [0.04, 0.06]"]
+    assert fpr.met and fpr.chooses
