@@ -10,8 +10,8 @@ sampled every 50 ms; the figure is (peak RSS - RSS before the sweep) / peak queu
 next to the bytes the pixels themselves take. Images: blocky random pixels of the bundle's
 shape (``serve_bench.test_images``), the same for every point.
 
-    .venv/bin/python benchmarks/cost_growth.py            # about 3 minutes on 2 cores
-    .venv/bin/python benchmarks/cost_growth.py --quick --out /tmp/cost.md
+    .venv/bin/python -m benchmarks.cost_growth            # about 3 minutes on 2 cores
+    .venv/bin/python -m benchmarks.cost_growth --quick --out /tmp/cost.md
 """
 
 from __future__ import annotations
@@ -28,21 +28,22 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.peers import (  # noqa: E402
-    BODY_KINDS,
-    closed_loop,
-    http_request,
+from benchmarks.harness import (
+    REPO,
+    command_line,
+    free_port,
     launch,
     load_average,
-    measured,
+    machine,
+    metric_sum,
+    stop,
+    test_images,
+    wait_ready,
     write_report,
 )
-from benchmarks.serve_bench import free_port, machine, metric_sum, stop, test_images, wait_ready  # noqa: E402
-from service.artifact import load_manifest  # noqa: E402
-from service.runtimes import BACKGROUND_KEYS, manifest_orientation  # noqa: E402
+from benchmarks.loadgen import BODY_KINDS, closed_loop, http_request, measured
+from service.artifact import load_manifest
+from service.runtimes import BACKGROUND_KEYS, manifest_orientation
 
 QUEUE_GAUGE = "oodgate_queue_images"
 
@@ -193,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             results[model] = sweep_model(model, concurrencies, shapes, args.seconds, Path(tmp))
     meta = {
         "when": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/cost_growth.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("benchmarks.cost_growth", argv),
         "seconds": args.seconds,
         "machine": machine(),
         "load_before": load_before,

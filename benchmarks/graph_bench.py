@@ -1,4 +1,4 @@
-"""``python benchmarks/graph_bench.py BUNDLE...``: images/s of each bundle's ONNX graph alone (one flow pass).
+"""``python -m benchmarks.graph_bench BUNDLE...``: images/s of each bundle's ONNX graph alone (one flow pass).
 
 The ceiling of what a bundle's flow costs on this machine, before HTTP, batching,
 scores or p-values: the figure the model cards quote per flow pass. Random uint8

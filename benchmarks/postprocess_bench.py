@@ -5,7 +5,7 @@ batch, every score and every score's conformal p-value; the model waits
 meanwhile, so this is a per-batch overhead on top of inference. Prints
 microseconds per call for batches of 1, 8 and 32 real-shaped images.
 
-    .venv/bin/python benchmarks/postprocess_bench.py [BUNDLE]
+    .venv/bin/python -m benchmarks.postprocess_bench [BUNDLE]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ over the replicas as a Service spreads connections over Pods. 1- and 32-image
 On one host the cores are the limit, so this measures what replication costs or gains when
 no cores are added; across hosts each replica brings its own (see docs/scale-out.md).
 
-    .venv/bin/python benchmarks/replicas.py     # about 2 minutes on 2 cores
+    .venv/bin/python -m benchmarks.replicas     # about 2 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.peers import BODY_KINDS, closed_loop, http_request, launch, load_average, measured  # noqa: E402
-from benchmarks.serve_bench import free_port, stop, test_images, wait_ready  # noqa: E402
-from service.artifact import load_manifest  # noqa: E402
+from benchmarks.harness import REPO, command_line, free_port, launch, load_average, stop, test_images, wait_ready
+from benchmarks.loadgen import BODY_KINDS, closed_loop, http_request, measured
+from service.artifact import load_manifest
 
 
 def start_replicas(count: int, threads: int, model: str, tmp: Path) -> tuple[list, list[int]]:
@@ -91,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     meta = {
         "when": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/replicas.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("benchmarks.replicas", argv),
         "cores": cores,
         "concurrency": args.concurrency,
         "load_before": load_before,

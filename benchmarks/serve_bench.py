@@ -21,23 +21,18 @@ throughput >= 70% of the lower ceiling for both request shapes, dynamic batching
 at least as fast as disabled at every concurrency, and p50 at concurrency 1 no
 more than 10% slower than disabled.
 
-    .venv/bin/python benchmarks/serve_bench.py                       # full sweep, default model
-    .venv/bin/python benchmarks/serve_bench.py --quick --models-root /tmp/tiny --model tiny --out /tmp/b.md
+    .venv/bin/python -m benchmarks.serve_bench                       # full sweep, default model
+    .venv/bin/python -m benchmarks.serve_bench --quick --models-root /tmp/tiny --model tiny --out /tmp/b.md
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import io
 import json
-import math
 import os
-import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,86 +41,21 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from service.artifact import discover_bundles, load_manifest  # noqa: E402
-from service.runtimes import load_runtime  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, path: str = "/v2/health/ready", timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-        info["memory_gib"] = round(int(mem) / 2**20, 1)
-    except OSError:
-        pass
-    if shutil.which("nvidia-smi"):
-        gpu = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
-        )
-        info["gpu"] = gpu.stdout.strip() or "none"
-    else:
-        info["gpu"] = "none"
-    import importlib.metadata as md
-
-    for name in ("onnxruntime", "torch", "fastapi", "uvicorn", "uvloop", "httptools"):
-        try:
-            info[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    hey = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "hey"], capture_output=True, text=True)
-    info["hey"] = hey.stdout.strip() or "?"
-    return info
-
-
-def test_images(n: int, shape, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c, h, w = shape
-    coarse = rng.integers(0, 256, size=(n, c, (h + 3) // 4, (w + 3) // 4))
-    return np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)[:, :, :h, :w].astype(np.uint8)
-
-
-def npy_body(images: np.ndarray) -> bytes:
-    array = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
+from benchmarks.harness import (
+    MALLOC_ENV,
+    REPO,
+    command_line,
+    free_port,
+    machine,
+    metric_sum,
+    npy_body,
+    stop,
+    test_images,
+    wait_ready,
+)
+from benchmarks.serve_report import report, summarize
+from service.artifact import discover_bundles, load_manifest
+from service.runtimes import load_runtime
 
 # ---- ceilings ---------------------------------------------------------------------------------------
 
@@ -151,13 +81,14 @@ def pick_runtime(bundle: Path, runtime: str, device: str, threads: int) -> tuple
     """The backend and device the server will pick, decided in a child process so that this one
     loads only that backend (an ``auto`` probe would leave torch's thread pool in this process)."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+        "import sys; from pathlib import Path; "
         "from service.artifact import load_manifest; from service.runtimes import load_runtime; "
-        "b = Path(sys.argv[2]); r = load_runtime(load_manifest(b), b, sys.argv[3], sys.argv[4], int(sys.argv[5])); "
+        "b = Path(sys.argv[1]); r = load_runtime(load_manifest(b), b, sys.argv[2], sys.argv[3], int(sys.argv[4])); "
         "print(r.backend, r.device)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO), str(bundle), runtime, device, str(threads)],
+        [sys.executable, "-c", code, str(bundle), runtime, device, str(threads)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         check=True,
@@ -243,14 +174,6 @@ def http_ceiling(bodies: dict[int, Path], sweep: list[int], seconds: float) -> d
 # ---- the service ------------------------------------------------------------------------------------
 
 
-def metric_sum(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def start_service(args, env_extra: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {
@@ -330,150 +253,6 @@ def sweep(args, common: dict, bodies: dict[int, Path]) -> tuple[dict, dict]:
     return {mode: {key: summarize(rs) for key, rs in table.items()} for mode, table in runs.items()}, info
 
 
-def summarize(runs: list[dict]) -> dict:
-    """One point of one mode over its repeats: medians, plus the best and worst throughput."""
-    rates = [r["images_per_s"] for r in runs]
-    out = {key: float(np.median([r[key] for r in runs])) for key in ("images_per_s", "rps", "p50", "p95", "p99")}
-    out["avg_batch"] = float(np.median([r["avg_batch"] for r in runs]))
-    out["errors"] = sum(r["errors"] for r in runs)
-    out["min_images_per_s"], out["max_images_per_s"] = min(rates), max(rates)
-    out["repeats"] = [{k: r[k] for k in ("images_per_s", "p50", "p99", "avg_batch")} for r in runs]
-    return out
-
-
-def pooled_relative_sd(tables: list[dict]) -> float:
-    """Run-to-run sd of one run's throughput, relative, pooled over every point and mode of the sweep.
-
-    Computed on log throughput: each repeat's deviation from its point's mean, squared, summed, and
-    divided by the degrees of freedom (repeats - 1 per point). On this shared VM it is several percent.
-    """
-    squares, dof = 0.0, 0
-    for table in tables:
-        for point in table.values():
-            logs = np.log([r["images_per_s"] for r in point["repeats"] if r["images_per_s"] > 0])
-            if len(logs) > 1:
-                squares += float(((logs - logs.mean()) ** 2).sum())
-                dof += len(logs) - 1
-    return math.sqrt(squares / dof) if dof else math.nan
-
-
-def slower_beyond_noise(fast: dict, slow: dict, sd: float, z: float = 1.645) -> bool:
-    """``fast`` really slower than ``slow``: a one-sided test at 5% on the medians' log ratio.
-
-    Without repeats (``sd`` unknown) any gap counts.
-    """
-    gap = math.log(slow["images_per_s"] / fast["images_per_s"])
-    if not math.isfinite(sd):
-        return gap > 0
-    n_fast, n_slow = len(fast["repeats"]), len(slow["repeats"])
-    return gap > z * sd * math.sqrt(1 / n_fast + 1 / n_slow)
-
-
-# ---- report -----------------------------------------------------------------------------------------
-
-
-def report(args, info, host, model_ceil, http_ceil, dynamic, disabled, command) -> str:
-    lines = ["# Serving benchmark", ""]
-    lines.append(f"Written by `benchmarks/serve_bench.py` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.")
-    lines += ["", "## Machine", ""]
-    lines += [f"- {k}: {v}" for k, v in host.items()]
-    lines += [
-        f"- model: `{info['name']}/{info['version']}`, input {info['input']['shape']}, "
-        f"runtime {info['backend']} on {info['device']}",
-        f"- service: max_batch_size {args.max_batch_size}, max_batch_delay_ms {args.max_batch_delay_ms}, "
-        f"intra_op_threads {args.intra_op_threads or 'all cores'}, "
-        f"one uvicorn worker process, `application/x-npy` bodies",
-        "",
-        "## Commands",
-        "",
-        "```bash",
-        command,
-        "# each point: hey -z <duration>s -c <concurrency> -m POST -T application/x-npy -D <body.npy> -o csv "
-        "http://127.0.0.1:<port>/score",
-        "```",
-        "",
-        "## Ceilings",
-        "",
-        "| ceiling | how | result |",
-        "|---|---|---|",
-    ]
-    for batch, rate in model_ceil.items():
-        lines.append(
-            f"| model, batch {batch} | `{info['backend']}` runtime in-process, "
-            f"best of 3 loops of {args.duration / 3:.1f} s "
-            f"| {rate:.0f} images/s |"
-        )
-    for n, best in http_ceil.items():
-        lines.append(
-            f"| HTTP, {n}-image body | trivial FastAPI endpoint, same uvicorn, hey, best over the sweep "
-            f"(c={best['concurrency']}) | {best['rps']:.0f} req/s = {best['rps'] * n:.0f} images/s |"
-        )
-    verdicts = []
-    noise = pooled_relative_sd([dynamic, disabled])
-    for n in args.shapes:
-        lines += [
-            "",
-            f"## {n}-image requests",
-            "",
-            "| c | mode | images/s | range over repeats | req/s | p50 ms | p95 ms | p99 ms | avg batch | errors |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for c in args.concurrency:
-            for mode, table in (("dynamic", dynamic), ("disabled", disabled)):
-                r = table[(n, c)]
-                lines.append(
-                    f"| {c} | {mode} | {r['images_per_s']:.0f} | "
-                    f"{r['min_images_per_s']:.0f}-{r['max_images_per_s']:.0f} | {r['rps']:.1f} | "
-                    f"{r['p50'] * 1000:.1f} | "
-                    f"{r['p95'] * 1000:.1f} | {r['p99'] * 1000:.1f} | {r['avg_batch']:.1f} | {r['errors']} |"
-                )
-        lower = min(model_ceil[args.max_batch_size], http_ceil[n]["rps"] * n)
-        best = max(dynamic[(n, c)]["max_images_per_s"] for c in args.concurrency)
-        verdicts.append(
-            (
-                f"{n}-image requests: best throughput (best run) {best:.0f} images/s = {100 * best / lower:.0f}% "
-                f"of the lower ceiling ({lower:.0f} images/s)",
-                best >= 0.7 * lower,
-            )
-        )
-        behind = [c for c in args.concurrency if dynamic[(n, c)]["images_per_s"] < disabled[(n, c)]["images_per_s"]]
-        slower = [c for c in behind if slower_beyond_noise(dynamic[(n, c)], disabled[(n, c)], noise)]
-        ties = [c for c in behind if c not in slower]
-        verdicts.append(
-            (
-                f"{n}-image requests: dynamic batching at least as fast as disabled at every concurrency"
-                + (f" (slower at c={slower})" if slower else "")
-                + (f" (behind, but within run-to-run noise, at c={ties})" if ties else ""),
-                not slower,
-            )
-        )
-        if 1 in args.concurrency:
-            d, o = dynamic[(n, 1)]["p50"], disabled[(n, 1)]["p50"]
-            verdicts.append(
-                (
-                    f"{n}-image requests: p50 at c=1 {d * 1000:.2f} ms vs {o * 1000:.2f} ms disabled "
-                    f"({100 * (d / o - 1):+.1f}%)",
-                    d <= 1.1 * o,
-                )
-            )
-    lines += ["", "## Targets", ""]
-    lines += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in verdicts]
-    lines += [
-        "",
-        f"Each point is the median of {args.repeats} runs per mode, each on a fresh pair of server processes, "
-        "the modes interleaved; the range column "
-        "shows the worst and best run. Throughput against the ceilings uses the best run, as the ceilings "
-        "use the best loop (interference from other tenants only ever lowers a figure). Dynamic batching "
-        "counts as slower than disabled only where a one-sided test at 5% says so: the medians' log ratio "
-        f"beyond 1.645 standard errors, from the run-to-run sd pooled over the whole sweep ({100 * noise:.1f}% "
-        "of a run's throughput here).",
-    ]
-    raw = args.out.with_suffix(".json")
-    shown = raw.relative_to(REPO) if raw.is_relative_to(REPO) else raw
-    lines += ["", f"Raw numbers: `{shown}`.", ""]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-root", type=Path, default=REPO / "models")
@@ -511,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bundle = bundles[-1]
     manifest = load_manifest(bundle)
-    command = "MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 " + " ".join(
-        [".venv/bin/python", "benchmarks/serve_bench.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line("benchmarks.serve_bench", argv, MALLOC_ENV)
     host = machine()
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"oodgate-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ times the share of zero pixels it is a lower bound, in bits/dim, on how much mor
 noisy images cost. Printed beside the held-out bpd spread (the manifest) and the
 flow's measured shift (the report's per-image scores).
 
-    .venv/bin/python scripts/bgnoise_bound.py [models/fashion-glow/1] [docs/ood-report]
+    .venv/bin/python -m scripts.bgnoise_bound [models/fashion-glow/1] [docs/ood-report]
 """
 
 from __future__ import annotations

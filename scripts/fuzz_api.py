@@ -5,7 +5,7 @@ positive and negative data, free and anchored to the served model) with more
 examples per operation, and the bad-input corpus of tests/service/test_errors.py;
 prints and writes the figures docs/reliability.md reports:
 
-    .venv/bin/python scripts/fuzz_api.py [--examples 75] [--out docs/reliability-fuzz.json]
+    .venv/bin/python -m scripts.fuzz_api [--examples 75] [--out docs/reliability-fuzz.json]
 
 Requests per run = operations x 2 modes x 2 runs x examples, less what Hypothesis
 cannot generate (an operation without inputs has no negative data).
@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO
 
 
 def corpus_cases() -> int:
-    sys.path.insert(0, str(ROOT))
     from tests.service.test_errors import CASES, RAW_CASES
 
     return len(CASES) + len(RAW_CASES)
@@ -34,10 +33,10 @@ def corpus_cases() -> int:
 
 def run_tests(path: str, **env: str) -> tuple[bool, float]:
     """Run one test file of this checkout in a fresh interpreter: (passed, seconds)."""
-    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     began = time.monotonic()
     command = [sys.executable, "-m", "pytest", path, "-q", "-p", "no:logging", "-p", "no:cacheprovider"]
-    result = subprocess.run(command, cwd=ROOT, env=environment)
+    result = subprocess.run(command, cwd=REPO, env=environment)
     return result.returncode == 0, time.monotonic() - began
 
 
@@ -46,7 +45,7 @@ def main() -> int:
     parser.add_argument(
         "--examples", type=int, default=75, help="examples per operation, mode and run (x4 per operation)"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability-fuzz.json")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "reliability-fuzz.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "fuzz.json"

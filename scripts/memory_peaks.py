@@ -9,8 +9,8 @@ from ``/proc/<pid>/status`` (``VmHWM``) once ready and again after the load:
 * **big upstream answer**: sidecar mode (policy ``shadow``) in front of an
   upstream that answers ``GET /big`` with ``--upstream-mb`` MB, streamed.
 
-    python scripts/memory_peaks.py                                   # this checkout
-    python scripts/memory_peaks.py --checkout /path/to/older/checkout
+    python -m scripts.memory_peaks                                   # this checkout
+    python -m scripts.memory_peaks --checkout /path/to/older/checkout
 
 Loopback only; each case is bounded (clients time out after 120 s).
 """
@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,14 +29,9 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO, free_port
+
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -137,7 +131,9 @@ def case_big_bodies(args) -> dict:
 def case_big_upstream(args) -> dict:
     up_port, port = free_port(), free_port()
     upstream = subprocess.Popen(
-        [sys.executable, __file__, "--serve-upstream", str(up_port), str(args.upstream_mb)], stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "scripts.memory_peaks", "--serve-upstream", str(up_port), str(args.upstream_mb)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
     )
     env = {"OODGATE_UPSTREAM": f"http://127.0.0.1:{up_port}", "OODGATE_SIDECAR_POLICY": "shadow"}
     proc = start_oodgate(args.checkout, port, env)

@@ -9,8 +9,8 @@ under overload >= 80% of goodput at capacity. The server's and the load
 generator's CPU seconds are printed too: on a small shared machine the generator's
 own work under overload takes CPU from the server.
 
-    python scripts/overload_goodput.py                           # this checkout
-    python scripts/overload_goodput.py --checkout /path/to/older/checkout
+    python -m scripts.overload_goodput                           # this checkout
+    python -m scripts.overload_goodput --checkout /path/to/older/checkout
 
 One asyncio client process on the same machine as the server (loopback); bounded
 by ``--seconds`` per phase.
@@ -23,7 +23,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,13 +34,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.harness import REPO, free_port
 
 
 def multipart_body(count: int, size: int = 28) -> tuple[bytes, str]:

@@ -14,7 +14,7 @@ Meanwhile, on disk:
 Every request must be answered 200 (lost = 0, non-200 = 0). Prints the counts, the
 versions that answered, and the seconds from publishing version 2 to its first answer.
 
-    python scripts/reload_under_load.py
+    python -m scripts.reload_under_load
 
 Loopback only; bounded by ``--phase-s`` per step (four steps).
 """
@@ -26,7 +26,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,14 +37,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO, free_port
+
 MODEL = "fashion-glow"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def publish(root: Path, source: Path, version: str, truncate_graph: bool = False) -> None:

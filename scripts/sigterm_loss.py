@@ -13,8 +13,8 @@ three ways:
 * **lost**: the request went out on an open connection and no answer came back
   (connection reset or closed under it). This must be 0.
 
-    python scripts/sigterm_loss.py --runs 5                   # this checkout
-    python scripts/sigterm_loss.py --runs 3 --checkout /path/to/older/checkout   # serve another version
+    python -m scripts.sigterm_loss --runs 5                   # this checkout
+    python -m scripts.sigterm_loss --runs 3 --checkout /path/to/older/checkout   # serve another version
 
 Prints one line per run and a JSON summary; exits 1 if any request was lost.
 Loopback only; bounded (each run ends when the server exits, at most ``--exit-timeout-s``).
@@ -27,7 +27,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,13 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.harness import REPO, free_port
 
 
 def npy_body(shape: tuple[int, int, int], seed: int = 0) -> bytes:
@@ -145,7 +138,6 @@ def main() -> int:
     parser.add_argument("--model", default="fashion-glow/1")
     parser.add_argument("--checkout", default=str(REPO), help="the oodgate checkout to serve (default: this one)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from service.artifact import discover_bundles, load_manifest
 
     bundle = next(b for b in discover_bundles(Path(args.models_root)) if f"{b.parent.name}/{b.name}" == args.model)

@@ -6,7 +6,7 @@ each image's label and how vertically asymmetric the upright image is
 (mean absolute pixel difference to its flip, 0-255). Misses concentrate where
 an upside-down item is itself a plausible item (bags, trousers, dresses).
 
-    .venv/bin/python scripts/vflip_misses.py [docs/ood-report] [--alpha 0.05]
+    .venv/bin/python -m scripts.vflip_misses [docs/ood-report] [--alpha 0.05]
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from service.runtimes import vflip  # noqa: E402
-from training import ood_sets  # noqa: E402
-from training.data import load_fashion_mnist, to_nchw  # noqa: E402
+from service.runtimes import vflip
+from training import ood_sets
+from training.data import load_fashion_mnist, to_nchw
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
