@@ -44,7 +44,8 @@ from service.artifact import (
 from training.architectures import MultiScaleFlow
 from training.config import RunConfig, load_config
 from training.data import Slices
-from training.train import Trainer, model_from_checkpoint, run_training
+from training.checkpoints import model_from_checkpoint
+from training.train import Trainer, run_training
 
 
 class BackgroundSpec(BaseModel):

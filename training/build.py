@@ -77,10 +77,11 @@ def train_within(trainer_cls, config: RunConfig, minutes: float, deadline: float
     A run that reached its steps, or spent its budget, is done; an interrupted one trains
     only for what its budget has left. ``what`` names the run in the log ("train", "background").
     """
-    from training.train import load_checkpoint, run_training
+    from training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
+    from training.train import run_training
 
-    best = config.run_dir / "best.pt"
-    last = config.run_dir / "last.pt"
+    best = config.run_dir / BEST_CHECKPOINT
+    last = config.run_dir / LAST_CHECKPOINT
     budget_s = 60 * minutes
     if last.exists():
         state = load_checkpoint(last)

@@ -125,7 +125,7 @@ def eager_flow(bundle: Bundle, checkpoint: str | None, images: np.ndarray) -> tu
     from training.weights import flow_from_bundle
 
     if checkpoint:
-        from training.train import model_from_checkpoint
+        from training.checkpoints import model_from_checkpoint
 
         flow, source = model_from_checkpoint(checkpoint)[0], f"checkpoint {checkpoint}"
     else:

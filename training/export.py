@@ -265,7 +265,8 @@ def export_checkpoint(
     that set, where ``oodgate-eval`` finds it. Raises :class:`BundleExists`,
     :class:`ExportParityError`, or :class:`DatasetError` when ``test`` cannot be read.
     """
-    from training.train import evaluate_bpd, model_from_checkpoint
+    from training.checkpoints import model_from_checkpoint
+    from training.objective import evaluate_bpd
 
     flow, config, checkpoint = model_from_checkpoint(checkpoint_path)
     version = version or config.version

@@ -26,37 +26,23 @@ import torch
 from tqdm import tqdm
 
 from service.artifact import bits_per_dim
-from training.architectures import MultiScaleFlow, build_flow
-from training.config import NegativeSpec, RunConfig, load_config
+from training.architectures import build_flow
+from training.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    IncompatibleCheckpoint,
+    check_parent,
+    load_checkpoint,
+    save_checkpoint,
+)
+from training.config import RunConfig, load_config
 from training.data import DatasetError, Slices, split_training_set
 from training.flows import all_actnorms_initialized, dequantize, initialize_actnorms
+from training.objective import evaluate_bpd, evaluate_negative, negative_terms
 
 
 class TrainingDiverged(RuntimeError):
     """The loss went non-finite; nothing was written for the step that caused it."""
-
-
-class IncompatibleCheckpoint(ValueError):
-    """``init_from`` names a checkpoint of another architecture, input shape or data slicing."""
-
-
-# the transforms negative training can push away from, on dequantized NCHW batches
-NEGATIVE_TRANSFORMS = {"vflip": lambda x: torch.flip(x, dims=[-2])}
-
-
-def negative_terms(
-    model: MultiScaleFlow, x: torch.Tensor, spec: NegativeSpec
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image ``bpd(x)``, ``bpd(t(x))`` and the hinge, from one forward pass over both halves.
-
-    ``x`` is already dequantized, so ``t(x)`` carries the same dequantization noise
-    moved with the pixels: the pair differs by the transform and nothing else.
-    """
-    n = len(x)
-    log_pz, log_det = model(torch.cat([x, NEGATIVE_TRANSFORMS[spec.transform](x)]))
-    bpd = bits_per_dim(log_pz.float().sum(1) + log_det.float().sum(1), model.dims)
-    upright, transformed = bpd[:n], bpd[n:]
-    return upright, transformed, torch.relu(spec.margin_bpd - (transformed - upright))
 
 
 def load_training_images(config: RunConfig) -> np.ndarray:
@@ -69,63 +55,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device 'cuda' requested, but torch sees no CUDA device")
     return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate_bpd(model: MultiScaleFlow, images: np.ndarray, device: torch.device, batch_size: int = 256) -> float:
-    """Mean bpd at the bin midpoint (deterministic, as the exported graph scores)."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(images[start : start + batch_size]).to(device)
-        log_pz, log_det = model(dequantize(pixels))
-        bpd = bits_per_dim(log_pz.sum(1) + log_det.sum(1), model.dims)
-        total += float(bpd.double().sum())
-        count += len(pixels)
-    model.train()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def evaluate_negative(
-    model: MultiScaleFlow, images: np.ndarray, device: torch.device, spec: NegativeSpec, batch_size: int = 256
-) -> dict[str, float]:
-    """At the bin midpoint: mean bpd, mean hinge, and the share of images that beat their transformed copy."""
-    model.eval()
-    bpd, hinge, ahead = 0.0, 0.0, 0
-    for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(images[start : start + batch_size]).to(device)
-        upright, transformed, h = negative_terms(model, dequantize(pixels), spec)
-        bpd += float(upright.double().sum())
-        hinge += float(h.double().sum())
-        ahead += int((transformed > upright).sum())
-    model.train()
-    n = max(len(images), 1)
-    return {"bpd": bpd / n, "hinge": hinge / n, "beats_transformed": ahead / n}
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def model_from_checkpoint(
-    path: str | Path, config_type: type[RunConfig] = RunConfig
-) -> tuple[MultiScaleFlow, RunConfig, dict]:
-    """The trained flow (eval mode), its run config as ``config_type`` and the raw checkpoint."""
-    checkpoint = load_checkpoint(path)
-    config = config_type.model_validate(checkpoint["config"])
-    model = build_flow(config.model, tuple(checkpoint["input_shape"]), seed=config.train.seed)
-    model.load_state_dict(checkpoint["model"])
-    if not all_actnorms_initialized(model):
-        raise SystemExit(f"{path}: ActNorm layers are not initialised; not a trained checkpoint")
-    return model.eval(), config, checkpoint
 
 
 @dataclass
@@ -204,28 +133,9 @@ class Trainer:
         print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch + 1})", file=sys.stderr)
 
     def _init_from(self, path: Path) -> None:
-        """Load another run's weights, refusing one whose architecture, input or data slicing differ.
-
-        The slicing check is what keeps the held-out images held out: a parent run
-        trained on other positions could have seen them.
-        """
-        if not path.exists():
-            raise IncompatibleCheckpoint(f"init_from: no checkpoint at {path}")
-        checkpoint = load_checkpoint(path)
-        parent = RunConfig.model_validate(checkpoint["config"])
-        problems = []
-        if parent.model != self.config.model:
-            problems.append(f"architecture {parent.model.model_dump()} != {self.config.model.model_dump()}")
-        if tuple(checkpoint["input_shape"]) != self.input_shape:
-            problems.append(f"input shape {tuple(checkpoint['input_shape'])} != {self.input_shape}")
-        data, ours = (parent.data.source, parent.data.path), (self.config.data.source, self.config.data.path)
-        if data != ours:
-            problems.append(f"data {':'.join(data)} != {':'.join(ours)}")
-        slices = {k: list(v) for k, v in self.slices.ranges.items()}
-        if checkpoint.get("slices") != slices:
-            problems.append(f"slices {checkpoint.get('slices')} != {slices}")
-        if problems:
-            raise IncompatibleCheckpoint(f"init_from {path}: " + "; ".join(problems))
+        """Load another run's weights, refusing one whose architecture, input or data slicing differ."""
+        checkpoint = load_checkpoint(path) if path.exists() else None
+        parent = check_parent(path, checkpoint, self.config, self.input_shape, self.slices)
         self.model.load_state_dict(checkpoint["model"])
         self.init_from = {
             "checkpoint": str(path),
@@ -240,9 +150,9 @@ class Trainer:
 
     def _checkpoint(self, best: bool = False) -> None:
         state = self._state()
-        save_checkpoint(self.run_dir / "last.pt", state)
+        save_checkpoint(self.run_dir / LAST_CHECKPOINT, state)
         if best:
-            save_checkpoint(self.run_dir / "best.pt", state)
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
 
     def _elapsed(self) -> float:
         running = time.monotonic() - self._segment_start if self._segment_start is not None else 0.0
@@ -450,7 +360,7 @@ def run_training(
     slices = split_training_set(images, config.data.slices)
     resume = None
     if resume_arg:
-        resume = config.run_dir / "last.pt" if resume_arg == "auto" else Path(resume_arg)
+        resume = config.run_dir / LAST_CHECKPOINT if resume_arg == "auto" else Path(resume_arg)
         if not resume.exists():
             if resume_arg != "auto":
                 print(f"{prog}: nothing to resume at {resume}", file=sys.stderr)

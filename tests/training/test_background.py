@@ -12,7 +12,7 @@ import torch
 from service.artifact import load_manifest
 from service.calibration_file import load_detector
 from tests.conftest import make_tiny_flow
-from tests.training.test_train import blob_slices, tiny_config
+from tests.training.tiny_runs import blob_slices, tiny_config
 from training.background import (
     BackgroundRunConfig,
     BackgroundTrainer,

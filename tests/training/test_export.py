@@ -128,7 +128,7 @@ def rgb_checkpoint(tmp_path):
 
 
 def test_export_checkpoint_measures_and_records_the_users_test_set(tmp_path, capsys):
-    from training.train import evaluate_bpd
+    from training.objective import evaluate_bpd
 
     checkpoint, flow = rgb_checkpoint(tmp_path)
     test = str(tmp_path / "test.npz")

@@ -5,55 +5,13 @@ import pytest
 import torch
 import yaml
 
-from service.artifact import bits_per_dim
-from training.config import NegativeSpec, RunConfig, load_config
+from training.checkpoints import IncompatibleCheckpoint, load_checkpoint, model_from_checkpoint
+from training.config import NegativeSpec, load_config
 from training.data import Slices
-from training.flows import dequantize
-from training.train import (
-    IncompatibleCheckpoint,
-    Trainer,
-    TrainingDiverged,
-    evaluate_negative,
-    load_checkpoint,
-    main,
-    model_from_checkpoint,
-    negative_terms,
-)
+from training.objective import evaluate_negative
+from training.train import Trainer, TrainingDiverged, main
 
-
-def tiny_config(tmp_path, **train) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "name": "tiny",
-            "model": {"levels": 2, "steps": 1, "hidden": 8},
-            "train": {
-                "batch_size": 16,
-                "lr": 5e-3,
-                "warmup_steps": 5,
-                "epochs": 2,
-                "val_every": 4,
-                "checkpoint_every": 2,
-                "threads": 1,
-                **train,
-            },
-            "out_dir": str(tmp_path / "run"),
-        }
-    )
-
-
-def blob_slices(n=96, seed=0) -> Slices:
-    """Smooth blobs: far from uniform noise, so a flow that learns drops well below 8 bpd."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:8, :8]
-    centres = rng.uniform(2, 6, size=(n, 2))
-    images = 200 * np.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 6)
-    images = images.astype(np.uint8)[:, None]
-    return Slices(
-        train=images[:64],
-        validation=images[64:80],
-        holdout=images[80:],
-        ranges={"train": (0, 64), "validation": (64, 80), "holdout": (80, 96)},
-    )
+from .tiny_runs import blob_slices, tiny_config, top_heavy_slices
 
 
 def test_training_lowers_bpd_and_writes_state_dict_checkpoints(tmp_path):
@@ -129,39 +87,6 @@ def test_learning_rate_warms_up_holds_then_decays_to_zero(tmp_path):
     assert factors[0] == 0.25 and factors[3] == 1.0 and factors[9] == 1.0
     assert factors[10] == 1.0 and factors[15] == 0.5 and factors[19] == 0.1
     assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False))
-
-
-def top_heavy_slices(n=96, seed=0) -> Slices:
-    """Blobs in the upper half only: upright and upside-down images differ, as clothes do."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:8, :8]
-    centres = np.stack([rng.uniform(1.5, 3.5, n), rng.uniform(2, 6, n)], axis=1)
-    images = 200 * np.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 4)
-    images = images.astype(np.uint8)[:, None]
-    return Slices(
-        train=images[:64],
-        validation=images[64:80],
-        holdout=images[80:],
-        ranges={"train": (0, 64), "validation": (64, 80), "holdout": (80, 96)},
-    )
-
-
-def test_negative_terms_are_the_hinge_of_two_separate_passes(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path), top_heavy_slices())
-    trainer._initialize()
-    model = trainer.model.eval()
-    spec = NegativeSpec(margin_bpd=0.4)
-    x = dequantize(torch.from_numpy(top_heavy_slices().validation))
-    with torch.no_grad():
-        upright, flipped, hinge = negative_terms(model, x, spec)
-
-        def bpd(batch):
-            log_pz, log_det = model(batch)
-            return bits_per_dim(log_pz.sum(1) + log_det.sum(1), model.dims)
-
-        torch.testing.assert_close(upright, bpd(x))
-        torch.testing.assert_close(flipped, bpd(x.flip(2)))
-        torch.testing.assert_close(hinge, torch.clamp(0.4 - (bpd(x.flip(2)) - bpd(x)), min=0))
 
 
 def test_negative_training_teaches_the_flow_which_way_is_up(tmp_path):
