@@ -42,9 +42,9 @@ from service.artifact import (
     write_manifest,
 )
 from training.architectures import MultiScaleFlow
+from training.checkpoints import model_from_checkpoint
 from training.config import RunConfig, load_config
 from training.data import Slices
-from training.checkpoints import model_from_checkpoint
 from training.train import Trainer, run_training
 
 

@@ -39,6 +39,7 @@ from training.ood_sets import (
     BUILTIN_SETS,
     DOMAIN_FREE_OOD,
     FASHION_MNIST,
+    PER_SET,
     Context,
     ImageSet,
     SetUnavailable,
@@ -51,7 +52,6 @@ from training.report import write_report
 from training.scoring import Bundle, open_bundle, run_statistics
 from training.targets import recommend, target_checks
 
-PER_SET = 2000  # images per built-in transformed/synthetic set (cap): targets.AUROC_TIE is two standard errors here
 BATCH_SIZE = 256  # images per runtime call: scores are per image, so this only bounds one call's memory
 EAGER_CHECK_IMAGES = 32  # the in-distribution images an eager flow is compared with the graph on
 EAGER_TOLERANCE_BPD = 1e-3  # an eager flow off the graph by more than this is some other model (export parity: 1e-4)
