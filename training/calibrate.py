@@ -31,7 +31,7 @@ from service.densities import DOSE_DENSITIES
 from service.ood import DEFAULT_FIT_FRACTION, CalibrationError, Detector
 from service.scores import COMBINE_RULES, SCORE_NAMES
 from training.data import DatasetError, load_npz, recorded_training_split, sha256_array
-from training.scoring import Bundle, open_bundle, run_complexity, run_statistics
+from training.scoring import BATCH_SIZE, Bundle, open_bundle, run_complexity, run_statistics
 
 
 def load_holdout(manifest: Manifest) -> np.ndarray:
@@ -64,7 +64,7 @@ def calibrate_bundle(
     combined_parts: tuple[str, ...] | list[str] | None = None,
     combine_rule: str | None = None,
     orientation: bool | None = None,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
 ) -> Detector:
     """Score ``holdout`` through the bundle's runtime, fit, and write the calibration into the bundle.
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also score each image flipped vertically: the orientation score and a dose feature; "
         "costs a second flow pass per image, here and in the service (default: as the bundle's calibration)",
     )
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

@@ -49,10 +49,9 @@ from training.ood_sets import (
     read_images,
 )
 from training.report import write_report
-from training.scoring import Bundle, open_bundle, run_statistics
+from training.scoring import BATCH_SIZE, Bundle, open_bundle, run_statistics
 from training.targets import recommend, target_checks
 
-BATCH_SIZE = 256  # images per runtime call: scores are per image, so this only bounds one call's memory
 EAGER_CHECK_IMAGES = 32  # the in-distribution images an eager flow is compared with the graph on
 EAGER_TOLERANCE_BPD = 1e-3  # an eager flow off the graph by more than this is some other model (export parity: 1e-4)
 

@@ -22,6 +22,9 @@ from service.complexity import complexity_bits
 from service.ood import Detector
 from service.runtimes import FlowRuntime, build_runtime
 
+BATCH_SIZE = 256  # images per runtime call: scores are per image, so this only bounds one call's memory
+COMPLEXITY_CHUNK = 1024  # images per L(x) call, for the progress bar's steps
+
 
 @dataclass
 class Bundle:
@@ -60,7 +63,7 @@ def check_images(images: np.ndarray, manifest: Manifest, source: str) -> np.ndar
 
 
 def run_statistics(
-    bundle: Bundle, images: np.ndarray, batch_size: int = 256, desc: str = "scoring", progress: bool = True
+    bundle: Bundle, images: np.ndarray, batch_size: int = BATCH_SIZE, desc: str = "scoring", progress: bool = True
 ) -> dict[str, np.ndarray]:
     """The runtime's named outputs (graph outputs, ``background_bpd``, ``vflip_bpd``) for every image."""
     images = check_images(images, bundle.manifest, desc)
@@ -75,7 +78,7 @@ def run_statistics(
 
 
 def run_complexity(
-    images: np.ndarray, desc: str = "complexity", progress: bool = True, chunk: int = 1024
+    images: np.ndarray, desc: str = "complexity", progress: bool = True, chunk: int = COMPLEXITY_CHUNK
 ) -> np.ndarray:
     out = []
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
