@@ -7,7 +7,8 @@ rows: the false-discovery rate of Benjamini-Hochberg (:func:`fdr_experiment`,
 (:func:`conditional_experiment`, with the exact shares :func:`realized_share`
 and :func:`population_share`), and the drift alarm's false alarms and delays
 (:func:`drift_experiment`). Every p-value and decision is the service's own
-(:mod:`service.conformal`, :mod:`service.guarantees`); nothing here reads images.
+(:mod:`service.conformal`, :mod:`service.guarantees`, :mod:`service.drift_martingale`);
+nothing here reads images.
 """
 
 from __future__ import annotations

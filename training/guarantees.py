@@ -1,9 +1,10 @@
-"""``python -m training.guarantees BUNDLE``: measure the three guarantees of service/guarantees.py on a bundle.
+"""``python -m training.guarantees BUNDLE``: measure the service's three guarantees on a bundle.
 
 Every image goes through the bundle's runtime and :class:`service.ood.Detector`
 (the service's scoring code), every p-value through :func:`service.conformal.conformal_p_values`
 against the bundle's own ``calibration.npz``, and every decision through
-:mod:`service.guarantees`: what is measured here is what the service does.
+:mod:`service.guarantees` and :mod:`service.drift_martingale`: what is measured
+here is what the service does.
 
 - **FDR**: random batches of in-distribution test images with 0-20% OOD images
   mixed in; per batch the false-discovery proportion and the power of the

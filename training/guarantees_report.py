@@ -49,7 +49,8 @@ def render(summary: dict) -> str:
         f"{s['parity']:.2g} (max abs difference)",
         f"- seed {s['seed']}; {s['seconds']:.0f} s on a shared 2-core machine, 1 thread, "
         f"{s['scoring_seconds']:.0f} s of it scoring (0 when cached); {s['when']}",
-        "- the code: service/guarantees.py (the math the service runs), training/guarantees.py (this experiment)",
+        "- the code: service/guarantees.py and service/drift_martingale.py (the math the service runs), "
+        "training/guarantee_experiments.py (this experiment)",
         "",
         "All p-values are the service's split-conformal ones against the bundle's fixed calibration set, so the "
         "FDR and flag figures hold *conditionally on this calibration set*; the conditional section varies it.",
@@ -119,7 +120,7 @@ def render(summary: dict) -> str:
         "",
         f"## Drift alarm: conformal test martingale at delta {s['drift_delta']}",
         "",
-        f"Streams of {s['drift_length']} images fed to `service.guarantees.DriftMartingale` in order, as the "
+        f"Streams of {s['drift_length']} images fed to `service.drift_martingale.DriftMartingale` in order, as the "
         "service feeds it. In-distribution streams: a fresh shuffle of the test images each, against the bundle's "
         "calibration set, or, as the guarantee is stated, with the calibration set redrawn from the pool of "
         "calibration and test scores for each stream (the stream is the rest of the pool); an alarm there is a "
