@@ -157,7 +157,7 @@ class Ranking:
 
 
 def rank_calibrations(candidates: dict[str, Path], options) -> Ranking:
-    """The report's own rule (:func:`training.evaluate.recommend`) over the scores of several calibrated bundles.
+    """The report's own rule (:func:`training.targets.recommend`) over the scores of several calibrated bundles.
 
     Each bundle is evaluated with ``options`` (the domain-free synthetic sets and the
     in-distribution test set); every score is named ``"<label>: <score>"`` and the
@@ -173,7 +173,7 @@ def rank_calibrations(candidates: dict[str, Path], options) -> Ranking:
 
 def rank_results(results: dict, choice_sets: tuple[str, ...]) -> Ranking:
     """:func:`rank_calibrations` on evaluation results already measured (label -> ``EvalResult``)."""
-    from training.evaluate import recommend
+    from training.targets import recommend
 
     rows, names, eligible = [], [], set()
     for label, result in results.items():
@@ -195,7 +195,7 @@ def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, thre
     calibration, and one made the same way, orientation pass included, on a copy
     without the background), are measured on the domain-free synthetic sets and the
     in-distribution test set, and the report's own rule
-    (:func:`training.evaluate.recommend`: the choosing targets, then the best worst
+    (:func:`training.targets.recommend`: the choosing targets, then the best worst
     AUROC over those sets) picks among the scores of both. A general mix that does
     not look like the user's images (say, light backgrounds for a dark-background
     domain) can make the ratio hurt; this is how a build finds out without an OOD
