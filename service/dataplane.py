@@ -38,6 +38,7 @@ from .drift import DriftTracker
 from .errors import ServiceError
 from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, threshold_table
 from .metrics import Metrics
+from .params import ScoreParams
 from .repository import ModelEntry, ModelRepository
 from .settings import Settings
 
@@ -47,16 +48,6 @@ log = logging.getLogger(__name__)
 # 2 cores: 25-50 us to check 32 FashionMNIST images sent as JSON numbers, about 100 us at this
 # bound; a pool trip costs as much, plus a wake-up that a busy machine delays).
 INLINE_PREPARE_PIXELS = 64 * 1024
-
-
-@dataclass
-class ScoreParams:
-    alpha: float | None = None
-    score: str | None = None
-    timeout_s: float | None = None
-    fdr: float | None = None  # decide the request's images by Benjamini-Hochberg at this level
-    conditional: bool | None = None  # None: the model's default (settings.conditional_models)
-    delta: float | None = None  # of the calibration-conditional flag; implies it
 
 
 @dataclass
@@ -79,6 +70,14 @@ class Scored:
 
     def __len__(self) -> int:
         return len(self.decisions)
+
+    def failure(self) -> ServiceError | None:
+        """The 500 of a request some of whose images failed inference even alone (None: none failed)."""
+        if not self.failures:
+            return None
+        first = min(self.failures)
+        message = f"{len(self.failures)} of {len(self)} images failed inference: {self.failures[first]}"
+        return ServiceError(500, "inference_failed", message, first)
 
 
 def check_level(value: float, name: str, code: str) -> float:

@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         description="Where a JSON body holds base64 images: dotted keys, '*' for every item of a list "
         "(e.g. instances.*.b64).",
     )
+    sidecar_max_multipart_parts: int = Field(
+        1000,
+        ge=1,
+        description="Sidecar mode: most parts one multipart body (or one nested in it) may have for the image search; "
+        "more is 400 bad_multipart in block mode.",
+    )
     sidecar_fdr: float | None = Field(
         None,
         gt=0,

@@ -70,10 +70,11 @@ from starlette.routing import Match
 
 from .api.body import inflate, read_body
 from .api.rest import render
-from .dataplane import DataPlane, Scored, ScoreParams
+from .dataplane import DataPlane, Scored
 from .errors import ServiceError, bad_request, unprocessable
 from .extract import ImageFinder
 from .metrics import Metrics
+from .params import ScoreParams
 from .repository import ModelRepository
 from .settings import Settings
 from .urlpath import NormalPath, normalise
@@ -178,7 +179,9 @@ class SidecarProxy:
         self.policy = settings.sidecar_policy
         self.own_routes = own_routes
         self.model = sidecar_model(settings, plane.repository)
-        self.finder = ImageFinder(settings.sidecar_json_path, settings.max_request_bytes)
+        self.finder = ImageFinder(
+            settings.sidecar_json_path, settings.max_request_bytes, settings.sidecar_max_multipart_parts
+        )
         self.upstream = httpx.URL(settings.upstream)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
@@ -318,10 +321,9 @@ class SidecarProxy:
             scored = await self.plane.score_encoded(entry, blobs, params, received)
         except ServiceError as exc:
             return Verdict(None, None, error=exc)
-        if scored.failures:
-            first = min(scored.failures)
-            error = ServiceError(500, "inference_failed", scored.failures[first], index=first)
-            return Verdict(None, None, scored, error)
+        failure = scored.failure()
+        if failure is not None:
+            return Verdict(None, None, scored, failure)
         flags = [d.ood for d in scored.decisions]
         p_values = [d.p_value for d in scored.decisions if d.p_value is not None]
         ood = None if any(flag is None for flag in flags) else any(flags)

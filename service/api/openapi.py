@@ -23,8 +23,10 @@ from fastapi.openapi.utils import get_openapi
 from PIL import Image
 
 from ..errors import ServiceError
+from ..params import json_properties, query_parameters
 from ..settings import Settings
 from .auth import ADMIN_PREFIX, OPEN_PATHS, auth_enabled
+from .rest import SCORE_ROUTE
 
 ERROR_TEXT = {
     400: "Malformed request: the body, a part, a field or a value does not parse (the message names it).",
@@ -131,15 +133,7 @@ SCHEMAS = {
             "id": {"type": "string"},
             "parameters": {
                 "type": "object",
-                "properties": {
-                    "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                    "score": {"type": "string"},
-                    "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
-                    "binary_data_output": {"type": "boolean"},
-                    "fdr": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                    "conditional": {"type": "boolean"},
-                    "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                },
+                "properties": {**json_properties(), "binary_data_output": {"type": "boolean"}},
             },
             "inputs": {
                 "type": "array",
@@ -349,10 +343,29 @@ def add_examples(document: dict, examples: dict[str, object]) -> None:
                 operation["requestBody"] = request_body
 
 
+def score_operation() -> dict:
+    """``POST /score``'s operation, as FastAPI would infer it from a route with these query parameters.
+
+    ``/score`` is a plain Starlette route (``service/api/rest.py`` says why), which
+    FastAPI's generator skips; its parameters come from the table they are parsed with.
+    """
+    return {
+        "summary": "Score",
+        "description": SCORE_ROUTE.endpoint.__doc__,
+        "operationId": "score_score_post",
+        "parameters": query_parameters(),
+        "responses": {},
+    }
+
+
 def build(app: FastAPI, settings: Settings) -> dict:
     document = get_openapi(
         title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
     )
+    if SCORE_ROUTE in app.routes:  # after GET /models, where FastAPI would have put it
+        paths = document.setdefault("paths", {})
+        models = {path: paths.pop(path) for path in ["/models"] if path in paths}
+        document["paths"] = {**models, SCORE_ROUTE.path: {"post": score_operation()}, **paths}
     auth = auth_enabled(settings)
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():

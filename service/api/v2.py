@@ -22,8 +22,6 @@ other than plain ``alpha`` is reported in the response's ``parameters.decision``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import importlib.metadata
 import json
 import math
@@ -36,8 +34,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..artifact import OUTPUT_NAMES
-from ..dataplane import DataPlane, Scored, ScoreParams
-from ..errors import ServiceError, bad_request
+from ..dataplane import DataPlane, Scored
+from ..errors import bad_request
+from ..extract import base64_bytes
+from ..params import ScoreParams, boolean, from_json
 from ..repository import ModelEntry
 from .body import inflate, load_json, read_body
 
@@ -189,14 +189,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     else:
         array = numeric_tensor(tensor, raw, NUMERIC[parsed.datatype])
         scored = await plane.score_tensor(entry, array, params, received)
-    if scored.failures:
-        first = min(scored.failures)
-        raise ServiceError(
-            500,
-            "inference_failed",
-            f"{len(scored.failures)} of {len(scored)} images failed inference: {scored.failures[first]}",
-            first,
-        )
+    failure = scored.failure()
+    if failure is not None:
+        raise failure
     return respond(entry, parsed, scored)
 
 
@@ -235,20 +230,7 @@ def parse_infer_request(header: dict, output_names: list[str]) -> InferRequest:
         )
     optional_object(tensor.get("parameters"), "the input's 'parameters'")
     parameters = optional_object(header.get("parameters"), "'parameters'")
-    score = parameters.get("score")
-    if score is not None and not isinstance(score, str):
-        raise ServiceError(422, "invalid_parameter", "parameter score must be a string")
-    timeout_ms = number(parameters.get("timeout_ms"), "timeout_ms")
-    if timeout_ms is not None and not timeout_ms > 0:
-        raise ServiceError(422, "invalid_parameter", f"parameter timeout_ms must be greater than 0, got {timeout_ms}")
-    params = ScoreParams(
-        alpha=number(parameters.get("alpha"), "alpha"),
-        score=score,
-        timeout_s=None if timeout_ms is None else timeout_ms / 1000,
-        fdr=number(parameters.get("fdr"), "fdr"),
-        conditional=boolean(parameters.get("conditional"), "conditional"),
-        delta=number(parameters.get("delta"), "delta"),
-    )
+    params = from_json(parameters)
     binary_default = boolean(parameters.get("binary_data_output"), "binary_data_output") or False
     return InferRequest(
         request_id, tensor, datatype, params, requested_outputs(header, output_names, binary_default), binary_default
@@ -293,27 +275,6 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
     if not isinstance(header, dict):
         raise bad_request("bad_json", "the inference request must be a JSON object")
     return header, binary
-
-
-def number(value, name: str) -> float | None:
-    """A finite JSON number (NaN, infinities, booleans and integers past float range are refused with 422)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise ServiceError(422, "invalid_parameter", f"parameter {name} is too large") from None
-    if not math.isfinite(number):
-        raise ServiceError(422, "invalid_parameter", f"parameter {name} must be finite")
-    return number
-
-
-def boolean(value, name: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise ServiceError(422, "invalid_parameter", f"parameter {name} must be a boolean")
 
 
 def tensor_bytes(tensor: dict, binary: memoryview) -> memoryview | None:
@@ -382,12 +343,10 @@ def bytes_elements(tensor: dict, raw: memoryview | None) -> list[bytes]:
             items = np.asarray(data, dtype=object).reshape(-1).tolist()
         except ValueError:
             raise bad_request("bad_data", "BYTES 'data' must be a (nested) list of base64 strings") from None
-        blobs = []
-        for index, item in enumerate(items):
-            try:
-                blobs.append(base64.b64decode(item, validate=True))
-            except (binascii.Error, ValueError, TypeError):
-                raise bad_request("bad_base64", f"BYTES element {index} is not a base64 string", index) from None
+        blobs = [
+            base64_bytes(item, f"BYTES element {index} is not a base64 string", index)
+            for index, item in enumerate(items)
+        ]
     if len(blobs) != count:
         raise bad_request("bad_shape", f"{len(blobs)} BYTES elements for shape {shape}")
     return blobs

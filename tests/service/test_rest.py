@@ -297,41 +297,6 @@ def test_resize_setting_converts_and_resizes(resizing_client, tiny_models_root):
     assert response.json()["results"][0]["bpd"] == pytest.approx(float(reference["bpd"][0]), rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28),
-        np.asfortranarray(np.arange(2 * 28 * 28 * 3, dtype=np.uint8).reshape(2, 28, 28, 3)),
-        np.arange(28 * 28, dtype=">u2").reshape(1, 28, 28),
-        np.linspace(0, 255, 28 * 28, dtype=np.float32).reshape(1, 28, 28),
-    ],
-    ids=["uint8", "fortran-hwc", "big-endian-u16", "float32"],
-)
-@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
-def test_npy_reader_matches_numpy(array, version):
-    """The cached-header reader gives exactly what np.load gives, for every layout np.save can write."""
-    from service.api.rest import npy_array
-
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, array, version=version)
-    body = buffer.getvalue()
-    for _ in range(2):  # the second read hits the header cache
-        parsed = npy_array(body)
-        np.testing.assert_array_equal(parsed, np.load(io.BytesIO(body)))
-        assert parsed.dtype == array.dtype and parsed.shape == array.shape
-
-
-def test_truncated_or_padded_npy_is_a_clear_400():
-    from service.api.rest import npy_array
-    from service.errors import ServiceError
-
-    body = npy(np.zeros((2, 28, 28), np.uint8))
-    for broken in (body[:-1], body + b"\0", body[:20]):
-        with pytest.raises(ServiceError) as caught:
-            npy_array(broken)
-        assert caught.value.status == 400 and caught.value.code == "bad_npy"
-
-
 def test_openapi_documents_the_score_query(client):
     """The query is parsed by hand (cheaper per request), but the schema still lists every parameter."""
     operation = client.get("/openapi.json").json()["paths"]["/score"]["post"]
