@@ -1,0 +1,61 @@
+"""service.params: one table of scoring parameters, read from a query string or from JSON, with 422s that name them."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import ServiceError
+from service.params import PARAMETERS, ScoreParams, from_json, from_query, json_properties, query_parameters
+
+
+def test_a_query_string_becomes_typed_params():
+    query = {"model": "m/2", "alpha": "0.1", "levels": "YES", "timeout_ms": "250", "conditional": "off", "x": "1"}
+    assert from_query(query) == ScoreParams(model="m/2", alpha=0.1, levels=True, timeout_ms=250.0, conditional=False)
+    assert from_query(query).timeout_s == 0.25
+    assert from_query({}) == ScoreParams() and ScoreParams().timeout_s is None
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"alpha": "abc"}, "query.alpha: 'abc' is not a number"),
+        ({"timeout_ms": "0"}, "query.timeout_ms: must be greater than 0, got '0'"),
+        ({"levels": "maybe"}, "query.levels: 'maybe' is not a boolean"),
+        ({"conditional": "2"}, "query.conditional: '2' is not a boolean"),
+    ],
+)
+def test_a_bad_query_value_is_a_422_naming_it(query, message):
+    with pytest.raises(ServiceError) as caught:
+        from_query(query)
+    assert (caught.value.status, caught.value.code, caught.value.message) == (422, "invalid_parameter", message)
+
+
+def test_json_parameters_become_typed_params_and_skip_what_belongs_to_the_path():
+    parameters = {"alpha": 0.05, "score": "bpd", "timeout_ms": 100, "fdr": None, "delta": 0.1, "model": "ignored"}
+    assert from_json(parameters) == ScoreParams(alpha=0.05, score="bpd", timeout_ms=100.0, delta=0.1)
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"score": 3}, "parameter score must be a string"),
+        ({"alpha": "0.1"}, "parameter alpha must be a number"),
+        ({"alpha": True}, "parameter alpha must be a number"),
+        ({"fdr": 10**400}, "parameter fdr is too large"),
+        ({"delta": float("nan")}, "parameter delta must be finite"),
+        ({"timeout_ms": -1}, "parameter timeout_ms must be greater than 0, got -1.0"),
+        ({"conditional": "yes"}, "parameter conditional must be a boolean"),
+    ],
+)
+def test_a_bad_json_parameter_is_a_422_naming_it(parameters, message):
+    with pytest.raises(ServiceError) as caught:
+        from_json(parameters)
+    assert (caught.value.status, caught.value.code, caught.value.message) == (422, "invalid_parameter", message)
+
+
+def test_the_documentation_is_made_from_the_same_table():
+    names = [p.name for p in PARAMETERS]
+    assert [p["name"] for p in query_parameters()] == names
+    assert all(p["in"] == "query" and p["required"] is False and p["description"] for p in query_parameters())
+    assert list(json_properties()) == ["alpha", "score", "timeout_ms", "fdr", "conditional", "delta"]
+    assert set(names) == set(ScoreParams.__dataclass_fields__)  # every parameter is a field, and back
