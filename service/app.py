@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -23,61 +22,10 @@ from .dataplane import DataPlane
 from .limits import RequestGuards
 from .metrics import Metrics
 from .repository import ModelRepository, RuntimeFactory
+from .request_context import RequestMetrics
 from .settings import Settings
 
 log = logging.getLogger("service")
-
-
-class RequestMetrics:
-    """Pure ASGI middleware: in-flight gauge, request counter and latency histogram per route.
-
-    Pure ASGI (not ``BaseHTTPMiddleware``) to keep the per-request overhead
-    small; it also keeps :attr:`DataPlane.inflight` that graceful shutdown waits on.
-    """
-
-    def __init__(self, app, metrics: Metrics, plane: DataPlane) -> None:
-        self.app, self.metrics, self.plane = app, metrics, plane
-        self.children: dict[tuple, tuple] = {}
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (
-            path == "/score" or (path.startswith("/v2/models/") and path.endswith("/infer"))
-        ):
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500
-        scope.setdefault("oodgate", {})
-
-        async def send_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.plane.inflight += 1
-        route_guess = "/score" if path == "/score" else "/v2/models/{name}/infer"
-        gauge = self.metrics.inflight.labels(route_guess)
-        gauge.inc()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.plane.inflight -= 1
-            gauge.dec()
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or route_guess
-            model = scope["oodgate"].get("model", ("", ""))
-            key = (endpoint, *model, status)
-            children = self.children.get(key)
-            if children is None:  # labels are few (routes x models x codes): cache the children
-                children = (
-                    self.metrics.requests.labels(endpoint, *model, str(status)),
-                    self.metrics.request_duration.labels(endpoint, *model),
-                )
-                self.children[key] = children
-            children[0].inc()
-            children[1].observe(time.perf_counter() - began)
 
 
 def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
@@ -130,7 +78,7 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
         install_sidecar(app)
     openapi.install(app, settings)
     auth.install(app, settings)  # inside RequestMetrics: a 401 on /score is counted like any answer
-    app.add_middleware(RequestMetrics, metrics=metrics, plane=plane)
+    app.add_middleware(RequestMetrics, tracker=plane.requests)
     # outermost: body deadlines and memory budget for every route; Connection: close while draining
     app.add_middleware(RequestGuards, settings=settings, draining=lambda: plane.draining)
     return app

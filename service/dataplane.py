@@ -40,6 +40,7 @@ from .guarantees import ALPHA_RULE, BH_RULE, CONDITIONAL_RULE, DecisionRule, thr
 from .metrics import Metrics
 from .params import ScoreParams
 from .repository import ModelEntry, ModelRepository
+from .request_context import RequestTracker
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class DataPlane:
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.draining = False
-        self.inflight = 0
+        self.requests = RequestTracker(metrics)  # requests in flight: what drain() waits for
         self._children: dict[tuple[str, str, str], tuple] = {}
         # sliding-window drift gauges per model (issue 5)
         self.drift = DriftTracker(metrics, settings.drift_window, delta=settings.drift_delta)
@@ -320,10 +321,10 @@ class DataPlane:
         """Wait until no request is in flight and every queue is empty (at most ``timeout`` s)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.inflight == 0 and self.repository.idle:
+            if self.requests.inflight == 0 and self.repository.idle:
                 return True
             await asyncio.sleep(0.02)
-        log.warning("drain timeout: %d requests still in flight", self.inflight)
+        log.warning("drain timeout: %d requests still in flight", self.requests.inflight)
         return False
 
     def close(self, timeout: float | None = None) -> None:

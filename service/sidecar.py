@@ -76,6 +76,7 @@ from .extract import ImageFinder
 from .metrics import Metrics
 from .params import ScoreParams
 from .repository import ModelRepository
+from .request_context import context_of
 from .settings import Settings
 from .urlpath import NormalPath, normalise
 
@@ -220,26 +221,16 @@ class SidecarProxy:
 
     async def __call__(self, request: Request) -> Response:
         received = time.monotonic()
-        began = time.perf_counter()
-        status = 500
-        self.plane.inflight += 1
-        inflight = self.metrics.inflight.labels(ENDPOINT)
-        inflight.inc()
-        try:
-            response = await self.handle(request, received)
-            status = response.status_code
+        with self.plane.requests.track(request.scope, ENDPOINT) as context:
+            try:
+                response = await self.handle(request, received)
+            except ServiceError as exc:
+                context.status = exc.status
+                if exc.status not in (404, 405):
+                    self.count("refused")
+                raise
+            context.status = response.status_code
             return response
-        except ServiceError as exc:
-            status = exc.status
-            if exc.status not in (404, 405):
-                self.count("refused")
-            raise
-        finally:
-            self.plane.inflight -= 1
-            inflight.dec()
-            model = request.scope.get("oodgate", {}).get("model", ("", ""))
-            self.metrics.requests.labels(ENDPOINT, *model, str(status)).inc()
-            self.metrics.request_duration.labels(ENDPOINT, *model).observe(time.perf_counter() - began)
 
     async def handle(self, request: Request, received: float) -> Response:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
@@ -316,7 +307,7 @@ class SidecarProxy:
         """Score the images with the sidecar's model; errors become a verdict, never an exception."""
         try:
             entry = self.plane.model(self.model)
-            request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
+            context_of(request).serving(entry)
             params = ScoreParams(fdr=self.settings.sidecar_fdr)  # fdr unset: the model's own rule
             scored = await self.plane.score_encoded(entry, blobs, params, received)
         except ServiceError as exc:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import REASONS, ServiceError
+from ..request_context import context_of
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ def count_rejection(request: Request, error: ServiceError) -> None:
     if error.status >= 500 and error.status not in (503, 504):
         return  # server-side failures are counted as image failures by the batcher
     metrics = request.app.state.metrics
-    model = request.scope.get("oodgate", {}).get("model", ("", ""))
-    metrics.rejections.labels(*model, error.reason).inc()
+    metrics.rejections.labels(*context_of(request).model, error.reason).inc()
 
 
 async def service_error_handler(request: Request, error: ServiceError) -> JSONResponse:

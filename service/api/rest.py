@@ -30,6 +30,7 @@ from ..dataplane import LEVEL_OUTPUTS, SCALAR_OUTPUTS, DataPlane, Scored, finite
 from ..errors import ServiceError, bad_request
 from ..extract import form_images, json_images, multipart_part_count, npy_array
 from ..params import from_query
+from ..request_context import context_of
 from .body import media_type, read_body
 
 router = APIRouter()
@@ -56,7 +57,7 @@ async def score(request: Request) -> Response:
     plane = dataplane(request)
     params = from_query(request.query_params)
     entry = plane.model(params.model, params.version)
-    request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
+    context_of(request).serving(entry)
     plane.admit(entry)
     limits = plane.settings
     body = await read_body(request, limits.max_request_bytes)

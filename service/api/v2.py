@@ -39,6 +39,7 @@ from ..errors import bad_request
 from ..extract import base64_bytes
 from ..params import ScoreParams, boolean, from_json
 from ..repository import ModelEntry
+from ..request_context import context_of
 from .body import inflate, load_json, read_body
 
 router = APIRouter(prefix="/v2")
@@ -172,7 +173,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     received = time.monotonic()
     plane = dataplane(request)
     entry = plane.model(name, version)
-    request.scope.setdefault("oodgate", {})["model"] = (entry.name, entry.version)
+    context_of(request).serving(entry)
     plane.admit(entry)
     limit = plane.settings.max_request_bytes
     body = inflate(await read_body(request, limit), request.headers.get("content-encoding"), limit)

@@ -189,6 +189,34 @@ def test_metrics_count_what_the_gate_did(gate):
     assert blocked == mnist_flagged + fashion_flagged + (2 if REAL else 0)
 
 
+def request_counts(gate) -> dict[tuple[str, str], float]:
+    """The sidecar's oodgate_requests_total by (model, code); its in-flight gauge under ("", "")."""
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(f"{gate.url}/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("endpoint") != "sidecar":
+                continue
+            if sample.name == "oodgate_requests_total":
+                counts[(sample.labels["model"], sample.labels["code"])] = sample.value
+            elif sample.name == "oodgate_inflight_requests":
+                counts[("", "")] = sample.value
+    return counts
+
+
+def test_the_sidecars_requests_are_counted_like_the_apis(gate):
+    """One recorder for every scoring request: the sidecar's carry its endpoint, model and status."""
+    model = gate.app.state.sidecar.model.split("/")[0]
+    before = request_counts(gate)
+    _, png = images("fashion_")[0]
+    status = via_gate(gate, png).status_code
+    refused = httpx.post(f"{gate.url}/predict", content=b"just words", headers={"content-type": "text/plain"})
+    after = request_counts(gate)
+    assert after[(model, str(status))] == before.get((model, str(status)), 0) + 1
+    assert refused.status_code == 422  # no image: refused before any model was asked
+    assert after[("", "422")] == before.get(("", "422"), 0) + 1
+    assert after[("", "")] == 0  # nothing left in flight
+
+
 def test_fdr_policy_blocks_when_any_image_is_a_bh_discovery(gate, classifier):
     """OODGATE_SIDECAR_FDR: the request's flags are its BH discoveries, exactly as POST /score?fdr= decides them."""
     proxy = gate.app.state.sidecar
