@@ -10,7 +10,8 @@ then apply the request's score and decision rule (``alpha``, the
 calibration-conditional cutoff, or Benjamini-Hochberg at ``fdr``: see
 :mod:`service.guarantees`) to get each image's flag.
 Decoding runs in a small thread pool, never on the event loop; only a tensor of
-a few images is checked on the loop, which is cheaper than the trip to the pool.
+at most ``settings.inline_prepare_pixels`` values is checked on the loop, which
+is cheaper than the trip to the pool.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ from .request_context import RequestTracker
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-# A tensor this small is checked on the loop: cheaper than a trip to the pool and back (measured on
-# 2 cores: 25-50 us to check 32 FashionMNIST images sent as JSON numbers, about 100 us at this
-# bound; a pool trip costs as much, plus a wake-up that a busy machine delays).
-INLINE_PREPARE_PIXELS = 64 * 1024
 
 
 @dataclass
@@ -220,7 +216,7 @@ class DataPlane:
         s = self.settings
         convert = (tensor_to_images, array, entry.manifest.input, s.resize, s.convert_channels)
         with self.reserve(entry, len(array) if array.ndim in (3, 4) else 0) as places:
-            if array.size <= INLINE_PREPARE_PIXELS:  # checking a few pixels costs less than a trip to the pool
+            if array.size <= s.inline_prepare_pixels:  # checking a few pixels costs less than a trip to the pool
                 images = convert[0](*convert[1:])
             else:
                 images = await self.blocking(*convert)

@@ -1,4 +1,5 @@
-"""The data plane's decision rules (service/guarantees.py) through real servers: fdr, conditional, /models."""
+"""The data plane through real servers: decision rules (service/guarantees.py: fdr, conditional, /models), and
+where a tensor is checked."""
 
 from __future__ import annotations
 
@@ -125,3 +126,32 @@ def test_conditional_can_be_a_models_default(models_root, mixed):
         assert "decision" not in c.post("/score", files=mixed, params={"conditional": "false"}).json()
         assert c.post("/score", files=mixed, params={"fdr": 0.1}).json()["decision"]["rule"] == "bh"
         assert c.get("/models").json()["models"][0]["decision"]["default_rule"] == "conditional"
+
+
+def test_a_tensor_is_checked_on_the_loop_only_below_the_pixel_budget(tiny_models_root):
+    """settings.inline_prepare_pixels decides where a tensor is checked; the answer is the same either way."""
+    from .serving import npy
+
+    images = random_images(2, seed=30)[:, 0]  # 2 x 28 x 28 = 1,568 values
+    app = create_app(settings(tiny_models_root))
+    plane = app.state.dataplane
+    calls = []
+    blocking = plane.blocking
+
+    async def counted(fn, *args, **kwargs):
+        calls.append(fn.__name__)
+        return await blocking(fn, *args, **kwargs)
+
+    plane.blocking = counted
+    answers = []
+    with LiveServer(app) as live:
+        for budget, trips in ((images.size, 0), (images.size - 1, 1)):
+            plane.settings.inline_prepare_pixels = budget
+            calls.clear()
+            response = httpx.post(
+                f"{live.url}/score", content=npy(images), headers={"content-type": "application/x-npy"}, timeout=60
+            )
+            assert response.status_code == 200, response.text
+            assert calls.count("tensor_to_images") == trips
+            answers.append(response.json()["results"])
+    assert answers[0] == answers[1]
