@@ -101,8 +101,8 @@ class Settings(BaseSettings):
         64 * 1024,
         ge=0,
         description="A pixel tensor (.npy or /v2) of at most this many values is checked on the event loop, not in "
-        "the decode threads: below it the check costs less than the trip to a thread and back (on 2 cores about "
-        "100 us at 64K values, 25-50 us for 32 FashionMNIST images). 0: every tensor goes to the decode threads.",
+        "the decode threads: so small a check holds the loop about as long as the trip to a thread and back would "
+        "add to the request (benchmarks/inline_check_bench.py). 0: every tensor goes to the decode threads.",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
 
