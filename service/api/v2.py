@@ -18,14 +18,13 @@ models, ``p_value`` (FP64) and ``ood`` (BOOL). Request ``parameters``:
 ``fdr`` (Benjamini-Hochberg over the request's images; not with ``alpha``),
 ``conditional`` (boolean) and ``delta`` (calibration-conditional flags); a rule
 other than plain ``alpha`` is reported in the response's ``parameters.decision``.
+The tensors' wire format, both ways, is :mod:`service.api.v2_tensors`; the
+scoring parameters' table is :mod:`service.params`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import math
-import struct
 import time
 from dataclasses import dataclass
 
@@ -36,27 +35,23 @@ from fastapi.responses import JSONResponse
 from ..artifact import OUTPUT_NAMES
 from ..dataplane import DataPlane, Scored
 from ..errors import bad_request
-from ..extract import base64_bytes
 from ..params import ScoreParams, boolean, from_json
 from ..repository import ModelEntry
 from ..request_context import context_of
-from .body import inflate, load_json, read_body
+from .body import inflate, read_body
+from .v2_tensors import (
+    HEADER_LENGTH,
+    NUMERIC,
+    bytes_elements,
+    encode_outputs,
+    numeric_tensor,
+    response,
+    shape_of,
+    split_body,
+    tensor_bytes,
+)
 
 router = APIRouter(prefix="/v2")
-
-HEADER_LENGTH = "Inference-Header-Content-Length"
-NUMERIC = {
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.bool_): "BOOL"}
 
 
 def dataplane(request: Request) -> DataPlane:
@@ -257,102 +252,6 @@ def requested_outputs(header: dict, output_names: list[str], binary_default: boo
     return wanted
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
-    """The JSON header and a view of the binary tensor data after it (no copy: the pixels reach the
-    runtime through ``np.frombuffer`` on this view)."""
-    if not body:
-        raise bad_request("empty_body", "the request body is empty")
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise bad_request("bad_header_length", f"{HEADER_LENGTH} {header_length!r} is not a number") from None
-        if not 0 < n <= len(body):
-            raise bad_request("bad_header_length", f"{HEADER_LENGTH} {n} does not fit a {len(body)}-byte body")
-        json_part, binary = body[:n], memoryview(body)[n:]
-    else:
-        json_part, binary = body, memoryview(b"")
-    header = load_json(json_part, "the inference request")
-    if not isinstance(header, dict):
-        raise bad_request("bad_json", "the inference request must be a JSON object")
-    return header, binary
-
-
-def tensor_bytes(tensor: dict, binary: memoryview) -> memoryview | None:
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size > len(binary):
-        raise bad_request("bad_binary_size", f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
-    return binary[:size]
-
-
-MAX_SHAPE_DIMS = 8
-
-
-def shape_of(tensor: dict) -> list[int]:
-    shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_SHAPE_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape)
-    ):
-        raise bad_request("bad_shape", f"input shape must be a list of at most {MAX_SHAPE_DIMS} non-negative integers")
-    return shape
-
-
-def numeric_tensor(tensor: dict, raw: memoryview | None, dtype) -> np.ndarray:
-    shape = shape_of(tensor)
-    if raw is not None:
-        itemsize = np.dtype(dtype).itemsize
-        if len(raw) != math.prod(shape) * itemsize:
-            raise bad_request("bad_shape", f"{len(raw)} bytes do not make a {tensor.get('datatype')} tensor {shape}")
-        return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-    data = tensor.get("data")
-    if data is None:
-        raise bad_request("no_data", "the input has neither 'data' nor binary data")
-    if not isinstance(data, list):
-        raise bad_request("bad_data", "input 'data' must be a list of numbers")
-    try:
-        array = np.asarray(data, dtype=np.float64)  # checked for range and NaN before the uint8 cast
-    except (ValueError, TypeError, OverflowError):
-        raise bad_request("bad_data", "input 'data' must be a (nested) list of numbers") from None
-    if array.size != math.prod(shape):
-        raise bad_request("bad_data", f"{array.size} values do not make a tensor of shape {shape}")
-    return array.reshape(shape)
-
-
-def bytes_elements(tensor: dict, raw: memoryview | None) -> list[bytes]:
-    shape = shape_of(tensor)
-    count = math.prod(shape) if shape else 0
-    if raw is not None:
-        blobs, offset = [], 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                raise bad_request("bad_bytes", "truncated BYTES element length")
-            (n,) = struct.unpack_from("<I", raw, offset)
-            offset += 4
-            if offset + n > len(raw):
-                raise bad_request("bad_bytes", f"BYTES element {len(blobs)} runs past the binary data", len(blobs))
-            blobs.append(bytes(raw[offset : offset + n]))
-            offset += n
-    else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise bad_request("no_data", "BYTES input needs 'data' (base64 strings) or binary data")
-        try:
-            items = np.asarray(data, dtype=object).reshape(-1).tolist()
-        except ValueError:
-            raise bad_request("bad_data", "BYTES 'data' must be a (nested) list of base64 strings") from None
-        blobs = [
-            base64_bytes(item, f"BYTES element {index} is not a base64 string", index)
-            for index, item in enumerate(items)
-        ]
-    if len(blobs) != count:
-        raise bad_request("bad_shape", f"{len(blobs)} BYTES elements for shape {shape}")
-    return blobs
-
-
 def result_tensors(entry: ModelEntry, scored: Scored) -> dict[str, np.ndarray]:
     tensors = {name: np.asarray(scored.stats[name], dtype=np.float32) for name in OUTPUT_NAMES}
     decisions = scored.decisions
@@ -368,19 +267,7 @@ def respond(entry: ModelEntry, parsed: InferRequest, scored: Scored) -> Response
     wanted = parsed.outputs
     if wanted is None:
         wanted = [(name, parsed.binary_default) for name in tensors]
-    outputs, blobs = [], []
-    for name, as_binary in wanted:
-        array = tensors[name]
-        spec = {"name": name, "datatype": DATATYPES[array.dtype], "shape": list(array.shape)}
-        if as_binary:
-            blob = np.ascontiguousarray(array).tobytes()
-            spec["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        elif array.dtype.kind == "f":
-            spec["data"] = [v if math.isfinite(v) else None for v in array.ravel().tolist()]
-        else:
-            spec["data"] = array.ravel().tolist()
-        outputs.append(spec)
+    outputs, blobs = encode_outputs(tensors, wanted)
     content = {
         "model_name": entry.name,
         "model_version": entry.version,
@@ -391,11 +278,4 @@ def respond(entry: ModelEntry, parsed: InferRequest, scored: Scored) -> Response
         content["parameters"]["decision"] = scored.decision
     if parsed.id is not None:
         content["id"] = parsed.id
-    document = json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
-    if not blobs:
-        return Response(document, media_type="application/json")
-    return Response(
-        document + b"".join(blobs),
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(document))},
-    )
+    return response(content, blobs)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from service.api.v2 import numeric_tensor, split_body, tensor_bytes
 from service.calibration_file import load_detector
 from service.complexity import complexity_bits
 
@@ -166,18 +163,3 @@ def test_rest_gives_the_same_flags(server, root):
     for result, decision in zip(body["results"], decisions, strict=True):
         assert result["p_value"] == pytest.approx(decision.p_value) and result["ood"] == decision.ood
         assert set(result["scores"]) == {"bpd", "typicality", "complexity", "dose"}
-
-
-# ---- the binary extension (pure functions, no server) ---------------------------------------------
-
-
-def test_binary_tensor_data_reaches_numpy_without_a_copy():
-    pixels = np.arange(2 * 28 * 28, dtype=np.uint8) % 251
-    tensor = {"name": "images", "datatype": "UINT8", "shape": [2, 28, 28], "parameters": {"binary_data_size": 1568}}
-    header = json.dumps({"inputs": [tensor]}).encode()
-    body = header + pixels.tobytes()
-    document, binary = split_body(body, str(len(header)))
-    tensor = document["inputs"][0]
-    array = numeric_tensor(tensor, tensor_bytes(tensor, binary), np.uint8)
-    assert np.array_equal(array, pixels.reshape(2, 28, 28))
-    assert np.shares_memory(array, np.frombuffer(body, dtype=np.uint8))
