@@ -40,30 +40,18 @@ The path is put in normal form first (:mod:`service.urlpath`): ``//``
 collapses, dot segments and encoded separators are refused with 400, and the
 normal form is both what ``sidecar_paths`` match and what the upstream gets.
 
-Forwarding uses one pooled ``httpx.AsyncClient`` for the life of the app:
-method, path (normalised, still percent-encoded as sent), query, body and end-to-end headers go through;
-hop-by-hop headers (RFC 9110 7.6.1, plus any the ``Connection`` header names)
-are dropped both ways; ``X-Forwarded-*`` are added; ``X-OOD*`` headers from
-the client are removed, so they can be trusted downstream. The upstream's
-status, headers and body bytes come back untouched (``Date``/``Server`` are
-set by our own server; the body is buffered, fine for classifier answers, up to
-``max_upstream_response_bytes``: a larger answer is not relayed, the client gets 502 ``upstream_too_large``).
-Upstream unreachable gives 502, upstream too slow 504,
-each a JSON error naming which. No cookie jar: the client never carries one
-caller's cookies to another.
+Forwarding, both ways, is :mod:`service.upstream`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import http.cookiejar
 import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match
@@ -78,40 +66,14 @@ from .params import ScoreParams
 from .repository import ModelRepository
 from .request_context import context_of
 from .settings import Settings
+from .upstream import Upstream
 from .urlpath import NormalPath, normalise
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "sidecar"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# recomputed for the new message, or set by our own server
-# (``expect``: the body is already read here, a 100-continue handshake upstream would only stall)
 INLINE_SEARCH_BYTES = 64 * 1024  # smaller bodies are searched for images on the loop (cheaper than a thread hop)
-REQUEST_DROP = frozenset({"host", "content-length", "expect"})
-RESPONSE_DROP = frozenset({"content-length", "date", "server"})
-
-
-class _NoCookies(http.cookiejar.CookieJar):
-    """A jar that keeps nothing: a shared proxy client must not replay one caller's cookies to the next."""
-
-    def set_cookie(self, cookie) -> None:  # noqa: D102
-        return None
-
-    def extract_cookies(self, response, request) -> None:  # noqa: D102
-        return None
 
 
 @dataclass
@@ -128,20 +90,6 @@ class Verdict:
         if self.error is not None:
             return "error"
         return "unknown" if self.ood is None else str(bool(self.ood)).lower()
-
-
-def hop_by_hop(headers: list[tuple[bytes, bytes]]) -> set[str]:
-    """The fixed hop-by-hop set plus every header the ``Connection`` header names."""
-    names = set(HOP_BY_HOP)
-    for key, value in headers:
-        if key.lower() == b"connection":
-            names.update(token.strip().lower() for token in value.decode("latin-1").split(",") if token.strip())
-    return names
-
-
-def is_ood_header(name: bytes) -> bool:
-    name = name.lower()
-    return name == b"x-ood" or name.startswith(b"x-ood-")
 
 
 def sidecar_model(settings: Settings, repository: ModelRepository) -> str:
@@ -180,24 +128,13 @@ class SidecarProxy:
         self.policy = settings.sidecar_policy
         self.own_routes = own_routes
         self.model = sidecar_model(settings, plane.repository)
+        self.upstream = Upstream(settings, metrics, on_outcome=self.count)
         self.finder = ImageFinder(
             settings.sidecar_json_path, settings.max_request_bytes, settings.sidecar_max_multipart_parts
         )
-        self.upstream = httpx.URL(settings.upstream)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_connections,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        self.client.headers.clear()  # no default Accept-Encoding/User-Agent: send what the client sent
-        self.client.cookies.jar = _NoCookies()  # (the constructor would copy a jar into a normal one)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.upstream.aclose()
 
     # ---- routing ---------------------------------------------------------------------------------
 
@@ -235,7 +172,6 @@ class SidecarProxy:
     async def handle(self, request: Request, received: float) -> Response:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         path = normalise(raw_path)
-        request.scope["oodgate_path"] = path  # what is matched is what is forwarded
         if self.own_path(request, path):
             if path.raw != raw_path:  # e.g. //score: neither proxied nor served in this spelling
                 raise bad_request("bad_path", f"{path.decoded} is oodgate's own endpoint: send its path in normal form")
@@ -256,11 +192,11 @@ class SidecarProxy:
                     "(image-less paths are allowed by OODGATE_SIDECAR_PASSTHROUGH_PATHS)",
                 )
             self.count("unscored")
-            return await self.forward(request, body, None)
+            return await self.forward(request, path, body, None)
         if self.policy == "shadow":
             scoring = asyncio.ensure_future(self.verdict(request, blobs, received))
             try:
-                response = await self.forward(request, body, None)
+                response = await self.forward(request, path, body, None)
             finally:
                 try:
                     await scoring  # the scores land in the metrics; shadow never changes the answer
@@ -282,7 +218,7 @@ class SidecarProxy:
             if verdict.ood:
                 self.count("blocked")
                 return self.blocked(verdict.scored)
-        return await self.forward(request, body, verdict if self.policy == "annotate" else None)
+        return await self.forward(request, path, body, verdict if self.policy == "annotate" else None)
 
     def images(self, request: Request, body: bytes) -> list[bytes]:
         """Every image in the request (empty: none found); what cannot be parsed raises 400 in ``block`` mode.
@@ -354,89 +290,13 @@ class SidecarProxy:
             headers.append((b"x-ood-error", verdict.error.code.encode()))
         return headers
 
-    def upstream_url(self, request: Request) -> httpx.URL:
-        raw_path = request.scope["oodgate_path"].raw
-        query = request.scope.get("query_string", b"")
-        prefix = self.upstream.raw_path.split(b"?")[0].rstrip(b"/")
-        return self.upstream.copy_with(raw_path=prefix + raw_path + (b"?" + query if query else b""))
-
-    def request_headers(self, request: Request, verdict: Verdict | None) -> list[tuple[bytes, bytes]]:
-        raw = request.headers.raw
-        drop = hop_by_hop(raw) | REQUEST_DROP
-        headers = [(k, v) for k, v in raw if k.lower().decode("latin-1") not in drop and not is_ood_header(k)]
-        client = request.client.host if request.client else ""
-        previous = request.headers.get("x-forwarded-for")
-        headers = [(k, v) for k, v in headers if k.lower() not in (b"x-forwarded-for",)]
-        headers.append((b"x-forwarded-for", (f"{previous}, {client}" if previous else client).encode("latin-1")))
-        if "x-forwarded-proto" not in request.headers:
-            headers.append((b"x-forwarded-proto", request.url.scheme.encode()))
-        if "x-forwarded-host" not in request.headers and "host" in request.headers:
-            headers.append((b"x-forwarded-host", request.headers["host"].encode("latin-1")))
-        if verdict is not None:
-            headers.extend(self.ood_headers(verdict))
-        return headers
-
-    async def forward(self, request: Request, body: bytes, verdict: Verdict | None) -> Response:
-        outgoing = self.client.build_request(
-            request.method, self.upstream_url(request), headers=self.request_headers(request, verdict), content=body
-        )
-        began = time.perf_counter()
-        try:
-            upstream = await self.client.send(outgoing, stream=True)
-            try:
-                content = await read_capped(upstream, self.settings.max_upstream_response_bytes)
-            finally:
-                await upstream.aclose()
-        except UpstreamTooLarge as exc:
-            self.count("upstream_too_large")
-            return self.upstream_error(502, "upstream_too_large", str(exc))
-        except httpx.TimeoutException as exc:
-            self.count("upstream_timeout")
-            return self.upstream_error(
-                504, "upstream_timeout", f"the upstream {self.settings.upstream} did not answer in time ({exc!r})"
-            )
-        except httpx.TransportError as exc:
-            self.count("upstream_unreachable")
-            return self.upstream_error(
-                502, "upstream_unreachable", f"cannot reach the upstream {self.settings.upstream}: {exc!r}"
-            )
-        self.metrics.sidecar_upstream_duration.observe(time.perf_counter() - began)
-        self.count("forwarded")
-        drop = hop_by_hop(upstream.headers.raw) | RESPONSE_DROP
-        response = Response(content=content, status_code=upstream.status_code)
-        response.raw_headers = [h for h in response.raw_headers if h[0] == b"content-length"] + [
-            (k.lower(), v) for k, v in upstream.headers.raw if k.lower().decode("latin-1") not in drop
-        ]
-        if verdict is not None:
-            response.raw_headers.extend(self.ood_headers(verdict))
-        return response
-
-    @staticmethod
-    def upstream_error(status: int, code: str, message: str) -> JSONResponse:
-        log.warning("sidecar: %s", message)
-        return JSONResponse({"error": {"code": code, "message": message, "index": None}}, status_code=status)
+    async def forward(self, request: Request, path: NormalPath, body: bytes, verdict: Verdict | None) -> Response:
+        """To the upstream at the path's normal form (what was matched is what is forwarded)."""
+        ood = [] if verdict is None else self.ood_headers(verdict)
+        return await self.upstream.forward(request, path.raw, body, ood)
 
     def count(self, outcome: str) -> None:
         self.metrics.sidecar_requests.labels(self.policy, outcome).inc()
-
-
-class UpstreamTooLarge(Exception):
-    """The upstream's answer passes ``max_upstream_response_bytes``: it is not relayed (502)."""
-
-
-async def read_capped(upstream: httpx.Response, limit: int) -> bytes:
-    """The upstream's body as sent, refused once it passes ``limit`` bytes (declared or counted), so one
-    huge answer cannot take the sidecar's memory: at most ``limit`` bytes are ever held for it."""
-    declared = upstream.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UpstreamTooLarge(f"the upstream's answer declares {declared} bytes; the limit is {limit}")
-    chunks, total = [], 0
-    async for chunk in upstream.aiter_raw():
-        total += len(chunk)
-        if total > limit:
-            raise UpstreamTooLarge(f"the upstream's answer passes the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def install(app: FastAPI) -> SidecarProxy:
