@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 
 ENDPOINT = "sidecar"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-INLINE_SEARCH_BYTES = 64 * 1024  # smaller bodies are searched for images on the loop (cheaper than a thread hop)
 
 
 @dataclass
@@ -180,7 +179,7 @@ class SidecarProxy:
             raise ServiceError(404, "not_proxied", f"{path.decoded} is not one of the proxied paths")
         self.plane.admit()
         body = await read_body(request, self.settings.max_request_bytes)
-        if len(body) > INLINE_SEARCH_BYTES:  # parsing and sniffing a large body would stall the event loop
+        if len(body) > self.settings.sidecar_inline_search_bytes:  # a large body's search would stall the loop
             blobs = await self.plane.blocking(self.images, request, body)
         else:
             blobs = self.images(request, body)

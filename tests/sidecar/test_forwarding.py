@@ -248,3 +248,31 @@ def test_unreachable_upstream_is_502(calibrated_tiny):
         assert str(port) in response.json()["error"]["message"]
     finally:
         server.stop()
+
+
+def test_a_body_is_searched_on_the_loop_only_below_the_byte_budget(gate, client):
+    """settings.sidecar_inline_search_bytes decides where a body is searched; the verdict is the same either way."""
+    proxy = gate.app.state.sidecar
+    plane = proxy.plane
+    blocking, calls = plane.blocking, []
+
+    async def counted(fn, *args, **kwargs):
+        calls.append(fn.__name__)
+        return await blocking(fn, *args, **kwargs)
+
+    _, png = images("fashion_")[0]
+    budget = proxy.settings.sidecar_inline_search_bytes
+    verdicts = []
+    plane.blocking = counted
+    try:
+        for limit, trips in ((len(png), 0), (len(png) - 1, 1)):
+            proxy.settings.sidecar_inline_search_bytes = limit
+            calls.clear()
+            response = client.post("/predict", content=png, headers={"content-type": "image/png"})
+            assert response.status_code == 200
+            assert calls.count("images") == trips
+            verdicts.append((response.headers["x-ood"], response.headers["x-ood-p-value"]))
+    finally:
+        plane.blocking = blocking
+        proxy.settings.sidecar_inline_search_bytes = budget
+    assert verdicts[0] == verdicts[1]
