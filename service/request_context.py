@@ -18,8 +18,12 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # for the annotation only: the context needs no part of the repository to run
+    from .repository import ModelEntry
 
 NO_MODEL = ("", "")  # the labels of a request no loaded model served (never the client's string)
 SCOPE_KEY = "oodgate.request"
@@ -33,8 +37,8 @@ class RequestContext:
     model: tuple[str, str] = NO_MODEL  # (name, version) once the endpoint has picked a loaded model
     status: int = 500  # the answer's status; 500 until one is sent
 
-    def serving(self, entry) -> None:
-        """The request is for this loaded model (a ``repository.ModelEntry``)."""
+    def serving(self, entry: ModelEntry) -> None:
+        """The request is for this loaded model."""
         self.model = (entry.name, entry.version)
 
 
