@@ -10,17 +10,19 @@ Prints microseconds per parse, best of 5 runs; both parse the same bytes already
 from __future__ import annotations
 
 import asyncio
-import time
+import sys
 from pathlib import Path
 
 from starlette.requests import Request
 
-from service.extract import form_images
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.inline_check_bench import best_us  # noqa: E402
+from service.extract import form_images  # noqa: E402
+
 BOUNDARY = "benchmark-boundary"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
-RUNS = 5
 
 
 def body_of(images: list[bytes]) -> bytes:
@@ -50,16 +52,6 @@ async def starlette_form(body: bytes, limit: int) -> list[bytes]:
         return [await part.read() for part in form.getlist("files")]
     finally:
         await form.close()
-
-
-def best_us(fn, calls: int) -> float:
-    best = float("inf")
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
 
 
 def main() -> None:
