@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from service.app import create_app
+from service.settings import Settings
 from tests.sidecar.servers import (
+    LiveServer,
     calibrated_tiny_root,
     default_model_calibrated,
     default_models_root,
+    echo_app,
     recorded_classifier,
 )
 
@@ -33,3 +38,35 @@ def classifier():
     server = recorded_classifier()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """The echo upstream on loopback (one per test module that asks)."""
+    server = LiveServer(echo_app()).start(health="/health")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gate(upstream, calibrated_tiny):
+    """oodgate in annotate mode in front of the echo upstream, with a tiny calibrated flow."""
+    settings = Settings(
+        models_root=calibrated_tiny,
+        runtime="onnx",
+        log_level="warning",
+        decode_threads=1,
+        max_batch_size=4,
+        upstream=upstream.url,
+        sidecar_policy="annotate",
+        upstream_timeout_s=1.0,
+    )
+    server = LiveServer(create_app(settings)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gate):
+    with httpx.Client(base_url=gate.url, timeout=30) as c:
+        yield c

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import gzip
 import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 # one loopback server helper for every test package; re-exported for the sidecar and deploy tests
 from tests.service.serving import LiveServer, free_port, raw_http, wait_for  # noqa: F401
@@ -92,3 +99,50 @@ def calibrated_tiny_root(tmp_path: Path, tiny_root: Path) -> Path:
 def images(prefix: str) -> list[tuple[str, bytes]]:
     """The committed test PNGs whose names start with ``prefix`` (``fashion_`` or ``mnist_``)."""
     return [(p.name, p.read_bytes()) for p in sorted(DATA.glob(f"{prefix}*.png"))]
+
+
+# ---- an echo upstream: answers with exactly what reached it ----------------------------------------
+
+
+async def echo(request: Request) -> Response:
+    body = await request.body()
+    return JSONResponse(
+        {
+            "method": request.method,
+            "raw_path": request.scope["raw_path"].decode(),
+            "query": request.scope["query_string"].decode(),
+            "headers": [[k.decode(), v.decode()] for k, v in request.headers.raw],
+            "body_b64": base64.b64encode(body).decode(),
+        },
+        headers={"x-upstream": "echo", "keep-alive": "timeout=5", "connection": "x-secret", "x-secret": "hop"},
+    )
+
+
+async def teapot(request: Request) -> Response:
+    response = Response(gzip.compress(b"short and stout"), status_code=418, media_type="text/plain")
+    response.headers["content-encoding"] = "gzip"
+    response.raw_headers.append((b"set-cookie", b"a=1; Path=/"))
+    response.raw_headers.append((b"set-cookie", b"b=2; Path=/"))
+    return response
+
+
+async def slow(request: Request) -> Response:
+    await asyncio.sleep(3)
+    return Response(b"too late")
+
+
+def echo_app() -> Starlette:
+    routes = [
+        Route("/teapot", teapot, methods=["GET", "POST"]),
+        Route("/slow", slow, methods=["GET", "POST"]),
+        Route("/health", lambda r: Response(b"ok")),
+        Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def headers_of(echoed: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in echoed["headers"]:
+        out.setdefault(key.lower(), []).append(value)
+    return out
