@@ -15,41 +15,30 @@ def test_a_query_string_becomes_typed_params():
     assert from_query({}) == ScoreParams() and ScoreParams().timeout_s is None
 
 
-@pytest.mark.parametrize(
-    "query, message",
-    [
-        ({"alpha": "abc"}, "query.alpha: 'abc' is not a number"),
-        ({"timeout_ms": "0"}, "query.timeout_ms: must be greater than 0, got '0'"),
-        ({"levels": "maybe"}, "query.levels: 'maybe' is not a boolean"),
-        ({"conditional": "2"}, "query.conditional: '2' is not a boolean"),
-    ],
-)
-def test_a_bad_query_value_is_a_422_naming_it(query, message):
-    with pytest.raises(ServiceError) as caught:
-        from_query(query)
-    assert (caught.value.status, caught.value.code, caught.value.message) == (422, "invalid_parameter", message)
-
-
 def test_json_parameters_become_typed_params_and_skip_what_belongs_to_the_path():
     parameters = {"alpha": 0.05, "score": "bpd", "timeout_ms": 100, "fdr": None, "delta": 0.1, "model": "ignored"}
     assert from_json(parameters) == ScoreParams(alpha=0.05, score="bpd", timeout_ms=100.0, delta=0.1)
 
 
 @pytest.mark.parametrize(
-    "parameters, message",
+    "parse, given, message",
     [
-        ({"score": 3}, "parameter score must be a string"),
-        ({"alpha": "0.1"}, "parameter alpha must be a number"),
-        ({"alpha": True}, "parameter alpha must be a number"),
-        ({"fdr": 10**400}, "parameter fdr is too large"),
-        ({"delta": float("nan")}, "parameter delta must be finite"),
-        ({"timeout_ms": -1}, "parameter timeout_ms must be greater than 0, got -1.0"),
-        ({"conditional": "yes"}, "parameter conditional must be a boolean"),
+        (from_query, {"alpha": "abc"}, "query.alpha: 'abc' is not a number"),
+        (from_query, {"timeout_ms": "0"}, "query.timeout_ms: must be greater than 0, got '0'"),
+        (from_query, {"levels": "maybe"}, "query.levels: 'maybe' is not a boolean"),
+        (from_query, {"conditional": "2"}, "query.conditional: '2' is not a boolean"),
+        (from_json, {"score": 3}, "parameter score must be a string"),
+        (from_json, {"alpha": "0.1"}, "parameter alpha must be a number"),
+        (from_json, {"alpha": True}, "parameter alpha must be a number"),
+        (from_json, {"fdr": 10**400}, "parameter fdr is too large"),
+        (from_json, {"delta": float("nan")}, "parameter delta must be finite"),
+        (from_json, {"timeout_ms": -1}, "parameter timeout_ms must be greater than 0, got -1.0"),
+        (from_json, {"conditional": "yes"}, "parameter conditional must be a boolean"),
     ],
 )
-def test_a_bad_json_parameter_is_a_422_naming_it(parameters, message):
+def test_a_bad_value_is_a_422_naming_it(parse, given, message):
     with pytest.raises(ServiceError) as caught:
-        from_json(parameters)
+        parse(given)
     assert (caught.value.status, caught.value.code, caught.value.message) == (422, "invalid_parameter", message)
 
 

@@ -6,7 +6,6 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.settings import Settings
 from tests.sidecar.servers import (
     LiveServer,
     calibrated_tiny_root,
@@ -14,6 +13,7 @@ from tests.sidecar.servers import (
     default_models_root,
     echo_app,
     recorded_classifier,
+    sidecar_settings,
 )
 
 
@@ -51,13 +51,11 @@ def upstream():
 @pytest.fixture(scope="module")
 def gate(upstream, calibrated_tiny):
     """oodgate in annotate mode in front of the echo upstream, with a tiny calibrated flow."""
-    settings = Settings(
-        models_root=calibrated_tiny,
-        runtime="onnx",
-        log_level="warning",
+    settings = sidecar_settings(
+        calibrated_tiny,
+        upstream.url,
         decode_threads=1,
         max_batch_size=4,
-        upstream=upstream.url,
         sidecar_policy="annotate",
         upstream_timeout_s=1.0,
     )

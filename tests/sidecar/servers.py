@@ -96,6 +96,13 @@ def calibrated_tiny_root(tmp_path: Path, tiny_root: Path) -> Path:
     return root
 
 
+def sidecar_settings(models_root: Path, upstream: str, **overrides):
+    """Settings of a sidecar in front of ``upstream`` on loopback (ONNX Runtime, quiet logs)."""
+    from service.settings import Settings
+
+    return Settings(models_root=models_root, runtime="onnx", log_level="warning", upstream=upstream, **overrides)
+
+
 def images(prefix: str) -> list[tuple[str, bytes]]:
     """The committed test PNGs whose names start with ``prefix`` (``fashion_`` or ``mnist_``)."""
     return [(p.name, p.read_bytes()) for p in sorted(DATA.glob(f"{prefix}*.png"))]

@@ -15,8 +15,7 @@ import json
 import httpx
 
 from service.app import create_app
-from service.settings import Settings
-from tests.sidecar.servers import LiveServer, headers_of, images
+from tests.sidecar.servers import LiveServer, headers_of, images, sidecar_settings
 
 
 def test_annotate_adds_the_verdict_both_ways(client):
@@ -59,13 +58,8 @@ def test_own_endpoints_are_not_proxied(client):
 
 
 def test_paths_outside_the_proxied_set_get_404(upstream, calibrated_tiny):
-    settings = Settings(
-        models_root=calibrated_tiny,
-        runtime="onnx",
-        log_level="warning",
-        upstream=upstream.url,
-        sidecar_paths="/predict,/v1/*",
-        sidecar_passthrough_paths="/v1/*",
+    settings = sidecar_settings(
+        calibrated_tiny, upstream.url, sidecar_paths="/predict,/v1/*", sidecar_passthrough_paths="/v1/*"
     )
     server = LiveServer(create_app(settings)).start()
     try:

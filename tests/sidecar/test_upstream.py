@@ -18,8 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from service.app import create_app
-from service.settings import Settings
-from tests.sidecar.servers import LiveServer, free_port, headers_of, raw_http
+from tests.sidecar.servers import LiveServer, free_port, headers_of, raw_http, sidecar_settings
 
 CAP = 100_000
 
@@ -43,13 +42,8 @@ def proxy(tiny_models_root):
     upstream_app = Starlette(routes=[Route("/sized/{size}", sized), Route("/streamed/{size}", streamed)])
     upstream = LiveServer(upstream_app).start(health="/sized/1", timeout=30)
     try:
-        settings = Settings(
-            models_root=tiny_models_root,
-            runtime="onnx",
-            log_level="warning",
-            upstream=upstream.url,
-            sidecar_policy="shadow",
-            max_upstream_response_bytes=CAP,
+        settings = sidecar_settings(
+            tiny_models_root, upstream.url, sidecar_policy="shadow", max_upstream_response_bytes=CAP
         )
         with LiveServer(create_app(settings)) as live:
             yield live
@@ -143,13 +137,7 @@ def test_upstream_timeout_is_504_and_says_so(client):
 
 def test_unreachable_upstream_is_502(calibrated_tiny):
     port = free_port()  # nothing listens here
-    settings = Settings(
-        models_root=calibrated_tiny,
-        runtime="onnx",
-        log_level="warning",
-        upstream=f"http://127.0.0.1:{port}",
-        sidecar_passthrough_paths="/predict",
-    )
+    settings = sidecar_settings(calibrated_tiny, f"http://127.0.0.1:{port}", sidecar_passthrough_paths="/predict")
     server = LiveServer(create_app(settings)).start()
     try:
         response = httpx.get(f"{server.url}/predict", timeout=30)
