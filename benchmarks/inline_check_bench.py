@@ -9,7 +9,7 @@ same for the sidecar's image search (``ImageFinder.find``) on multipart bodies
 of 1 to 64 PNG parts. Where the inline time reaches what the trip adds, the
 loop stops being the cheaper place. Best of 5 runs of 200.
 
-    .venv/bin/python benchmarks/inline_check_bench.py
+    .venv/bin/python -m benchmarks.inline_check_bench
 """
 
 from __future__ import annotations
@@ -18,19 +18,15 @@ import asyncio
 import base64
 import functools
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from service.artifact import InputSpec  # noqa: E402
-from service.decode import tensor_to_images  # noqa: E402
-from service.extract import ImageFinder  # noqa: E402
+from benchmarks.harness import REPO
+from service.artifact import InputSpec
+from service.decode import tensor_to_images
+from service.extract import ImageFinder
 
 CALLS, RUNS = 200, 5
 SPEC = InputSpec(shape=(1, 28, 28), color_mode="L")

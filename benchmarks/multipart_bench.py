@@ -4,22 +4,18 @@
 Bodies of 1, 32 and 256 FashionMNIST-sized PNG parts (the committed test images, cycled).
 Prints microseconds per parse, best of 5 runs; both parse the same bytes already read.
 
-    .venv/bin/python benchmarks/multipart_bench.py
+    .venv/bin/python -m benchmarks.multipart_bench
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 from starlette.requests import Request
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.inline_check_bench import best_us  # noqa: E402
-from service.extract import form_images  # noqa: E402
+from benchmarks.harness import REPO
+from benchmarks.inline_check_bench import best_us
+from service.extract import form_images
 
 BOUNDARY = "benchmark-boundary"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
