@@ -105,6 +105,15 @@ def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.nda
     return {key[len(prefix) :]: np.asarray(value) for key, value in arrays.items() if key.startswith(prefix)}
 
 
+def summary_orientation(summary: Mapping[str, Any] | None) -> bool:
+    """Whether a calibration summary uses the flipped-image pass: the one reader of that key.
+
+    The runtime needs it before any detector exists (to know whether to run the
+    flipped pass), the detector when it is rebuilt; both ask here.
+    """
+    return bool((summary or {}).get("orientation", False))
+
+
 def detector_from_state(
     dims: int, levels: int, summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
 ) -> Detector:
@@ -118,7 +127,7 @@ def detector_from_state(
         dims,
         levels,
         background=bool(summary.get("background", False)),
-        orientation=bool(summary.get("orientation", False)),
+        orientation=summary_orientation(summary),
         dose_density=summary["dose"]["density"],
         default_score=summary.get("default_score"),
         default_alpha=summary.get("default_alpha", DEFAULT_ALPHA),

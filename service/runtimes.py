@@ -39,6 +39,7 @@ from .artifact import (
     bundle_file,
     has_background,
 )
+from .calibration_file import summary_orientation
 from .scores import BACKGROUND_BPD, VFLIP_BPD
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def vflip(images: np.ndarray) -> np.ndarray:
 
 def manifest_orientation(manifest: Manifest) -> bool:
     """Whether the bundle's calibration uses the flipped-image pass."""
-    return bool((manifest.calibration or {}).get("orientation", False))
+    return summary_orientation(manifest.calibration)
 
 
 def resolve_device(backend: str, device: str) -> str:

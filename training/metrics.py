@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.decision import flags
+
 
 def _clean(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
@@ -36,4 +38,5 @@ def fpr_at_tpr(in_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95)
 
 
 def flag_rate(p_values: np.ndarray, alpha: float) -> float:
-    return float(np.mean(np.asarray(p_values) <= alpha)) if len(p_values) else float("nan")
+    """Share flagged at ``alpha``, by the service's own comparison (:func:`service.decision.flags`)."""
+    return float(np.mean(flags(p_values, alpha))) if len(p_values) else float("nan")

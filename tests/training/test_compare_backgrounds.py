@@ -1,57 +1,8 @@
-"""The domain-free rule across calibrated bundles: the candidate with the best worst AUROC wins, ties look further."""
-
-from types import SimpleNamespace
+"""``python -m training.compare_backgrounds``: LABEL=BUNDLE candidates, two or more, distinct labels."""
 
 import pytest
 
-from training.build_background import rank_results
 from training.compare_backgrounds import main, parse_candidate
-
-SETS = ("constant", "vflip", "inverted")
-
-
-def result(aurocs: dict[str, dict[str, float]], meets: set[str] | None = None):
-    rows = [
-        {"score": score, "set": name, "kind": "ood", "auroc": value}
-        for score, by_set in aurocs.items()
-        for name, value in by_set.items()
-    ]
-    return SimpleNamespace(
-        rows=rows,
-        detector=SimpleNamespace(score_names=tuple(aurocs)),
-        meets_targets=set(aurocs) if meets is None else meets,
-    )
-
-
-def test_the_candidate_with_the_best_worst_auroc_wins():
-    a = result(
-        {
-            "combined": {"constant": 0.99, "vflip": 0.52, "inverted": 0.97},
-            "bpd": {"constant": 0.4, "vflip": 0.5, "inverted": 0.8},
-        }
-    )
-    b = result({"combined": {"constant": 0.98, "vflip": 0.60, "inverted": 0.95}})
-    ranked = rank_results({"v1": a, "v2": b}, SETS)
-    assert (ranked.label, ranked.best) == ("v2", "v2: combined")
-    assert "0.600 on vflip" in ranked.why
-
-
-def test_a_tie_on_the_worst_set_goes_to_the_next_worst():
-    a = result({"combined": {"constant": 0.99, "vflip": 0.526, "inverted": 0.90}})
-    b = result({"combined": {"constant": 0.99, "vflip": 0.520, "inverted": 0.97}})  # 0.006 apart: a tie
-    assert rank_results({"v1": a, "v2": b}, SETS).label == "v2"
-
-
-def test_a_score_that_misses_a_target_is_not_preferred():
-    a = result({"combined": {"constant": 0.99, "vflip": 0.9, "inverted": 0.9}}, meets=set())
-    b = result({"combined": {"constant": 0.99, "vflip": 0.6, "inverted": 0.9}})
-    assert rank_results({"v1": a, "v2": b}, SETS).label == "v2"
-
-
-def test_sets_outside_the_choice_are_not_looked_at():
-    a = result({"combined": {"constant": 0.99, "vflip": 0.8, "inverted": 0.9, "icons": 0.1}})
-    b = result({"combined": {"constant": 0.99, "vflip": 0.7, "inverted": 0.9, "icons": 0.99}})
-    assert rank_results({"v1": a, "v2": b}, SETS).label == "v1"
 
 
 def test_candidates_are_label_equals_bundle(tmp_path):

@@ -1,10 +1,13 @@
-"""What the sidecar (service/sidecar.py) does with a request before forwarding it, against an echo upstream.
+"""The sidecar (service/sidecar.py): which model gates the upstream, and what it does with a request.
 
-The upstream answers with exactly what it received, so each property is a value
-assertion: which images are found and scored, which verdict headers travel both
-ways, which paths are proxied at all. Policy here is ``annotate`` with a tiny
-calibrated flow. How the request travels and the answer comes back is
-``tests/sidecar/test_upstream.py``'s.
+Which model: named, defaulted, or the server does not start. What it does, against an
+echo upstream that answers with exactly what it received, so each property is a value
+assertion: which images are found and scored, which verdict headers travel both ways,
+which paths are proxied at all. Policy here is ``annotate`` with a tiny calibrated
+flow. How the request travels and the answer comes back is
+``tests/sidecar/test_upstream.py``'s; the security property (block mode fails closed)
+is ``test_fail_closed.py``'s and the end-to-end gate before the demo classifier
+``test_classifier_gate.py``'s.
 """
 
 from __future__ import annotations
@@ -13,9 +16,59 @@ import base64
 import json
 
 import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
+from service import cli
 from service.app import create_app
+from tests.conftest import RGB8
+from tests.service.serving import png as png_file
+from tests.service.serving import random_images
 from tests.sidecar.servers import LiveServer, headers_of, images, sidecar_settings
+
+
+def annotating(root, upstream: str = "http://127.0.0.1:9", **overrides):
+    """A sidecar in ``annotate`` mode (the tests below read the verdict, never a block)."""
+    return sidecar_settings(root, upstream, **{"sidecar_policy": "annotate", **overrides})
+
+
+def test_several_models_and_none_named_refuses_to_start(mixed_models_root, capsys):
+    with pytest.raises(ValueError) as refused:
+        create_app(annotating(mixed_models_root))
+    message = str(refused.value)
+    assert "OODGATE_SIDECAR_MODEL" in message and "gray8/1" in message and "rgb8/1" in message
+    with pytest.raises(ValueError, match="not loaded"):
+        create_app(annotating(mixed_models_root, sidecar_model="rgb8/9"))
+    # the CLI says so in one line and exits 2, no traceback
+    assert cli.main(["--models-root", str(mixed_models_root), "--upstream", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("oodgate-serve: sidecar mode with several models") and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("named", [{"sidecar_model": "rgb8"}, {"default_model": "rgb8/1"}])
+def test_the_named_model_scores_the_proxied_requests(mixed_models_root, named):
+    routes = [
+        Route("/predict", lambda r: Response(b"upstream answer"), methods=["POST"]),
+        Route("/health", lambda r: Response(b"ok")),
+    ]
+    upstream = LiveServer(Starlette(routes=routes)).start(health="/health", timeout=30)
+    try:
+        app = create_app(annotating(mixed_models_root, upstream=upstream.url, **named))
+        with LiveServer(app) as sidecar, httpx.Client(base_url=sidecar.url, timeout=30) as client:
+            image = random_images(1, seed=9, shape=RGB8)[0]
+            response = client.post("/predict", files=[("file", ("x.png", png_file(image), "image/png"))])
+            assert response.status_code == 200 and response.content == b"upstream answer"
+            # uncalibrated tiny bundle: scored by rgb8, no flag made up
+            assert response.headers["x-ood-model"] == "rgb8/1" and response.headers["x-ood"] == "unknown"
+            # the API keeps its own default rule: several models, no bundled default -> model_required
+            score = client.post("/score", files=[("files", ("x.png", png_file(image), "image/png"))])
+            expected = 200 if "default_model" in named else 400
+            assert score.status_code == expected, score.text
+    finally:
+        upstream.stop()
 
 
 def test_annotate_adds_the_verdict_both_ways(client):
