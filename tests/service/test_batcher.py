@@ -181,6 +181,31 @@ def test_past_the_deadline_images_leave_the_queue_unrun():
     worker.stop(5)
 
 
+def test_a_request_whose_client_left_leaves_the_queue_unrun():
+    runtime = FakeRuntime()
+    worker = make_batcher(runtime)
+    batcher = worker.batcher
+
+    async def scenario():
+        runtime.gate.clear()
+        running = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
+        await asyncio.to_thread(runtime.entered.wait, 10)
+        gone = asyncio.create_task(batcher.submit(images_with_means([2, 3, 4]), later()))
+        await wait_for(lambda: batcher.queued_images == 3)
+        gone.cancel()  # what the server does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher.queued_images == 0
+        runtime.gate.set()
+        first = await running
+        return first, await batcher.submit(images_with_means([9]), later())
+
+    first, last = asyncio.run(scenario())
+    assert first.result.outputs["bpd"].tolist() == [1] and last.result.outputs["bpd"].tolist() == [9]
+    assert runtime.batches == [1, 1]  # the 3 images of the request that left never ran
+    worker.stop(5)
+
+
 def test_reserved_places_count_against_the_bound_until_submitted_or_released():
     runtime = FakeRuntime()
     worker = make_batcher(runtime, max_queue_images=4)
