@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from benchmarks.loadgen import BODY_KINDS
 
+# what the page says of oodgate's threads when the run leaves each server its own default (--threads 0)
+OODGATE_THREADS = (
+    ", except that oodgate, left to its default, runs its graph on every core but one and leaves that core "
+    "to its event loop (`OODGATE_INTRA_OP_THREADS` 0); the in-process ceilings below are the best over every "
+    "thread count"
+)
+
 # ---- report -----------------------------------------------------------------------------------------
 
 
@@ -16,6 +23,18 @@ def fmt_run(r: dict) -> str:
 
 def per_round(meta: dict, key: str) -> str:
     return ", ".join(f"{c[key]:.0f}" for c in meta["ceiling_rounds"])
+
+
+def by_threads(meta: dict) -> str:
+    """Each ceiling at each intra-op thread count it was measured at (medians), when there were several."""
+    counts = sorted(int(k.split("_")[-1][:-1]) for k in meta["ceilings"] if k.startswith("oodgate_worker_"))
+    if len(counts) < 2:
+        return ""
+    parts = [
+        f"{label} " + ", ".join(f"{meta['ceilings'][f'{key}_{t}t']:.0f} on {t}" for t in counts)
+        for key, label in (("one_pass", "one pass"), ("oodgate_worker", "worker step"))
+    ]
+    return f" By intra-op threads (images/s on that many threads): {'; '.join(parts)}."
 
 
 def report(results: dict, meta: dict) -> str:
@@ -51,14 +70,15 @@ def report(results: dict, meta: dict) -> str:
         "",
         f"All three run ONNX Runtime {m.get('onnxruntime')} on `models/fashion-glow/1/model.onnx` with the same "
         f"session settings (intra-op threads {meta['threads'] or 'cores'}, inter-op 1, no spinning, all graph "
-        f"optimizations). Every server's `bpd` for the 1-image body matched in-process ONNX Runtime to "
+        f"optimizations){'' if meta['threads'] else OODGATE_THREADS}. Every server's `bpd` for the 1-image body "
+        f"matched in-process ONNX Runtime to "
         f"{meta['bpd_max_diff']:.1e}; oodgate's answers carried {', '.join(meta['oodgate_outputs'])}.",
         "",
         "In-process ceilings at batch 32 (best of three windows, measured at the start of every round, median "
         f"shown): one flow pass {meta['ceilings']['one_pass']:.0f} images/s (the most MLServer and naive could "
         f"reach; per round {per_round(meta, 'one_pass')}); oodgate's worker "
         f"step (two passes, every score and p-value) {meta['ceilings']['oodgate_worker']:.0f} images/s (the most "
-        f"oodgate can reach; per round {per_round(meta, 'oodgate_worker')}).",
+        f"oodgate can reach; per round {per_round(meta, 'oodgate_worker')}).{by_threads(meta)}",
         "",
         "Body kinds a server did not answer with 200 when probed: "
         + ("; ".join(f"{k}: {v}" for k, v in meta["unsupported"].items()) or "none")
