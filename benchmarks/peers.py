@@ -193,8 +193,9 @@ class Ceilings:
     so that a busy machine lowers the ceiling and the servers alike.
 
     With ``threads`` 0 each is measured at every intra-op thread count from 1 to the cores and the best
-    is the ceiling, whatever thread count a server picks for itself (oodgate leaves a core to its event
-    loop): a server is held to the most its graph work can do in-process."""
+    is the ceiling: a server is held to the most its graph work can do in-process, and the page shows
+    what each thread count gives (on a shared machine the second thread gains only while no other
+    work holds the other core)."""
 
     def __init__(self, onnx: Path, images: np.ndarray, threads: int) -> None:
         from service.artifact import load_manifest

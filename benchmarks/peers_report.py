@@ -4,13 +4,6 @@ from __future__ import annotations
 
 from benchmarks.loadgen import BODY_KINDS
 
-# what the page says of oodgate's threads when the run leaves each server its own default (--threads 0)
-OODGATE_THREADS = (
-    ", except that oodgate, left to its default, runs its graph on every core but one and leaves that core "
-    "to its event loop (`OODGATE_INTRA_OP_THREADS` 0); the in-process ceilings below are the best over every "
-    "thread count"
-)
-
 # ---- report -----------------------------------------------------------------------------------------
 
 
@@ -70,8 +63,7 @@ def report(results: dict, meta: dict) -> str:
         "",
         f"All three run ONNX Runtime {m.get('onnxruntime')} on `models/fashion-glow/1/model.onnx` with the same "
         f"session settings (intra-op threads {meta['threads'] or 'cores'}, inter-op 1, no spinning, all graph "
-        f"optimizations){'' if meta['threads'] else OODGATE_THREADS}. Every server's `bpd` for the 1-image body "
-        f"matched in-process ONNX Runtime to "
+        f"optimizations). Every server's `bpd` for the 1-image body matched in-process ONNX Runtime to "
         f"{meta['bpd_max_diff']:.1e}; oodgate's answers carried {', '.join(meta['oodgate_outputs'])}.",
         "",
         "In-process ceilings at batch 32 (best of three windows, measured at the start of every round, median "
