@@ -160,7 +160,21 @@ def test_a_full_queue_refuses_at_once():
     worker.stop(5)
 
 
-def test_past_the_deadline_images_leave_the_queue_unrun():
+async def leave_by_deadline(batcher) -> None:
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(images_with_means([2, 3, 4]), time.monotonic() + 0.05)
+
+
+async def leave_by_disconnect(batcher) -> None:
+    gone = asyncio.create_task(batcher.submit(images_with_means([2, 3, 4]), later()))
+    await wait_for(lambda: batcher.queued_images == 3)
+    gone.cancel()  # what the server does when the client disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+
+
+@pytest.mark.parametrize("leave", [leave_by_deadline, leave_by_disconnect], ids=["deadline", "client_gone"])
+def test_a_request_that_leaves_takes_its_images_out_of_the_queue_unrun(leave):
     runtime = FakeRuntime()
     worker = make_batcher(runtime)
     batcher = worker.batcher
@@ -169,32 +183,7 @@ def test_past_the_deadline_images_leave_the_queue_unrun():
         runtime.gate.clear()
         running = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
         await asyncio.to_thread(runtime.entered.wait, 10)
-        with pytest.raises(DeadlineExceeded):
-            await batcher.submit(images_with_means([2, 3, 4, 5, 6]), time.monotonic() + 0.05)
-        assert batcher.queued_images == 0
-        runtime.gate.set()
-        await running
-        return await batcher.submit(images_with_means([9]), later())
-
-    last = asyncio.run(scenario())
-    assert runtime.batches == [1, 1] and last.result.outputs["bpd"].tolist() == [9]  # the 5 expired images never ran
-    worker.stop(5)
-
-
-def test_a_request_whose_client_left_leaves_the_queue_unrun():
-    runtime = FakeRuntime()
-    worker = make_batcher(runtime)
-    batcher = worker.batcher
-
-    async def scenario():
-        runtime.gate.clear()
-        running = asyncio.create_task(batcher.submit(images_with_means([1]), later()))
-        await asyncio.to_thread(runtime.entered.wait, 10)
-        gone = asyncio.create_task(batcher.submit(images_with_means([2, 3, 4]), later()))
-        await wait_for(lambda: batcher.queued_images == 3)
-        gone.cancel()  # what the server does when the client disconnects
-        with pytest.raises(asyncio.CancelledError):
-            await gone
+        await leave(batcher)  # queued behind the busy worker, then gone
         assert batcher.queued_images == 0
         runtime.gate.set()
         first = await running
