@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: help setup serve test lint system-deps train-default export-default
+.PHONY: help setup serve test lint system-deps train-default export-default colour-data
 
 help:
 	@echo "make serve          set up .venv and serve every bundle in models/ (OODGATE_* settings apply)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint           ruff"
 	@echo "make train-default  retrain models/fashion-glow/1: configs/fashion-glow.yaml, then fashion-glow-upright.yaml (CPU: ~1.3 h)"
 	@echo "make export-default export runs/fashion-glow-upright/best.pt to models/fashion-glow/1"
+	@echo "make colour-data    the Debian packages (as root) and data/ that clipart-glow's build, report and background read"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,3 +57,17 @@ train-default: $(STAMP)
 
 export-default: $(STAMP)
 	$(VENV)/bin/oodgate-export runs/fashion-glow-upright/best.pt --force
+
+# clipart-glow's data: the clip-art split, the colour OOD sets and the general mixes
+# (models/clipart-glow/README.md, docs/colour-ood-sets.md). The package list comes
+# from the sources themselves (python -m training.image_debs).
+colour-data: $(STAMP)
+	@debs="$$($(PY) -m training.image_debs)"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$debs >/dev/null 2>&1 || \
+	  (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$debs >/dev/null); \
+	else echo "as root: apt-get install -y $$debs"; fi
+	test -f data/clipart32/test.npz || $(PY) -m training.prepare_clipart data/clipart32
+	$(PY) -m training.colour_sets data/colour-ood
+	$(PY) -m training.general_images data/general/general32-v2.npz
+	$(PY) -m training.general_images data/general/general28-gray-v2.npz --size 28 --channels 1

@@ -81,6 +81,9 @@ class IconFiles:
     def origins(self) -> frozenset[str]:
         return frozenset(str(root.resolve()) for root in self.roots)
 
+    def debs(self) -> frozenset[str]:
+        return frozenset({self.package, "librsvg2-bin"} if self.suffix == ".svg" else {self.package})
+
     def files(self) -> list[Path]:
         found: list[Path] = []
         for root in self.roots:
@@ -207,6 +210,9 @@ class EmojiGlyphs:
     def origins(self) -> frozenset[str]:
         return frozenset(f"U+{cp:04X}" for cp in self.codepoints())
 
+    def debs(self) -> frozenset[str]:
+        return frozenset(p for p in (self.package, self.also_in_package) if p)
+
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         font = ImageFont.truetype(str(self.font), self.pixels)
         codepoints = self.codepoints()
@@ -231,6 +237,7 @@ class PhotoCrops:
     photos: tuple[Path, ...]
     packages: tuple[str, ...]  # per photo, the package that ships it (for the error when it is missing)
     gray: bool = False  # colour photos made gray (Pillow's luma), repeated to RGB
+    deb: str = ""  # the Debian package that ships the photos, if one does (else they come from pip)
 
     def missing(self) -> list[str]:
         return [
@@ -241,6 +248,9 @@ class PhotoCrops:
 
     def origins(self) -> frozenset[str]:
         return frozenset(str(photo.resolve()) for photo in self.photos)
+
+    def debs(self) -> frozenset[str]:
+        return frozenset({self.deb} if self.deb else set())
 
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         opened = [open_trusted(photo) for photo in self.photos]
@@ -282,6 +292,9 @@ class ClipartTransform:
 
     def origins(self) -> frozenset[str]:
         return frozenset()
+
+    def debs(self) -> frozenset[str]:
+        return frozenset({"openclipart-png"})  # the test split is cut from it (training.prepare_clipart)
 
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         with np.load(self.test_npz) as data:
@@ -327,6 +340,9 @@ class FontGlyphs:
     def origins(self) -> frozenset[str]:
         return frozenset({str(self.font.resolve())})
 
+    def debs(self) -> frozenset[str]:
+        return frozenset({self.package})
+
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         font = ImageFont.truetype(str(self.font), self.pixels)
         codepoints = self.codepoints()
@@ -357,6 +373,9 @@ class BothPolarities:
 
     def origins(self) -> frozenset[str]:
         return self.source.origins()
+
+    def debs(self) -> frozenset[str]:
+        return self.source.debs()
 
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         images, sources = self.source.build(size, n, rng)
