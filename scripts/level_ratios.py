@@ -41,7 +41,7 @@ def level_scores(model: np.ndarray, general: np.ndarray) -> dict[str, np.ndarray
     levels = ratio.shape[1]
     out = {"all levels": ratio.sum(1)}
     out.update({f"level {k}": ratio[:, k] for k in range(levels)})
-    out.update({f"levels >= {k}": ratio[:, k:].sum(1) for k in range(1, levels)})
+    out.update({f"levels >= {k}": ratio[:, k:].sum(1) for k in range(1, levels - 1)})  # the last is "level L-1"
     return out
 
 

@@ -50,7 +50,6 @@ from training.image_sources import (
     MissingSource,
     PhotoCrops,
     Source,
-    apt_hint,
     pip_hint,
     python_data_dir,
 )
@@ -287,7 +286,7 @@ def final_sets() -> list[SetSpec]:
             FINAL,
             f"random square crops of colour photos: {', '.join(p.stem for p in photos)} (MATE's nature backgrounds)",
             "mate-backgrounds",
-            PhotoCrops(photos, (apt_hint("mate-backgrounds"),) * len(photos), deb="mate-backgrounds"),
+            PhotoCrops(photos, deb="mate-backgrounds"),
         ),
         SetSpec(
             "gray-photos-final",
@@ -295,7 +294,7 @@ def final_sets() -> list[SetSpec]:
             FINAL,
             f"random square crops of photos made gray (repeated to RGB): {', '.join(p.stem for p in gray)}",
             "mate-backgrounds",
-            PhotoCrops(gray, (apt_hint("mate-backgrounds"),) * len(gray), gray=True, deb="mate-backgrounds"),
+            PhotoCrops(gray, gray=True, deb="mate-backgrounds"),
         ),
     ]
 

@@ -119,16 +119,19 @@ def tune_sources() -> list[GeneralSource]:
 
 def check_no_heldout_source(mix: list[GeneralSource]) -> None:
     """Refuse a mix that shares an icon folder, font, photo file or emoji codepoint with an unseen OOD set."""
-    held = [spec for spec in default_sets() if spec.group in UNSEEN and not spec.source.missing()]
+    held = [  # each unseen set's origins read once (a font's codepoints mean opening the font)
+        (spec.name, spec.source.origins())
+        for spec in default_sets()
+        if spec.group in UNSEEN and not spec.source.missing()
+    ]
     for part in mix:
         if part.source.missing():  # not on this machine: it cannot be built, nor share anything
             continue
         origins = part.source.origins()
-        for spec in held:
-            theirs = spec.source.origins()
+        for name, theirs in held:
             shared = {o for o in origins for t in theirs if o == t or o.startswith(t + "/") or t.startswith(o + "/")}
             if shared:
-                raise ValueError(f"{part.name} shares {sorted(shared)[:3]} with held-out set {spec.name}")
+                raise ValueError(f"{part.name} shares {sorted(shared)[:3]} with held-out set {name}")
 
 
 def to_gray(images: np.ndarray) -> np.ndarray:

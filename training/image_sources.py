@@ -150,13 +150,36 @@ def emoji_half(codepoint: int) -> int:
     return hashlib.sha256(f"U+{codepoint:04X}".encode()).digest()[0] % 2
 
 
-def font_codepoints(font: Path) -> list[int]:
-    """The single codepoints a font maps that are pictographic symbols (category ``So``)."""
+def font_codepoints(font: Path, category: str = EMOJI_CATEGORY) -> list[int]:
+    """The single codepoints a font maps in one Unicode category (default ``So``, the pictographs)."""
     from fontTools.ttLib import TTFont
 
     with TTFont(font, lazy=True) as ttf:
         cmap = ttf.getBestCmap()
-    return sorted(cp for cp in cmap if unicodedata.category(chr(cp)) == EMOJI_CATEGORY)
+    return sorted(cp for cp in cmap if unicodedata.category(chr(cp)) == category)
+
+
+def font_missing(font: Path, package: str) -> list[str]:
+    """What to install before glyphs of ``font`` can be listed: the font's package, and fontTools."""
+    gone = [] if font.is_file() else [apt_hint(package) + f": {font} not found"]
+    if importlib.util.find_spec("fontTools") is None:
+        gone.append(pip_hint("fontTools", "fonttools"))
+    return gone
+
+
+def glyph_images(
+    font_path: Path, pixels: int, codepoints: list[int], colour: bool, size: int, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    """At most ``n`` of the codepoints, in a seeded order, each rendered alone and prepared like the clip art."""
+    font = ImageFont.truetype(str(font_path), pixels)
+    order = rng.permutation(len(codepoints))
+
+    def prepared(cp: int):
+        glyph = render_glyph(font, cp, pixels, colour)
+        return None if glyph is None else square_on_white(glyph, size)
+
+    items = ((f"{font_path}#U+{codepoints[i]:04X}", lambda cp=codepoints[i]: prepared(cp)) for i in order)
+    return take_unique(items, n, size)
 
 
 def render_glyph(font: ImageFont.FreeTypeFont, codepoint: int, pixels: int, colour: bool) -> Image.Image | None:
@@ -193,11 +216,9 @@ class EmojiGlyphs:
     also_in_package: str = ""
 
     def missing(self) -> list[str]:
-        gone = [] if self.font.is_file() else [apt_hint(self.package) + f": {self.font} not found"]
+        gone = font_missing(self.font, self.package)
         if self.also_in is not None and not self.also_in.is_file():
-            gone.append(apt_hint(self.also_in_package) + f": {self.also_in} not found")
-        if importlib.util.find_spec("fontTools") is None:
-            gone.append(pip_hint("fontTools", "fonttools"))
+            gone.append(apt_hint(self.also_in_package) + f": {self.also_in} not found")  # callers sort the lines
         return gone
 
     def codepoints(self) -> list[int]:
@@ -214,16 +235,7 @@ class EmojiGlyphs:
         return frozenset(p for p in (self.package, self.also_in_package) if p)
 
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-        font = ImageFont.truetype(str(self.font), self.pixels)
-        codepoints = self.codepoints()
-        order = rng.permutation(len(codepoints))
-
-        def prepared(cp: int):
-            glyph = render_glyph(font, cp, self.pixels, self.colour)
-            return None if glyph is None else square_on_white(glyph, size)
-
-        items = ((f"{self.font}#U+{codepoints[i]:04X}", lambda cp=codepoints[i]: prepared(cp)) for i in order)
-        return take_unique(items, n, size)
+        return glyph_images(self.font, self.pixels, self.codepoints(), self.colour, size, n, rng)
 
 
 @dataclass(frozen=True)
@@ -235,15 +247,14 @@ class PhotoCrops:
     """
 
     photos: tuple[Path, ...]
-    packages: tuple[str, ...]  # per photo, the package that ships it (for the error when it is missing)
+    packages: tuple[str, ...] = ()  # per photo, how to install it (pip wheels' photos); unused with ``deb``
     gray: bool = False  # colour photos made gray (Pillow's luma), repeated to RGB
-    deb: str = ""  # the Debian package that ships the photos, if one does (else they come from pip)
+    deb: str = ""  # the Debian package that ships every photo, if one does
 
     def missing(self) -> list[str]:
+        hints = (apt_hint(self.deb),) * len(self.photos) if self.deb else self.packages
         return [
-            f"{package}: {photo} not found"
-            for photo, package in zip(self.photos, self.packages, strict=True)
-            if not photo.is_file()
+            f"{hint}: {photo} not found" for photo, hint in zip(self.photos, hints, strict=True) if not photo.is_file()
         ]
 
     def origins(self) -> frozenset[str]:
@@ -325,17 +336,10 @@ class FontGlyphs:
     pixels: int = 109  # the emoji sets' render size, so glyphs are as finely drawn
 
     def missing(self) -> list[str]:
-        gone = [] if self.font.is_file() else [apt_hint(self.package) + f": {self.font} not found"]
-        if importlib.util.find_spec("fontTools") is None:
-            gone.append(pip_hint("fontTools", "fonttools"))
-        return gone
+        return font_missing(self.font, self.package)
 
     def codepoints(self) -> list[int]:
-        from fontTools.ttLib import TTFont
-
-        with TTFont(self.font, lazy=True) as ttf:
-            cmap = ttf.getBestCmap()
-        return sorted(cp for cp in cmap if unicodedata.category(chr(cp)) == PRIVATE_USE_CATEGORY)
+        return font_codepoints(self.font, PRIVATE_USE_CATEGORY)
 
     def origins(self) -> frozenset[str]:
         return frozenset({str(self.font.resolve())})
@@ -344,16 +348,7 @@ class FontGlyphs:
         return frozenset({self.package})
 
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-        font = ImageFont.truetype(str(self.font), self.pixels)
-        codepoints = self.codepoints()
-        order = rng.permutation(len(codepoints))
-
-        def prepared(cp: int):
-            glyph = render_glyph(font, cp, self.pixels, colour=False)
-            return None if glyph is None else square_on_white(glyph, size)
-
-        items = ((f"{self.font}#U+{codepoints[i]:04X}", lambda cp=codepoints[i]: prepared(cp)) for i in order)
-        return take_unique(items, n, size)
+        return glyph_images(self.font, self.pixels, self.codepoints(), False, size, n, rng)
 
 
 @dataclass(frozen=True)
