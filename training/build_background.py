@@ -156,6 +156,14 @@ class Ranking:
     why: str
 
 
+def domain_free_options(test: str | None, threads: int, progress: bool):
+    """What a background choice may look at: the domain-free synthetic sets and the in-distribution test set."""
+    from training.evaluate import EvalOptions
+    from training.ood_sets import DOMAIN_FREE_OOD
+
+    return EvalOptions(in_dist=test, sets=DOMAIN_FREE_OOD, threads=threads, progress=progress)
+
+
 def rank_calibrations(candidates: dict[str, Path], options) -> Ranking:
     """The report's own rule (:func:`training.targets.recommend`) over the scores of several calibrated bundles.
 
@@ -203,15 +211,13 @@ def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, thre
     """
     from service.artifact import load_manifest
     from service.runtimes import manifest_orientation
-    from training.evaluate import EvalOptions
-    from training.ood_sets import DOMAIN_FREE_OOD
 
     said = recorded_choice(checkpoint)
     if said is not None:
         log(f"background: {said}, as chosen earlier ({checkpoint.parent / CHOICE_FILE})")
         return said == WITH
     orientation = manifest_orientation(load_manifest(bundle_dir))
-    options = EvalOptions(in_dist=test, sets=DOMAIN_FREE_OOD, threads=threads, progress=progress)
+    options = domain_free_options(test, threads, progress)
     with tempfile.TemporaryDirectory(dir=bundle_dir.parent) as scratch:
         plain = Path(scratch) / bundle_dir.name
         shutil.copytree(bundle_dir, plain)

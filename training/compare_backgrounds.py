@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.build_background import rank_results
+from training.build_background import domain_free_options, rank_results
 
 
 def parse_candidate(text: str) -> tuple[str, Path]:
@@ -31,15 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = [label for label, _ in args.candidates]
     if len(args.candidates) < 2 or len(set(labels)) != len(labels):
         parser.error("give two or more candidates with distinct labels")
-    from training.evaluate import EvalOptions, evaluate
-    from training.ood_sets import DOMAIN_FREE_OOD
+    from training.evaluate import evaluate
 
-    options = EvalOptions(in_dist=args.in_dist, sets=DOMAIN_FREE_OOD, threads=args.threads, progress=False)
+    options = domain_free_options(args.in_dist, args.threads, progress=False)
     results = {label: evaluate(path, options) for label, path in args.candidates}
     for label, result in results.items():
-        alone = rank_results({label: result}, DOMAIN_FREE_OOD)
+        alone = rank_results({label: result}, options.sets)
         print(f"{label}: {alone.why}")
-    ranked = rank_results(results, DOMAIN_FREE_OOD)
+    ranked = rank_results(results, options.sets)
     print(f"preferred: {ranked.label} ({ranked.why})")
     return 0
 
