@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import conformal
-from .artifact import LEVEL_OUTPUTS, SCALAR_OUTPUTS  # noqa: F401 - the response renderers read them here
 from .batch_result import BatchResult
 from .batch_run import BatchOutput
 from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation

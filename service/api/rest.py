@@ -26,7 +26,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
-from ..dataplane import LEVEL_OUTPUTS, SCALAR_OUTPUTS, DataPlane, Scored, finite
+from ..artifact import LEVEL_OUTPUTS, SCALAR_OUTPUTS
+from ..dataplane import DataPlane, Scored, finite
 from ..errors import ServiceError, bad_request
 from ..extract import form_images, json_images, multipart_part_count, npy_array
 from ..params import from_query
