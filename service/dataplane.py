@@ -31,7 +31,7 @@ import numpy as np
 from . import conformal
 from .batch_result import BatchResult
 from .batch_run import BatchOutput
-from .batcher import DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
+from .batcher import BatcherError, DeadlineExceeded, Draining, NotReady, QueueFull, Reservation
 from .decision import Decision, flag_decisions
 from .decode import decode_images, tensor_to_images
 from .drift import DriftTracker
@@ -44,6 +44,9 @@ from .request_context import RequestTracker
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# the error code (and metrics reason) of each batcher refusal answered 503 + Retry-After
+REFUSAL_CODES = {QueueFull: "queue_full", Draining: "draining", NotReady: "not_ready"}
 
 
 @dataclass
@@ -223,21 +226,26 @@ class DataPlane:
 
     def reserve(self, entry: ModelEntry, count: int) -> Reservation:
         """The request's places in the model's queue, held while its images decode (503 at once if full)."""
-        with self._queue_full_is_503():
+        with self._refusals_as_http():
             return entry.batcher.reserve(count)
 
     def check_room(self, entry: ModelEntry, count: int = 1) -> None:
         """503 at once, before the body is read or parsed, when ``count`` images would not fit the queue."""
-        with self._queue_full_is_503():
+        with self._refusals_as_http():
             entry.batcher.check_room(count)
 
     @contextmanager
-    def _queue_full_is_503(self):
+    def _refusals_as_http(self):
+        """The batcher's refusals as their HTTP errors: 503 + Retry-After (queue full, draining, not
+        ready), 504 past the deadline; the one place these are mapped."""
         try:
             yield
-        except QueueFull as exc:
+        except DeadlineExceeded as exc:
+            raise ServiceError(504, "deadline_exceeded", str(exc)) from None
+        except BatcherError as exc:
+            code = REFUSAL_CODES[type(exc)]
             retry = {"Retry-After": str(self.settings.retry_after_s)}
-            raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
+            raise ServiceError(503, code, str(exc), headers=retry, reason=code) from None
 
     async def _score(
         self,
@@ -251,17 +259,8 @@ class DataPlane:
         # admitted already: a request accepted before a drain began runs to its end
         if time.monotonic() >= deadline:
             raise ServiceError(504, "deadline_exceeded", "the deadline passed before the images were queued")
-        retry = {"Retry-After": str(self.settings.retry_after_s)}
-        try:
+        with self._refusals_as_http():
             out = await entry.batcher.submit(images, deadline, places)
-        except QueueFull as exc:
-            raise ServiceError(503, "queue_full", str(exc), headers=retry, reason="queue_full") from None
-        except Draining as exc:
-            raise ServiceError(503, "draining", str(exc), headers=retry, reason="draining") from None
-        except NotReady as exc:
-            raise ServiceError(503, "not_ready", str(exc), headers=retry, reason="not_ready") from None
-        except DeadlineExceeded as exc:
-            raise ServiceError(504, "deadline_exceeded", str(exc)) from None
         decisions, cutoff = self._decisions(entry, out, len(images), score, rule)
         result = out.result or BatchResult.unscored(len(images), entry.manifest.levels)
         self._count(entry, decisions, score)
