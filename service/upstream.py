@@ -42,9 +42,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# recomputed for the new message, or set by our own server
+# recomputed for the new message (``x-forwarded-for`` gets the client appended), or set by our own server
 # (``expect``: the body is already read here, a 100-continue handshake upstream would only stall)
-REQUEST_DROP = frozenset({"host", "content-length", "expect"})
+REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-forwarded-for"})
 RESPONSE_DROP = frozenset({"content-length", "date", "server"})
 
 
@@ -107,7 +107,6 @@ class Upstream:
         headers = [(k, v) for k, v in raw if k.lower().decode("latin-1") not in drop and not is_ood_header(k)]
         client = request.client.host if request.client else ""
         previous = request.headers.get("x-forwarded-for")
-        headers = [(k, v) for k, v in headers if k.lower() not in (b"x-forwarded-for",)]
         headers.append((b"x-forwarded-for", (f"{previous}, {client}" if previous else client).encode("latin-1")))
         if "x-forwarded-proto" not in request.headers:
             headers.append((b"x-forwarded-proto", request.url.scheme.encode()))
