@@ -55,6 +55,7 @@ class RequestTracker:
         self.metrics = metrics
         self._inflight = 0
         self._children: dict[tuple, tuple] = {}
+        self._gauges: dict[str, object] = {}  # endpoint -> its in-flight gauge child (labels() locks per call)
 
     @property
     def inflight(self) -> int:
@@ -67,7 +68,9 @@ class RequestTracker:
         began = time.perf_counter()
         context = RequestContext(endpoint)
         scope[SCOPE_KEY] = context
-        gauge = self.metrics.inflight.labels(endpoint)
+        gauge = self._gauges.get(endpoint)
+        if gauge is None:
+            gauge = self._gauges[endpoint] = self.metrics.inflight.labels(endpoint)
         self._inflight += 1
         gauge.inc()
         try:
