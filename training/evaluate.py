@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError
-from service.calibration_file import load_detector, save_calibration
+from service.calibration_file import save_calibration
 from training.data import DatasetError, recorded_test_split
 from training.evaluation import ALPHAS, IN_DISTRIBUTION, Evaluation, metric_rows, score_set
 from training.ood_sets import (
@@ -49,7 +49,7 @@ from training.ood_sets import (
     read_images,
 )
 from training.report import write_report
-from training.scoring import BATCH_SIZE, Bundle, open_bundle, run_statistics
+from training.scoring import BATCH_SIZE, Bundle, open_calibrated_bundle, run_statistics
 from training.targets import recommend, target_checks
 
 EAGER_CHECK_IMAGES = 32  # the in-distribution images an eager flow is compared with the graph on
@@ -173,10 +173,7 @@ def evaluate(bundle_dir: str | Path, options: EvalOptions, command: str = "") ->
     started = time.monotonic()
     check_set_names(options)
     progress = options.progress
-    bundle = open_bundle(bundle_dir, threads=options.threads)
-    detector = load_detector(bundle.manifest, bundle.directory)
-    if not detector.fitted:
-        raise ArtifactError(f"{bundle_dir} carries no calibration: run oodgate-calibrate {bundle_dir} first")
+    bundle, detector = open_calibrated_bundle(bundle_dir, threads=options.threads)
     shape = tuple(bundle.manifest.input.shape)
     in_images, in_description = in_distribution_images(bundle, options.in_dist)
     if options.limit:
