@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from sklearn.metrics import roc_auc_score
 
 from service.artifact import BACKGROUND_ONNX_KEY, LEVEL_OUTPUTS, ONNX_KEY, load_manifest
+from training.metrics import auroc
 
 BATCH = 128
 
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---:|" * len(reference))
     for name, images in sets.items():
         scores = level_scores(*(level_log_p(s, images) for s in sessions))
-        labels = np.r_[np.zeros(len(inside)), np.ones(len(images))]
-        cells = [f"{roc_auc_score(labels, np.r_[reference[k], scores[k]]):.3f}" for k in reference]
+        cells = [f"{auroc(reference[k], scores[k]):.3f}" for k in reference]
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
