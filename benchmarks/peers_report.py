@@ -30,6 +30,11 @@ def by_threads(meta: dict) -> str:
     return f" By intra-op threads (images/s on that many threads): {'; '.join(parts)}."
 
 
+def measured_at(results: dict, point: str) -> list[dict]:
+    """Each server's (and body kind's) run at ``point``, in the order they ran; those not run there left out."""
+    return [r[point] for r in results.values() if r.get(point) is not None]
+
+
 def report(results: dict, meta: dict) -> str:
     m = meta["machine"]
     lines = [
@@ -82,10 +87,7 @@ def report(results: dict, meta: dict) -> str:
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for n, c in meta["points"]:
-        for r in results.values():
-            point = r.get(f"closed/{n}x{c}")
-            if point is not None:
-                lines.append(f"| {n} | {c} | {point['label']} | {fmt_run(point)} |")
+        lines += [f"| {n} | {c} | {p['label']} | {fmt_run(p)} |" for p in measured_at(results, f"closed/{n}x{c}")]
     lines += [
         "",
         "## Open loop (fixed arrival rate)",
@@ -95,10 +97,10 @@ def report(results: dict, meta: dict) -> str:
         "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for n, rate in meta["open"]:
-        for r in results.values():
-            point = r.get(f"open/{n}x{rate:g}")
-            if point is not None:
-                lines.append(f"| {n} | {rate:g} | {n * rate:.0f} | {point['label']} | {fmt_run(point)} |")
+        lines += [
+            f"| {n} | {rate:g} | {n * rate:.0f} | {p['label']} | {fmt_run(p)} |"
+            for p in measured_at(results, f"open/{n}x{rate:g}")
+        ]
     lines += ["", "## oodgate / MLServer (v2 JSON, closed loop)", ""]
     for n, c in meta["points"]:
         o, ml = (
