@@ -8,12 +8,17 @@ from training.ood_sets import DOMAIN_FREE_OOD
 from training.targets import recommend, target_checks
 
 
+def ood(set_name: str, score: str, auroc: float) -> dict:
+    """One OOD set's metric row, as :func:`training.evaluation.metric_rows` writes it (the columns recommend reads)."""
+    return {"set": set_name, "kind": "ood", "score": score, "auroc": auroc}
+
+
 def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
     rows = [
-        {"set": "mnist", "kind": "ood", "score": "complexity", "auroc": 0.999},
-        {"set": "photos", "kind": "ood", "score": "complexity", "auroc": 0.10},
-        {"set": "mnist", "kind": "ood", "score": "dose", "auroc": 0.95},
-        {"set": "photos", "kind": "ood", "score": "dose", "auroc": 0.90},
+        ood("mnist", "complexity", 0.999),
+        ood("photos", "complexity", 0.10),
+        ood("mnist", "dose", 0.95),
+        ood("photos", "dose", 0.90),
         {"set": "shift1", "kind": "invariant", "score": "dose", "auroc": 0.01},  # not an OOD set: ignored
     ]
     best, worst = recommend(rows, ("complexity", "dose"))
@@ -22,10 +27,10 @@ def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
 
 def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
     rows = [
-        {"set": "vflip", "kind": "ood", "score": "dose", "auroc": 0.691},
-        {"set": "digits", "kind": "ood", "score": "dose", "auroc": 0.693},
-        {"set": "vflip", "kind": "ood", "score": "combined", "auroc": 0.682},
-        {"set": "digits", "kind": "ood", "score": "combined", "auroc": 0.876},
+        ood("vflip", "dose", 0.691),
+        ood("digits", "dose", 0.693),
+        ood("vflip", "combined", 0.682),
+        ood("digits", "combined", 0.876),
     ]
     assert recommend(rows, ("dose", "combined"))[0] == "combined"
     assert recommend(rows, ("dose", "combined"), tie=0.0)[0] == "dose"  # the strict rule
@@ -33,10 +38,10 @@ def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
 
 def test_scores_tied_on_every_set_go_to_the_mean_auroc():
     rows = [
-        {"set": "constant", "kind": "ood", "score": "dose", "auroc": 1.0},
-        {"set": "noise", "kind": "ood", "score": "dose", "auroc": 0.995},
-        {"set": "constant", "kind": "ood", "score": "combined", "auroc": 1.0},
-        {"set": "noise", "kind": "ood", "score": "combined", "auroc": 0.999},
+        ood("constant", "dose", 1.0),
+        ood("noise", "dose", 0.995),
+        ood("constant", "combined", 1.0),
+        ood("noise", "combined", 0.999),
     ]
     assert recommend(rows, ("dose", "combined"))[0] == "combined"
     assert recommend(rows[:1] + rows[2:3], ("dose", "combined"))[0] in ("dose", "combined")  # exact tie
@@ -44,10 +49,10 @@ def test_scores_tied_on_every_set_go_to_the_mean_auroc():
 
 def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_them_all():
     rows = [
-        {"set": "latent_zeroed", "kind": "ood", "score": "dose", "auroc": 0.93},
-        {"set": "vflip", "kind": "ood", "score": "dose", "auroc": 0.99},
-        {"set": "latent_zeroed", "kind": "ood", "score": "combined", "auroc": 0.90},
-        {"set": "vflip", "kind": "ood", "score": "combined", "auroc": 0.998},
+        ood("latent_zeroed", "dose", 0.93),
+        ood("vflip", "dose", 0.99),
+        ood("latent_zeroed", "combined", 0.90),
+        ood("vflip", "combined", 0.998),
     ]
     assert recommend(rows, ("dose", "combined"))[0] == "dose"
     best, worst = recommend(rows, ("dose", "combined"), eligible={"combined"})
@@ -57,10 +62,10 @@ def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_the
 
 def test_the_choice_sees_only_the_domain_free_sets():
     rows = [
-        {"set": "constant", "kind": "ood", "score": "dose", "auroc": 0.97},
-        {"set": "constant", "kind": "ood", "score": "bpd", "auroc": 0.90},
-        {"set": "mine", "kind": "ood", "score": "dose", "auroc": 0.20},  # a user's set: dose fails it
-        {"set": "mine", "kind": "ood", "score": "bpd", "auroc": 0.99},
+        ood("constant", "dose", 0.97),
+        ood("constant", "bpd", 0.90),
+        ood("mine", "dose", 0.20),  # a user's set: dose fails it
+        ood("mine", "bpd", 0.99),
     ]
     assert recommend(rows, ("dose", "bpd"))[0] == "bpd"  # unrestricted, the user's set would decide
     best, worst = recommend(rows, ("dose", "bpd"), choice_sets=DOMAIN_FREE_OOD)
