@@ -9,26 +9,13 @@ windows (the machine may be shared: the best window is the least disturbed).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.harness import best_rate
 from service.artifact import INPUT_NAME, ONNX_FILE, load_manifest
-
-
-def best_rate(work, batch: int, windows: int, seconds: float) -> float:
-    """Images/s of ``work()`` (one batch of ``batch`` images), best of ``windows`` windows of ``seconds``."""
-    work()  # the first call pays one-off costs (allocation, kernel selection)
-    best = 0.0
-    for _ in range(windows):
-        started, count = time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            work()
-            count += batch
-        best = max(best, count / (time.perf_counter() - started))
-    return best
 
 
 def graph_images_per_second(bundle: Path, batch: int, threads: int, windows: int, seconds: float) -> float:

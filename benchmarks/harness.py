@@ -118,6 +118,19 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return delta[7] / total if total else 0.0
 
 
+def best_rate(work, batch: int, windows: int, seconds: float) -> float:
+    """Images/s of ``work()`` (one batch of ``batch`` images), best of ``windows`` windows of ``seconds``."""
+    work()  # the first call pays one-off costs (allocation, kernel selection)
+    best = 0.0
+    for _ in range(windows):
+        started, count = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            work()
+            count += batch
+        best = max(best, count / (time.perf_counter() - started))
+    return best
+
+
 def test_images(n: int, shape, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c, h, w = shape

@@ -45,6 +45,7 @@ import numpy as np
 
 from benchmarks.harness import (
     REPO,
+    best_rate,
     command_line,
     free_port,
     launch,
@@ -215,15 +216,8 @@ class Ceilings:
         self.postprocess(runtime.run(self.batch), self.batch)
 
     def _best(self, fn, seconds: float) -> float:
-        fn()
-        rates = []
-        for _ in range(3):
-            start, count = time.perf_counter(), 0
-            while time.perf_counter() - start < seconds / 3:
-                fn()
-                count += len(self.batch)
-            rates.append(count / (time.perf_counter() - start))
-        return max(rates)
+        """Best of three windows of ``seconds / 3``: noise only lowers a ceiling."""
+        return best_rate(fn, len(self.batch), 3, seconds / 3)
 
     def measure(self, seconds: float) -> dict[str, float]:
         """The best over thread counts of each, plus each count's own figure (``oodgate_worker_2t``...)."""

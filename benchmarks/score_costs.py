@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.graph_bench import best_rate
+from benchmarks.harness import best_rate
 from service.artifact import load_manifest
 from service.complexity import complexity_bits
 from service.runtimes import build_runtime

@@ -35,7 +35,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -44,6 +43,7 @@ import numpy as np
 from benchmarks.harness import (
     MALLOC_ENV,
     REPO,
+    best_rate,
     command_line,
     free_port,
     machine,
@@ -65,16 +65,9 @@ def model_ceiling(bundle: Path, backend: str, device: str, threads: int, batch: 
     manifest = load_manifest(bundle)
     runtime = load_runtime(manifest, bundle, backend, device, threads)
     images = test_images(batch, manifest.input.shape, seed=1)
-    for _ in range(3):
+    for _ in range(2):
         runtime.run(images)
-    best = 0.0
-    for _ in range(3):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
-            runtime.run(images)
-            done += batch
-        best = max(best, done / (time.perf_counter() - start))
-    return best
+    return best_rate(lambda: runtime.run(images), batch, 3, seconds / 3)  # its first call: the third warm-up
 
 
 def pick_runtime(bundle: Path, runtime: str, device: str, threads: int) -> tuple[str, str]:
