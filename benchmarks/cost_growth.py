@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import sys
 import tempfile
 import threading
 from functools import partial
@@ -32,7 +30,7 @@ from benchmarks.harness import (
     REPO,
     command_line,
     free_port,
-    launch,
+    launch_oodgate,
     load_average,
     machine,
     metric_sum,
@@ -88,9 +86,7 @@ def sweep_model(model: str, concurrencies: list[int], shapes: list[int], seconds
     images = test_images(max(shapes), manifest.input.shape)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OODGATE_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--models-root", str(REPO / "models")]
-    proc = launch([*cmd, "--models", model, "--runtime", "onnx"], REPO, env, tmp / f"{model.replace('/', '-')}.log")
+    proc = launch_oodgate(port, model, tmp / f"{model.replace('/', '-')}.log")
     kind = BODY_KINDS["npy"]
     points, memory = {}, {}
     try:

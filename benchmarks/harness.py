@@ -102,6 +102,16 @@ def launch(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def launch_oodgate(port: int, model: str, log: Path, tree: Path = REPO, **settings: str) -> subprocess.Popen:
+    """oodgate from ``tree`` (this checkout, or an older one) serving ``model`` of this checkout's ``models/``.
+
+    ONNX runtime, log level warning; ``settings``: more ``OODGATE_*`` environment variables.
+    """
+    env = {**os.environ, "PYTHONPATH": str(tree), "OODGATE_LOG_LEVEL": "warning", **settings}
+    cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--models-root", str(REPO / "models")]
+    return launch([*cmd, "--models", model, "--runtime", "onnx"], tree, env, log)
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 

@@ -49,6 +49,7 @@ from benchmarks.harness import (
     command_line,
     free_port,
     launch,
+    launch_oodgate,
     load_average,
     machine,
     stop,
@@ -102,12 +103,9 @@ class BpdRuntime(MLModel):
 # ---- servers ----------------------------------------------------------------------------------------
 
 
-def start_oodgate(port: int, threads: int, onnx: Path, log: Path, tree: Path = REPO) -> subprocess.Popen:
+def start_oodgate(port: int, threads: int, log: Path, tree: Path = REPO) -> subprocess.Popen:
     """oodgate from ``tree`` (this checkout, or ``--baseline``'s), always on this checkout's bundle."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OODGATE_INTRA_OP_THREADS": str(threads)}
-    env["OODGATE_LOG_LEVEL"] = "warning"
-    cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--models-root", str(REPO / "models")]
-    return launch([*cmd, "--models", f"{MODEL_NAME}/1", "--runtime", "onnx"], tree, env, log)
+    return launch_oodgate(port, f"{MODEL_NAME}/1", log, tree, OODGATE_INTRA_OP_THREADS=str(threads))
 
 
 def start_naive(port: int, threads: int, onnx: Path, log: Path) -> subprocess.Popen:
@@ -176,10 +174,10 @@ def servers(args, onnx: Path, tmp: Path) -> list[Server]:
     baseline = []
     if args.baseline is not None:
         tree = args.baseline.resolve()
-        start = partial(start_oodgate, threads=args.threads, onnx=onnx, tree=tree)
+        start = partial(start_oodgate, threads=args.threads, tree=tree)
         baseline = [Server("baseline", "oodgate baseline", tuple(BODY_KINDS), lambda p, log: start(p, log=log))]
     return baseline + [
-        Server("oodgate", "oodgate", tuple(BODY_KINDS), lambda p, log: start_oodgate(p, args.threads, onnx, log)),
+        Server("oodgate", "oodgate", tuple(BODY_KINDS), lambda p, log: start_oodgate(p, args.threads, log)),
         Server("mlserver", "MLServer", ("v2-json", "v2-binary"), mlserver),
         Server("naive", "naive", ("v2-json",), lambda p, log: start_naive(p, args.threads, onnx, log)),
     ]

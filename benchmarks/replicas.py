@@ -17,14 +17,22 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import REPO, command_line, free_port, launch, load_average, stop, test_images, wait_ready
+from benchmarks.harness import (
+    REPO,
+    command_line,
+    free_port,
+    launch_oodgate,
+    load_average,
+    stop,
+    test_images,
+    wait_ready,
+)
 from benchmarks.loadgen import BODY_KINDS, closed_loop, http_request, measured
 from service.artifact import load_manifest
 
@@ -33,10 +41,8 @@ def start_replicas(count: int, threads: int, model: str, tmp: Path) -> tuple[lis
     procs, ports = [], []
     for i in range(count):
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OODGATE_LOG_LEVEL": "warning"}
-        env["OODGATE_INTRA_OP_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--models-root", str(REPO / "models")]
-        procs.append(launch([*cmd, "--models", model, "--runtime", "onnx"], REPO, env, tmp / f"r{count}-{i}.log"))
+        log = tmp / f"r{count}-{i}.log"
+        procs.append(launch_oodgate(port, model, log, OODGATE_INTRA_OP_THREADS=str(threads)))
         ports.append(port)
     for proc, port in zip(procs, ports, strict=True):
         wait_ready(f"http://127.0.0.1:{port}", proc, timeout=180)
