@@ -48,6 +48,13 @@ class FdrRow:
     redrawn_mean_fdp: float | None = None  # BH with the calibration set redrawn per batch, as the guarantee is stated
 
 
+def mixed_batch(in_scores: np.ndarray, ood_scores: np.ndarray, size: int, rng) -> tuple[np.ndarray, int]:
+    """``size`` scores, a uniform 0-MAX_OOD_SHARE share of them OOD (last), each part drawn without replacement."""
+    n_ood = int(round(rng.uniform(0.0, MAX_OOD_SHARE) * size))
+    in_part = in_scores[rng.choice(len(in_scores), size - n_ood, replace=False)]
+    return np.concatenate([in_part, ood_scores[rng.choice(len(ood_scores), n_ood, replace=False)]]), n_ood
+
+
 def redrawn_fdr(
     calibration: np.ndarray, in_scores: np.ndarray, ood_scores: np.ndarray, batches: int, size: int, rng
 ) -> dict[float, float]:
@@ -63,13 +70,7 @@ def redrawn_fdr(
     for _ in range(batches):
         order = rng.permutation(len(pool))
         cal, rest = np.sort(pool[order[:n]]), pool[order[n:]]
-        n_ood = int(round(rng.uniform(0.0, MAX_OOD_SHARE) * size))
-        scores = np.concatenate(
-            [
-                rest[rng.choice(len(rest), size - n_ood, replace=False)],
-                ood_scores[rng.choice(len(ood_scores), n_ood, replace=False)],
-            ]
-        )
+        scores, n_ood = mixed_batch(rest, ood_scores, size, rng)
         p = conformal_p_values(cal, scores)
         for q in FDR_LEVELS:
             flags = benjamini_hochberg(p, q)
@@ -82,13 +83,7 @@ def fdr_experiment(
 ) -> list[FdrRow]:
     outcomes = {q: {"fdp": [], "power": [], "found": [], "a_fdp": [], "a_power": []} for q in FDR_LEVELS}
     for _ in range(batches):
-        n_ood = int(round(rng.uniform(0.0, MAX_OOD_SHARE) * size))
-        scores = np.concatenate(
-            [
-                in_scores[rng.choice(len(in_scores), size - n_ood, replace=False)],
-                ood_scores[rng.choice(len(ood_scores), n_ood, replace=False)],
-            ]
-        )
+        scores, n_ood = mixed_batch(in_scores, ood_scores, size, rng)
         is_ood = np.arange(size) >= size - n_ood
         p = conformal_p_values(calibration, scores)
         for q in FDR_LEVELS:
