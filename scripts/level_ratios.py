@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.artifact import BACKGROUND_ONNX_KEY, LEVEL_OUTPUTS, ONNX_KEY, load_manifest
+from service.runtimes import vflip
 from training.metrics import auroc
 
 BATCH = 128
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     inside = np.load(args.in_dist)["images"]
     sets = {path.stem: np.load(path)["images"] for path in args.ood}
-    sets["inverted"], sets["upside-down"] = 255 - inside, inside[:, :, ::-1]
+    sets["inverted"], sets["upside-down"] = 255 - inside, vflip(inside)
     reference = level_scores(*(level_log_p(s, inside) for s in sessions))
     print("| set | " + " | ".join(reference) + " |")
     print("|---|" + "---:|" * len(reference))
