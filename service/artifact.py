@@ -21,7 +21,12 @@ MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "images"
 SCALAR_OUTPUTS = ("log_pz", "log_det", "log_px", "bpd")  # one number per image
 LEVEL_OUTPUTS = ("log_pz_levels", "log_det_levels")  # one number per image and flow level
-OUTPUT_NAMES = SCALAR_OUTPUTS + LEVEL_OUTPUTS
+OUTPUT_NAMES = SCALAR_OUTPUTS + LEVEL_OUTPUTS  # what a response shows per image
+# Per image and level, the mean squared standardized latent (a typicality statistic, see
+# training.flows.reshape.gaussian_log_prob_and_energy): an input of the dose score only, never shown.
+# Graphs exported before it was added lack it; the manifest's ``outputs`` says which a graph has.
+LATENT_ENERGY_OUTPUT = "latent_energy_levels"
+GRAPH_OUTPUTS = OUTPUT_NAMES + (LATENT_ENERGY_OUTPUT,)  # what export writes, in this order
 # The graph, one file per backend, listed in ``files`` under the backend's name.
 ONNX_KEY, TORCHSCRIPT_KEY = "onnx", "torchscript"
 ONNX_FILE = "model.onnx"
@@ -108,6 +113,11 @@ class Manifest(BaseModel):
     calibration: dict[str, Any] | None = Field(None, description="OOD calibration state, defined by service.ood")
     files: dict[str, FileEntry]
     packages: dict[str, str] = Field(default_factory=dict)
+
+
+def has_latent_energy(manifest: Manifest) -> bool:
+    """Whether the bundle's graph outputs :data:`LATENT_ENERGY_OUTPUT` (graphs exported since it was added)."""
+    return LATENT_ENERGY_OUTPUT in manifest.outputs
 
 
 def has_background(manifest: Manifest) -> bool:

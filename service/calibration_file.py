@@ -26,10 +26,12 @@ import numpy as np
 from service.artifact import (
     CALIBRATION_FILE,
     CALIBRATION_KEY,
+    LATENT_ENERGY_OUTPUT,
     ArtifactError,
     Manifest,
     file_entry,
     has_background,
+    has_latent_energy,
     write_manifest,
 )
 from service.conformal import CONFORMAL_METHOD, DEFAULT_ALPHA
@@ -64,11 +66,12 @@ def calibration_state(detector: Detector) -> tuple[dict[str, Any], dict[str, np.
         "default_alpha": detector.default_alpha,
         "background": detector.background,
         "orientation": detector.orientation,
+        "latent_energy": detector.latent_energy,
         "n_calibration": {name: int(len(values)) for name, values in detector.calibration.items()},
         "typicality": {"mean_bpd": detector.mean_bpd},
         "dose": {
             "density": detector.dose_density,
-            "features": dose_feature_names(detector.levels, detector.orientation),
+            "features": dose_feature_names(detector.levels, detector.orientation, detector.latent_energy),
         },
         **(
             {"combined": {"parts": list(detector.combined_parts), "rule": detector.combine_rule}}
@@ -89,6 +92,7 @@ def calibration_summary(detector: Detector) -> dict[str, Any]:
         "default_alpha": detector.default_alpha,
         "background": detector.background,
         "orientation": detector.orientation,
+        "latent_energy": detector.latent_energy,
     }
     if detector.fitted:
         summary["method"] = CONFORMAL_METHOD
@@ -114,6 +118,15 @@ def summary_orientation(summary: Mapping[str, Any] | None) -> bool:
     return bool((summary or {}).get("orientation", False))
 
 
+def summary_latent_energy(summary: Mapping[str, Any] | None) -> bool:
+    """Whether a calibration's dose reads the graph's latent energy: the one reader of that key.
+
+    Calibrations made before the key existed have no such feature (``False``);
+    the model entry refuses a calibration that wants it from a graph without it.
+    """
+    return bool((summary or {}).get("latent_energy", False))
+
+
 def detector_from_state(
     dims: int, levels: int, summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
 ) -> Detector:
@@ -128,6 +141,7 @@ def detector_from_state(
         levels,
         background=bool(summary.get("background", False)),
         orientation=summary_orientation(summary),
+        latent_energy=summary_latent_energy(summary),
         dose_density=summary["dose"]["density"],
         default_score=summary.get("default_score"),
         default_alpha=summary.get("default_alpha", DEFAULT_ALPHA),
@@ -146,7 +160,7 @@ def detector_from_state(
             raise ArtifactError(f"combined rule {detector.combine_rule!r} is not one of {COMBINE_RULES}")
         if set(detector.reference) != set(detector.combined_parts):
             raise ArtifactError("calibration has the combined score but not its references")
-    expected = len(dose_feature_names(levels, detector.orientation))
+    expected = len(dose_feature_names(levels, detector.orientation, detector.latent_energy))
     if detector.density.dims != expected:
         raise ArtifactError(f"the dose density has {detector.density.dims} features, this calibration {expected}")
     missing = {name for name in summary.get("scores", []) if name not in detector.calibration}
@@ -193,4 +207,9 @@ def load_detector(manifest: Manifest, bundle_dir: str | Path) -> Detector:
     detector = detector_from_state(dims, levels, manifest.calibration, arrays)
     if detector.background != background:
         raise ArtifactError(f"{bundle_dir}: calibration background={detector.background}, bundle files disagree")
+    if detector.latent_energy and not has_latent_energy(manifest):
+        raise ArtifactError(
+            f"{bundle_dir}: the calibration's dose reads {LATENT_ENERGY_OUTPUT}, which this graph does not output "
+            "(re-export the bundle, or re-calibrate with --no-latent-energy)"
+        )
     return detector

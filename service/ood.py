@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from service.artifact import LATENT_ENERGY_OUTPUT
 from service.conformal import DEFAULT_ALPHA, check_level, conformal_p_values
 from service.decision import Decision, flag_decisions, flags
 from service.densities import DOSE_DENSITIES, fit_density
@@ -65,6 +66,8 @@ class Detector:
     name (batch-first arrays), plus ``"background_bpd"`` for bundles with a
     background graph and ``"vflip_bpd"`` when ``orientation`` is on (the
     runtime's flipped pass); ``complexity`` is :func:`service.complexity.complexity_bits`.
+    ``latent_energy``: ``dose`` also reads the graph's ``latent_energy_levels``
+    (graphs exported since that output was added; see :mod:`service.scores`).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Detector:
         *,
         background: bool = False,
         orientation: bool = False,
+        latent_energy: bool = False,
         dose_density: str = "gmm",
         default_score: str | None = None,
         default_alpha: float = DEFAULT_ALPHA,
@@ -84,6 +88,7 @@ class Detector:
         self.levels = int(levels)
         self.background = bool(background)
         self.orientation = bool(orientation)
+        self.latent_energy = bool(latent_energy)
         self.dose_density = dose_density
         self.default_alpha = check_level(default_alpha)
         self._default_score = default_score
@@ -164,6 +169,9 @@ class Detector:
         )
         if uses_flip and VFLIP_BPD not in stats:
             raise ValueError(f"stats lack {VFLIP_BPD!r}: run the bundle's runtime with orientation on")
+        uses_energy = self.latent_energy and any(name in ("dose", "combined") for name in names)
+        if uses_energy and LATENT_ENERGY_OUTPUT not in stats:
+            raise ValueError(f"stats lack {LATENT_ENERGY_OUTPUT!r}: this graph was exported without it")
         return n
 
     def _raw_score(
@@ -184,7 +192,7 @@ class Detector:
         if name == "orientation":
             return orientation_score(stats)
         if name == "dose":
-            features = dose_features(stats, complexity, self.dims, self.orientation)
+            features = self._dose_features(stats, complexity)
             finite = np.all(np.isfinite(features), axis=1)
             out = np.full(len(features), np.inf)
             if finite.any():
@@ -302,7 +310,7 @@ class Detector:
         if combine_rule not in COMBINE_RULES:
             raise ValueError(f"combine_rule must be one of {COMBINE_RULES}, got {combine_rule!r}")
         needed = ("complexity",) + (("likelihood_ratio",) if self.background else ())
-        n = self._check_inputs(stats, complexity, needed + (("orientation",) if self.orientation else ()))
+        n = self._check_inputs(stats, complexity, needed + ("dose",) + (("orientation",) if self.orientation else ()))
         if not 0.0 < fit_fraction < 1.0:
             raise ValueError(f"fit_fraction must lie in (0, 1), got {fit_fraction}")
         n_fit = int(round(n * fit_fraction))
@@ -310,7 +318,7 @@ class Detector:
             raise CalibrationError(f"{n} held-out images are too few to fit on {n_fit} and calibrate on {n - n_fit}")
         parts = self._combined_parts(combined_parts) if combined else ()
         bpd = np.asarray(stats["bpd"], dtype=np.float64)
-        features = dose_features(stats, complexity, self.dims, self.orientation)
+        features = self._dose_features(stats, complexity)
         if not (np.all(np.isfinite(bpd)) and np.all(np.isfinite(features))):
             raise CalibrationError("held-out statistics contain non-finite values; the model cannot be calibrated")
         order = np.random.default_rng(seed).permutation(n)
@@ -347,6 +355,9 @@ class Detector:
             self.info["holdout_orientation_mean"] = float(d.mean())
             self.info["holdout_orientation_std"] = float(d.std())
         return self
+
+    def _dose_features(self, stats: Mapping[str, np.ndarray], complexity: np.ndarray) -> np.ndarray:
+        return dose_features(stats, complexity, self.dims, self.orientation, self.latent_energy)
 
     @property
     def default_combine_rule(self) -> str:

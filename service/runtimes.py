@@ -2,7 +2,8 @@
 
 Two backends read the same bundle: ONNX Runtime (CUDA execution provider when a
 GPU is there) and TorchScript (CUDA or CPU). Both take ``images: uint8[B,C,H,W]``
-and return :data:`service.artifact.OUTPUT_NAMES` as float32 numpy arrays; when
+and return :data:`service.artifact.OUTPUT_NAMES` as float32 numpy arrays (plus
+``latent_energy_levels`` from graphs exported with it); when
 the manifest lists a background graph (``background_onnx`` /
 ``background_torchscript``, the likelihood-ratio score's second flow) its
 ``bpd`` is added as ``background_bpd``. With ``orientation`` on (a calibration
@@ -33,6 +34,7 @@ from .artifact import (
     BACKGROUND_KEYS,
     GRAPH_FILES,
     GRAPH_KEYS,
+    GRAPH_OUTPUTS,
     INPUT_NAME,
     OUTPUT_NAMES,
     Manifest,
@@ -122,7 +124,10 @@ class TorchScriptGraph:
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
             outputs = self.module(batch)
-        return {name: out.detach().to("cpu").numpy() for name, out in zip(OUTPUT_NAMES, outputs, strict=True)}
+        # GRAPH_OUTPUTS extends OUTPUT_NAMES: a graph exported before latent energy was added returns the prefix
+        if len(outputs) not in (len(OUTPUT_NAMES), len(GRAPH_OUTPUTS)):
+            raise RuntimeError(f"the TorchScript graph returned {len(outputs)} outputs, not {len(GRAPH_OUTPUTS)}")
+        return {name: out.detach().to("cpu").numpy() for name, out in zip(GRAPH_OUTPUTS, outputs, strict=False)}
 
     def release_memory(self) -> None:
         if self.device.type == "cuda":

@@ -16,8 +16,11 @@ Scores, higher = more out-of-distribution (DESIGN.md, "Scores and calibration"):
                       high; only for calibrations made with the flipped pass
                       (``orientation``), which costs a second flow pass per image
 ``dose``              ``-log`` density of the statistics vector (per-level log p(z),
-                      per-level log-det, ``L(x)/D``, and ``orientation`` when the
-                      calibration has it) under a density fitted on
+                      per-level log-det, ``L(x)/D``, ``orientation`` when the
+                      calibration has it, and per-level latent energy, the mean
+                      squared standardized latent, when it has ``latent_energy``:
+                      the typicality of each level's latent, which ``log p(z)``
+                      mixes with the prior's own scale) under a density fitted on
                       held-out data (Morningstar et al. 2021): a Gaussian
                       mixture (default), one Gaussian, or the paper's
                       per-feature KDE
@@ -46,6 +49,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .artifact import LATENT_ENERGY_OUTPUT
+
 # the runtime's outputs beside the graph's own (service.runtimes adds them to every batch)
 BACKGROUND_BPD = "background_bpd"  # bpd under the bundle's background graph
 VFLIP_BPD = "vflip_bpd"  # bpd of the image flipped vertically (runtime with orientation on)
@@ -68,24 +73,32 @@ def orientation_score(stats: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def dose_features(
-    stats: Mapping[str, np.ndarray], complexity: np.ndarray, dims: int, orientation: bool = False
+    stats: Mapping[str, np.ndarray],
+    complexity: np.ndarray,
+    dims: int,
+    orientation: bool = False,
+    latent_energy: bool = False,
 ) -> np.ndarray:
     """The DoSE statistics vector per image: per-level log p(z) and log-det (per dim), then L(x)/D,
-    then (``orientation``) ``bpd - bpd(vflip)``."""
-    log_pz_levels = np.asarray(stats["log_pz_levels"], dtype=np.float64).reshape(len(complexity), -1)
-    log_det_levels = np.asarray(stats["log_det_levels"], dtype=np.float64).reshape(len(complexity), -1)
+    then (``orientation``) ``bpd - bpd(vflip)``, then (``latent_energy``) each level's latent energy."""
+    n = len(complexity)
+    log_pz_levels = np.asarray(stats["log_pz_levels"], dtype=np.float64).reshape(n, -1)
+    log_det_levels = np.asarray(stats["log_det_levels"], dtype=np.float64).reshape(n, -1)
     columns = [log_pz_levels / dims, log_det_levels / dims, (np.asarray(complexity, np.float64) / dims)[:, None]]
     if orientation:
         columns.append(orientation_score(stats)[:, None])
+    if latent_energy:
+        columns.append(np.asarray(stats[LATENT_ENERGY_OUTPUT], dtype=np.float64).reshape(n, -1))
     return np.concatenate(columns, axis=1)
 
 
-def dose_feature_names(levels: int, orientation: bool = False) -> list[str]:
+def dose_feature_names(levels: int, orientation: bool = False, latent_energy: bool = False) -> list[str]:
     return (
         [f"log_pz_level{i + 1}/D" for i in range(levels)]
         + [f"log_det_level{i + 1}/D" for i in range(levels)]
         + ["L(x)/D"]
         + (["bpd-bpd(vflip)"] if orientation else [])
+        + ([f"latent_energy_level{i + 1}" for i in range(levels)] if latent_energy else [])
     )
 
 

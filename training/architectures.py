@@ -52,6 +52,8 @@ class FlowResult:
     latents: list[torch.Tensor]
     log_pz_levels: torch.Tensor  # [B, L]
     log_det_levels: torch.Tensor  # [B, L]
+    # [B, L]: per level, the mean squared standardized latent (1 for a typical draw; 0 for a level with no latent)
+    latent_energy_levels: torch.Tensor
 
     @property
     def log_pz(self) -> torch.Tensor:
@@ -100,7 +102,7 @@ class MultiScaleFlow(nn.Module):
     def transform(self, v: torch.Tensor) -> FlowResult:
         """Map dequantized images ``v`` in (0, 1) to latents, with per-level statistics."""
         h, logdet = self.preprocess(v)
-        latents, log_pz, log_det = [], [], []
+        latents, log_pz, log_det, energy = [], [], [], []
         for index, level in enumerate(self.levels):
             if level.squeeze is not None:
                 h, _ = level.squeeze(h)
@@ -108,15 +110,16 @@ class MultiScaleFlow(nn.Module):
             log_det.append(logdet + step_logdet)
             logdet = torch.zeros_like(step_logdet)
             if level.split is not None:
-                h, z, level_log_pz = level.split(h)
+                h, z, level_log_pz, level_energy = level.split(h)
                 latents.append(z)
-                log_pz.append(level_log_pz)
             elif index == len(self.levels) - 1:
                 latents.append(h)
-                log_pz.append(self.top_prior.log_prob(h))
+                level_log_pz, level_energy = self.top_prior.log_prob_and_energy(h)
             else:  # a level too thin to split (RealNVP's first, on one channel)
-                log_pz.append(torch.zeros_like(step_logdet))
-        return FlowResult(latents, torch.stack(log_pz, dim=1), torch.stack(log_det, dim=1))
+                level_log_pz, level_energy = torch.zeros_like(step_logdet), torch.zeros_like(step_logdet)
+            log_pz.append(level_log_pz)
+            energy.append(level_energy)
+        return FlowResult(latents, torch.stack(log_pz, dim=1), torch.stack(log_det, dim=1), torch.stack(energy, dim=1))
 
     def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result = self.transform(v)

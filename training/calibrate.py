@@ -11,7 +11,9 @@ never touched here: it is only for measuring (``oodgate-eval``).
 ``--orientation`` adds the ``orientation`` score (``bpd - bpd(vertical flip)``) and
 its feature in ``dose``; the manifest records it, so the service, like this
 command, then runs every image twice through the flow (itself and its flip, in
-one graph call). ``--combined-parts`` chooses what ``combined`` combines.
+one graph call). ``--latent-energy`` (the default for graphs that output it) adds
+each level's latent energy to ``dose``'s statistics (:mod:`service.scores`); it costs
+no flow pass. ``--combined-parts`` chooses what ``combined`` combines.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import ArtifactError, Manifest
+from service.artifact import LATENT_ENERGY_OUTPUT, ArtifactError, Manifest, has_latent_energy
 from service.calibration_file import calibration_summary, save_calibration
 from service.conformal import DEFAULT_ALPHA
 from service.densities import DOSE_DENSITIES
@@ -64,6 +66,7 @@ def calibrate_bundle(
     combined_parts: tuple[str, ...] | list[str] | None = None,
     combine_rule: str | None = None,
     orientation: bool | None = None,
+    latent_energy: bool | None = None,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
 ) -> Detector:
@@ -71,8 +74,13 @@ def calibrate_bundle(
 
     ``orientation`` ``None`` keeps what the runtime does (as the bundle's calibration said);
     ``True``/``False`` switch the runtime's flipped pass on or off first.
+    ``latent_energy`` ``None``: on when the graph outputs it.
     """
     manifest = bundle.manifest
+    if latent_energy is None:
+        latent_energy = has_latent_energy(manifest)
+    elif latent_energy and not has_latent_energy(manifest):
+        raise ArtifactError(f"{bundle.directory}: the graph does not output {LATENT_ENERGY_OUTPUT}; re-export it")
     if orientation is not None:
         bundle.runtime.orientation = bool(orientation)
     stats = run_statistics(bundle, holdout, batch_size=batch_size, desc="held-out slice", progress=progress)
@@ -82,6 +90,7 @@ def calibrate_bundle(
         manifest.levels,
         background=bundle.runtime.background is not None,
         orientation=bundle.runtime.orientation,
+        latent_energy=latent_energy,
         dose_density=density,
         default_alpha=default_alpha,
     )
@@ -133,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also score each image flipped vertically: the orientation score and a dose feature; "
         "costs a second flow pass per image, here and in the service (default: as the bundle's calibration)",
     )
+    parser.add_argument(
+        "--latent-energy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add each flow level's latent energy (mean squared standardized latent) to dose's statistics; "
+        "no extra flow pass (default: on when the graph outputs it)",
+    )
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
@@ -154,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             combined_parts=args.combined_parts,
             combine_rule=args.combined_rule,
             orientation=args.orientation,
+            latent_energy=args.latent_energy,
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )
@@ -164,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"calibrated {Path(args.bundle)} on {info['n_holdout']} held-out images "
         f"({info['n_fit']} fit, calibration sets {info['n_calibration']}); scores {info['scores']}, "
-        f"default {info['default_score']} at alpha {info['default_alpha']}; orientation {info['orientation']}"
+        f"default {info['default_score']} at alpha {info['default_alpha']}; orientation {info['orientation']}, "
+        f"latent energy {info['latent_energy']}"
         + (f", combined of {info['combined_parts']} by {info['combined_rule']}" if info.get("combined_parts") else "")
         + f"; {time.monotonic() - started:.0f} s"
     )

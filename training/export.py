@@ -2,7 +2,7 @@
 
 The exported graph takes ``images: uint8[B, C, H, W]`` and does everything after
 the raw pixels itself (midpoint dequantization, centering or logit, the flow),
-returning the six named outputs of :data:`service.artifact.OUTPUT_NAMES`. The
+returning the named outputs of :data:`service.artifact.GRAPH_OUTPUTS`. The
 1x1 convolutions' log-determinants are computed once here, in float64, and baked
 in as constants. Export then checks parity (eager vs TorchScript vs ONNX Runtime,
 random and real images) and refuses to write a manifest when ``|Δ bpd|`` exceeds
@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from service.artifact import (
+    GRAPH_OUTPUTS,
     INPUT_NAME,
     ONNX_FILE,
-    OUTPUT_NAMES,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
     WEIGHTS_KEY,
@@ -59,7 +59,7 @@ class ExportParityError(RuntimeError):
 
 
 class ScoringGraph(nn.Module):
-    """uint8 images in, the artifact's six named statistics out."""
+    """uint8 images in, the artifact's named statistics (:data:`service.artifact.GRAPH_OUTPUTS`) out."""
 
     def __init__(self, flow: MultiScaleFlow) -> None:
         super().__init__()
@@ -67,11 +67,18 @@ class ScoringGraph(nn.Module):
         self.dims = flow.dims
 
     def forward(self, images: torch.Tensor):
-        log_pz_levels, log_det_levels = self.flow(dequantize(images))
-        log_pz = log_pz_levels.sum(dim=1)
-        log_det = log_det_levels.sum(dim=1)
+        result = self.flow.transform(dequantize(images))
+        log_pz, log_det = result.log_pz, result.log_det
         log_px = log_pz + log_det
-        return log_pz, log_det, log_px, bits_per_dim(log_px, self.dims), log_pz_levels, log_det_levels
+        return (
+            log_pz,
+            log_det,
+            log_px,
+            bits_per_dim(log_px, self.dims),
+            result.log_pz_levels,
+            result.log_det_levels,
+            result.latent_energy_levels,
+        )
 
 
 def prepare_for_export(flow: MultiScaleFlow) -> ScoringGraph:
@@ -100,7 +107,7 @@ def export_onnx(graph: ScoringGraph, example: torch.Tensor, path: Path) -> None:
             graph,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(GRAPH_OUTPUTS),
             dynamic_shapes={"images": {0: batch}},
             opset_version=ONNX_OPSET,
             dynamo=True,
@@ -126,8 +133,8 @@ def run_onnx(path: Path, images: np.ndarray) -> list[np.ndarray]:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    if names != list(OUTPUT_NAMES):
-        raise ExportParityError(f"ONNX outputs are {names}, expected {list(OUTPUT_NAMES)}")
+    if names != list(GRAPH_OUTPUTS):
+        raise ExportParityError(f"ONNX outputs are {names}, expected {list(GRAPH_OUTPUTS)}")
     return session.run(None, {INPUT_NAME: images})
 
 
@@ -139,7 +146,7 @@ def check_parity(
     report = {"images": int(len(images)), "tolerance_bpd": tolerance}
     for backend, runner, file in (("torchscript", run_torchscript, TORCHSCRIPT_FILE), ("onnx", run_onnx, ONNX_FILE)):
         outputs = runner(bundle_dir / file, images)
-        for name, ref, got in zip(OUTPUT_NAMES, eager, outputs, strict=True):
+        for name, ref, got in zip(GRAPH_OUTPUTS, eager, outputs, strict=True):
             if ref.shape != got.shape:
                 raise ExportParityError(f"{backend}: {name} has shape {got.shape}, eager gives {ref.shape}")
         max_delta = float(np.max(np.abs(eager[3].astype(np.float64) - outputs[3].astype(np.float64))))
@@ -148,6 +155,10 @@ def check_parity(
                 f"{backend}: max |Δ bpd| = {max_delta:.3g} over {len(images)} images > {tolerance:g}"
             )
         report[f"{backend}_max_abs_delta_bpd"] = max_delta
+        energy_ref, energy = (np.asarray(a, np.float64) for a in (eager[-1], outputs[-1]))
+        relative = float(np.max(np.abs(energy_ref - energy) / np.maximum(1.0, np.abs(energy_ref))))
+        if not np.isfinite(relative) or relative > tolerance:
+            raise ExportParityError(f"{backend}: {GRAPH_OUTPUTS[-1]} differs by up to {relative:.3g} (relative)")
     return report
 
 
@@ -174,6 +185,18 @@ def parity_images(shape: tuple[int, int, int], real: np.ndarray | None, n: int =
     return np.ascontiguousarray(np.concatenate(parts))
 
 
+def write_graphs(
+    flow: MultiScaleFlow, bundle_dir: Path, real_images: np.ndarray | None, tolerance: float = PARITY_TOLERANCE_BPD
+) -> dict:
+    """Write ``model.pt`` and ``model.onnx`` of ``flow`` into ``bundle_dir`` and return their parity report."""
+    graph = prepare_for_export(flow)
+    shape = tuple(int(s) for s in flow.input_shape)
+    example = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    export_torchscript(graph, example, bundle_dir / TORCHSCRIPT_FILE)
+    export_onnx(graph, example, bundle_dir / ONNX_FILE)
+    return check_parity(graph, bundle_dir, parity_images(shape, real_images), tolerance)
+
+
 def export_bundle(
     flow: MultiScaleFlow,
     bundle_dir: Path,
@@ -192,18 +215,15 @@ def export_bundle(
     stale = bundle_dir / "manifest.json"
     if stale.exists():
         stale.unlink()  # a manifest is only ever next to files that passed parity
-    graph = prepare_for_export(flow)
     shape = tuple(int(s) for s in flow.input_shape)
-    example = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
-    export_torchscript(graph, example, bundle_dir / TORCHSCRIPT_FILE)
-    export_onnx(graph, example, bundle_dir / ONNX_FILE)
+    parity = write_graphs(flow, bundle_dir, real_images, tolerance)
     save_weights(flow, bundle_dir / WEIGHTS_FILE)
-    parity = check_parity(graph, bundle_dir, parity_images(shape, real_images), tolerance)
     manifest = Manifest(
         name=name,
         version=version,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input=InputSpec(shape=shape, color_mode="L" if shape[0] == 1 else "RGB"),
+        outputs=list(GRAPH_OUTPUTS),
         levels=flow.num_levels,
         architecture=architecture,
         training={**(training or {}), "export_parity": parity},

@@ -9,13 +9,14 @@ import shutil
 import numpy as np
 import pytest
 
-from service.artifact import CALIBRATION_FILE, ArtifactError, load_manifest
+from service.artifact import CALIBRATION_FILE, OUTPUT_NAMES, ArtifactError, load_manifest
 from service.calibration_file import (
     calibration_state,
     calibration_summary,
     detector_from_state,
     load_detector,
     save_calibration,
+    summary_latent_energy,
 )
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -127,3 +128,30 @@ def test_the_service_refuses_a_bundle_whose_calibration_it_cannot_read_and_says_
     with pytest.raises(ServiceError) as refused:
         asyncio.run(repo.load_model("old"))
     assert refused.value.status == 400 and "format 1" in refused.value.message
+
+
+def test_latent_energy_round_trips_and_a_graph_without_it_is_refused(tmp_path, tiny_models_root):
+    bundle = tmp_path / "tiny" / "1"
+    shutil.copytree(tiny_models_root / "tiny" / "1", bundle)
+    rng = np.random.default_rng(21)
+    stats, complexity = make_stats(400, rng)
+    detector = Detector(D, 2, latent_energy=True, dose_density="gaussian").fit(stats, complexity, seed=3)
+    save_calibration(detector, bundle, load_manifest(bundle))
+    manifest = load_manifest(bundle)
+    assert manifest.calibration["latent_energy"] is True
+    assert manifest.calibration["dose"]["features"][-2:] == ["latent_energy_level1", "latent_energy_level2"]
+    loaded = load_detector(manifest, bundle)
+    assert loaded.latent_energy and calibration_summary(loaded)["latent_energy"] is True
+    new, new_complexity = make_stats(50, rng)
+    np.testing.assert_array_equal(
+        detector.p_value(new, new_complexity, "dose"), loaded.p_value(new, new_complexity, "dose")
+    )
+
+    # a graph exported before the output existed (its manifest lists the six shown outputs only): fail closed
+    old_graph = manifest.model_copy(update={"outputs": list(OUTPUT_NAMES)})
+    with pytest.raises(ArtifactError, match="latent_energy_levels"):
+        load_detector(old_graph, bundle)
+    # a calibration made before the key existed reads as without it
+    summary = dict(manifest.calibration)
+    del summary["latent_energy"]
+    assert not summary_latent_energy(summary)

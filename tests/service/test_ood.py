@@ -59,6 +59,27 @@ def test_dose_sees_a_shift_that_leaves_bpd_and_complexity_unchanged(density):
     assert result["dose"] > 0.99
 
 
+def test_dose_with_latent_energy_sees_a_too_small_latent_that_log_p_z_hides():
+    rng = np.random.default_rng(13)
+    stats, complexity = make_stats(2000, rng)
+    plain = Detector(D, 2, dose_density="gmm").fit(stats, complexity, seed=1)
+    energy = Detector(D, 2, latent_energy=True, dose_density="gmm").fit(stats, complexity, seed=1)
+    zeroed = {"plain": aurocs(plain, rng, energy_level1=0.05), "energy": aurocs(energy, rng, energy_level1=0.05)}
+    assert 0.4 < zeroed["plain"]["dose"] < 0.6  # log p(z), log-det and L(x) are unchanged: dose alone is blind
+    assert zeroed["energy"]["dose"] > 0.99
+    # and on in-distribution-like data the extra feature costs nothing: both rank a det shift the same
+    assert aurocs(energy, rng, det_shift=0.1)["dose"] > 0.99
+
+
+def test_latent_energy_needs_the_graph_output():
+    rng = np.random.default_rng(14)
+    stats, complexity = make_stats(200, rng)
+    detector = Detector(D, 2, latent_energy=True, dose_density="gaussian").fit(stats, complexity, seed=1)
+    del stats["latent_energy_levels"]
+    with pytest.raises(ValueError, match="latent_energy_levels"):
+        detector.score(stats, complexity)
+
+
 def test_combined_keeps_what_complexity_and_dose_each_catch():
     rng = np.random.default_rng(12)
     detector = fitted(rng, background=False, density="gaussian")  # no background: complexity is a default part

@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.artifact import OUTPUT_NAMES, ArtifactError, load_manifest
+from service.artifact import GRAPH_OUTPUTS, OUTPUT_NAMES, ArtifactError, load_manifest
 from tests.conftest import RGB8, make_tiny_flow
 from training.data import sha256_array
 from training.export import (
@@ -23,7 +23,7 @@ def test_tiny_export_passes_parity_and_records_manifest(tiny_models_root):
     bundle = tiny_models_root / "tiny" / "1"
     manifest = load_manifest(bundle)  # verifies every file's sha256
     assert manifest.input.shape == (1, 28, 28)
-    assert manifest.outputs == list(OUTPUT_NAMES)
+    assert manifest.outputs == list(GRAPH_OUTPUTS) and GRAPH_OUTPUTS[: len(OUTPUT_NAMES)] == OUTPUT_NAMES
     parity = manifest.training["export_parity"]
     assert parity["onnx_max_abs_delta_bpd"] <= 1e-4
     assert parity["torchscript_max_abs_delta_bpd"] <= 1e-4
@@ -34,10 +34,11 @@ def test_onnx_graph_takes_uint8_with_dynamic_batch_and_named_outputs(tiny_models
     session = ort.InferenceSession(str(tiny_models_root / "tiny/1/model.onnx"), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.name == "images" and inp.type == "tensor(uint8)"
-    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+    assert [o.name for o in session.get_outputs()] == list(GRAPH_OUTPUTS)
     images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
-    out = dict(zip(OUTPUT_NAMES, session.run(None, {"images": images}), strict=True))
+    out = dict(zip(GRAPH_OUTPUTS, session.run(None, {"images": images}), strict=True))
     assert out["log_pz_levels"].shape == (5, 2) and out["bpd"].shape == (5,)
+    assert out["latent_energy_levels"].shape == (5, 2) and np.all(out["latent_energy_levels"] >= 0)
     np.testing.assert_allclose(out["log_px"], out["log_pz"] + out["log_det"], rtol=1e-5)
     np.testing.assert_allclose(out["log_pz"], out["log_pz_levels"].sum(1), rtol=1e-5)
     np.testing.assert_allclose(out["log_det"], out["log_det_levels"].sum(1), rtol=1e-5, atol=1e-3)
@@ -104,8 +105,8 @@ def test_saturated_coupling_scale_exports_a_finite_log_det(tmp_path):
     graph = prepare_for_export(flow)
     images = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
     export_onnx(graph, torch.from_numpy(images), tmp_path / "model.onnx")
-    eager = dict(zip(OUTPUT_NAMES, run_eager(graph, images), strict=True))
-    onnx = dict(zip(OUTPUT_NAMES, run_onnx(tmp_path / "model.onnx", images), strict=True))
+    eager = dict(zip(GRAPH_OUTPUTS, run_eager(graph, images), strict=True))
+    onnx = dict(zip(GRAPH_OUTPUTS, run_onnx(tmp_path / "model.onnx", images), strict=True))
     assert np.all(np.isfinite(eager["log_det"])) and np.all(eager["log_det"] < -1e4)  # the scale did saturate
     assert np.all(np.isfinite(onnx["log_det"]))
     np.testing.assert_allclose(onnx["log_det"], eager["log_det"], rtol=1e-5)

@@ -115,6 +115,35 @@ def test_split_prior_is_log_pz_not_log_det():
     torch.testing.assert_close(after.log_pz_levels[:, 1], before.log_pz_levels[:, 1])
 
 
+def test_latent_energy_is_the_mean_squared_standardized_latent_per_level():
+    """Known answers: a draw from the flow's own prior has energy near 1 at every level, a zeroed one 0."""
+    torch.manual_seed(0)
+    flow = build_flow(FlowConfig(levels=2, steps=2, hidden=8), (1, 8, 8)).double()
+    v = torch.rand(64, 1, 8, 8, dtype=torch.float64) * 0.9 + 0.05
+    initialize_actnorms(flow, lambda: flow(v))
+    perturb(flow, scale=0.05)
+    result = flow.transform(v)
+    eps = flow.standardize(result.latents)
+    expected = torch.stack([e.pow(2).flatten(1).mean(dim=1) for e in eps], dim=1)
+    torch.testing.assert_close(result.latent_energy_levels, expected)
+
+    shapes = flow.latent_shapes()
+    noise = [
+        torch.randn(4096, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+        for i, shape in enumerate(shapes)
+    ]
+    drawn = flow.transform(flow.unstandardize_and_invert(noise)).latent_energy_levels
+    units = torch.tensor([float(torch.Size(shape).numel()) for shape in shapes], dtype=torch.float64)
+    # the mean over images of a mean of m squared standard normals: 1, standard error sqrt(2 / m / 4096)
+    assert torch.all((drawn.mean(dim=0) - 1).abs() < 5 * torch.sqrt(2 / units / 4096))
+    zeroed = flow.transform(
+        flow.unstandardize_and_invert([torch.zeros(1, *shape, dtype=torch.float64) for shape in shapes])
+    )
+    torch.testing.assert_close(
+        zeroed.latent_energy_levels, torch.zeros(1, len(shapes), dtype=torch.float64), atol=1e-12, rtol=0
+    )
+
+
 def test_bpd_follows_the_design_formula():
     dims = 784
     log_px = torch.tensor([0.0, -1000.0, 500.0], dtype=torch.float64)

@@ -30,7 +30,22 @@ class Squeeze(Transform):
 
 
 def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    return sum_except_batch(-0.5 * (LOG_2PI + 2 * log_std + (z - mean) ** 2 * torch.exp(-2 * log_std)))
+    return gaussian_log_prob_and_energy(z, mean, log_std)[0]
+
+
+def gaussian_log_prob_and_energy(
+    z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log N(z; mean, std)`` and the latent's energy: the mean of its squared standardized values.
+
+    The energy is what a typicality test of the latent looks at (a typical draw has
+    energy near 1): ``log_pz`` alone mixes it with ``-sum(log_std)``, the prior's own
+    confidence, so an image whose latent is atypically *small* under a broad prior
+    can score the same ``log_pz`` as a typical one under a narrow prior.
+    """
+    eps_sq = (z - mean) ** 2 * torch.exp(-2 * log_std)
+    log_prob = sum_except_batch(-0.5 * (LOG_2PI + 2 * log_std + eps_sq))
+    return log_prob, eps_sq.flatten(1).mean(dim=1)
 
 
 class ConditionalPrior(nn.Module):
@@ -49,6 +64,10 @@ class ConditionalPrior(nn.Module):
     def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         mean, log_std = self.params(h)
         return gaussian_log_prob(z, mean, log_std)
+
+    def log_prob_and_energy(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.params(h)
+        return gaussian_log_prob_and_energy(z, mean, log_std)
 
     def sample(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         mean, log_std = self.params(h)
@@ -74,6 +93,9 @@ class LearnedPrior(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return gaussian_log_prob(z, self.mean, self.log_std)
 
+    def log_prob_and_energy(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_log_prob_and_energy(z, self.mean, self.log_std)
+
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         eps = torch.randn(n, *self.mean.shape[1:], device=self.mean.device)
         return self.mean + temperature * torch.exp(self.log_std) * eps
@@ -93,10 +115,10 @@ class Split(nn.Module):
         self.keep = channels // 2
         self.prior = ConditionalPrior(self.keep, channels - self.keep)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(kept, z, log_pz)``."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(kept, z, log_pz, energy)`` (see :func:`gaussian_log_prob_and_energy`)."""
         kept, z = x[:, : self.keep], x[:, self.keep :]
-        return kept, z, self.prior.log_prob(z, kept)
+        return kept, z, *self.prior.log_prob_and_energy(z, kept)
 
     def inverse(self, kept: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([kept, z], dim=1)

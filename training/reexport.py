@@ -1,0 +1,92 @@
+"""``python -m training.reexport BUNDLE_DIR``: rewrite a bundle's graphs from its own ``weights.npz``.
+
+Why: a graph carries the outputs of the export code that wrote it. A bundle
+exported before ``latent_energy_levels`` was added (see
+:data:`service.artifact.GRAPH_OUTPUTS`) cannot feed that ``dose`` feature; its
+weights can, without retraining. This rebuilds the eager flow from the
+bundle's weights, writes ``model.pt`` and ``model.onnx`` again through the same
+:func:`training.export.write_graphs` as every export (parity checked), and only
+then updates the manifest: its ``outputs``, the graphs' sha256 and the parity
+record. The six shown outputs keep their values (the parity check compares the
+new graphs with the same eager flow the old ones came from), so the bundle's
+calibration stays valid; re-calibrate to use the new output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from service.artifact import (
+    GRAPH_KEYS,
+    GRAPH_OUTPUTS,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    ArtifactError,
+    file_entry,
+    load_manifest,
+    write_manifest,
+)
+from training.calibrate import load_holdout
+from training.export import ExportParityError, run_onnx, write_graphs
+from training.weights import flow_from_bundle
+
+# the old graph and the new one must agree this closely on every shown output (float32 arithmetic)
+SAME_OUTPUTS_TOLERANCE = 1e-4
+
+
+def reexport(bundle_dir: Path, real_images: np.ndarray | None = None) -> dict:
+    """Rewrite the graphs, check the shown outputs did not move, update the manifest; returns the parity report."""
+    manifest = load_manifest(bundle_dir)
+    flow = flow_from_bundle(bundle_dir)
+    if real_images is None and manifest.data is not None and manifest.data.holdout_sha256:
+        real_images = load_holdout(manifest)  # parity on real images too, as at the first export
+    with tempfile.TemporaryDirectory(dir=bundle_dir) as staging:
+        staged = Path(staging)
+        parity = write_graphs(flow, staged, real_images)
+        probe = np.random.default_rng(0).integers(0, 256, size=(16, *manifest.input.shape), dtype=np.uint8)
+        old, new = run_onnx_any(bundle_dir / ONNX_FILE, probe), run_onnx(staged / ONNX_FILE, probe)
+        for name, before, after in zip(GRAPH_OUTPUTS, old, new, strict=False):
+            delta = float(np.max(np.abs(np.asarray(before, np.float64) - np.asarray(after, np.float64))))
+            if not delta <= SAME_OUTPUTS_TOLERANCE * max(1.0, float(np.max(np.abs(before)))):
+                raise ExportParityError(f"{name} moved by {delta:.3g} between the old graph and the new one")
+        for file in (TORCHSCRIPT_FILE, ONNX_FILE):
+            (staged / file).replace(bundle_dir / file)
+    files = dict(manifest.files)
+    for key, file in ((GRAPH_KEYS["onnx"], ONNX_FILE), (GRAPH_KEYS["torchscript"], TORCHSCRIPT_FILE)):
+        files[key] = file_entry(bundle_dir, file)
+    training = {**manifest.training, "export_parity": parity}
+    write_manifest(
+        bundle_dir, manifest.model_copy(update={"outputs": list(GRAPH_OUTPUTS), "files": files, "training": training})
+    )
+    return parity
+
+
+def run_onnx_any(path: Path, images: np.ndarray) -> list[np.ndarray]:
+    """The graph's outputs in its own order, however many it has (an old graph has the prefix)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.reexport", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="+", help="models/<name>/<version>/ (each carries weights.npz)")
+    args = parser.parse_args(argv)
+    for bundle in args.bundle:
+        try:
+            parity = reexport(Path(bundle))
+        except (ArtifactError, ExportParityError) as exc:
+            print(f"reexport: {bundle}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{bundle}: graphs rewritten with outputs {list(GRAPH_OUTPUTS)}; parity {parity}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
