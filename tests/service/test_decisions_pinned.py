@@ -4,9 +4,9 @@ Recorded before ``service/ood.py`` was split into modules (issue 11): any reshap
 the OOD core must leave these numbers as they are. They change only when a bundle is
 recalibrated (a new ``calibration.npz``), and then they are recorded again, on purpose:
 ``clipart-glow`` on 2026-12-03, when its background flow was replaced by one trained on
-the second general mix (only ``likelihood_ratio`` and ``combined`` moved; every flag held), and both on 2026-12-03 again,
-when their graphs were re-exported with ``latent_energy_levels`` and ``dose`` recalibrated with it
-(only ``dose`` and ``combined`` moved; every flag held).
+the second general mix (only ``likelihood_ratio`` and ``combined`` moved; every flag held),
+and both later that day, when their graphs were re-exported with ``latent_energy_levels`` and
+``dose`` recalibrated with it (only ``dose`` and ``combined`` moved; every flag held).
 The images are synthetic and seeded (two uniform-noise images, black, white and a
 horizontal ramp), so the test needs no data set; it skips when a bundle is absent.
 
