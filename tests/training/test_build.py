@@ -68,6 +68,9 @@ def test_a_folder_of_rgb_images_builds_a_calibrated_rgb_bundle_with_its_report(b
     assert manifest["data"]["test_sha256"] and np.isfinite(manifest["metrics"]["test_bpd"])
     calibration = manifest["calibration"]
     assert calibration["default_score"] in calibration["scores"]
+    # the graph outputs each level's latent energy and dose reads it: a build gets it by default
+    assert manifest["outputs"][-1] == "latent_energy_levels" and calibration["latent_energy"] is True
+    assert calibration["dose"]["features"][-3:] == [f"latent_energy_level{i}" for i in (1, 2, 3)]
     assert (bundle_dir / "report" / "README.md").exists()
     config = (options.run_dir / "config.yaml").read_text()
     assert "levels: 3" in config and "hidden: 16" in config  # 16x16 squeezes three times
