@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training.architectures import FlowConfig
+from training.augment import AugmentSpec
 from training.data import FASHION_MNIST_DIR, SliceSpec, load_images, test_positions
 
 
@@ -125,6 +126,9 @@ class RunConfig(BaseModel):
         "optimizer, schedule and step count start fresh",
     )
     negative: NegativeSpec | None = Field(None, description="negative training against a transform (off if absent)")
+    augment: AugmentSpec | None = Field(
+        None, description="training-time augmentation (training.augment; off if absent)"
+    )
 
     @property
     def run_dir(self) -> Path:

@@ -329,6 +329,8 @@ def export_checkpoint(
     else:  # checkpoints were picked by bpd + weight * hinge; say so, and what taught the model
         training["best_validation_objective"] = checkpoint["best_val_bpd"]
         training["negative"] = config.negative.model_dump(mode="json")
+    if config.augment is not None:
+        training["augment"] = config.augment.model_dump(mode="json")
     if checkpoint.get("init_from"):
         training["init_from"] = checkpoint["init_from"]
     return export_bundle(

@@ -27,12 +27,14 @@ from tqdm import tqdm
 
 from service.artifact import bits_per_dim
 from training.architectures import build_flow
+from training.augment import random_shift
 from training.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     IncompatibleCheckpoint,
     check_parent,
     load_checkpoint,
+    load_parent,
     save_checkpoint,
 )
 from training.config import RunConfig, load_config
@@ -134,7 +136,7 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         """Load another run's weights, refusing one whose architecture, input or data slicing differ."""
-        checkpoint = load_checkpoint(path) if path.exists() else None
+        checkpoint = load_parent(path)
         parent = check_parent(path, checkpoint, self.config, self.input_shape, self.slices)
         self.model.load_state_dict(checkpoint["model"])
         self.init_from = {
@@ -180,6 +182,8 @@ class Trainer:
         """The loss to minimise, the batch's mean bpd, and (negative training) the mean hinge."""
         use_amp = self.tc.amp and self.device.type == "cuda"
         negative = self.config.negative
+        if self.config.augment is not None:
+            pixels = random_shift(pixels, self.config.augment.shift_pixels)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             x = dequantize(pixels, noise=True)
             if negative is None:

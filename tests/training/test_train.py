@@ -65,6 +65,9 @@ def test_configs_in_the_repo_are_valid():
     assert config.name == "fashion-glow" and config.data.slices.holdout == 5000
     upright = load_config("configs/fashion-glow-upright.yaml")  # the default model's fine-tune stage
     assert upright.negative is not None and upright.init_from == "runs/fashion-glow/best.pt"
+    shifted = load_config("configs/fashion-glow-shift.yaml")  # the third stage: fine-tunes the bundle itself
+    assert shifted.init_from == "models/fashion-glow/1" and shifted.augment.shift_pixels == 2
+    assert shifted.negative == upright.negative and shifted.model == config.model
     assert (upright.name, upright.version, upright.model, upright.data) == (
         config.name,
         config.version,
@@ -140,3 +143,47 @@ def test_init_from_refuses_another_architecture_or_slicing(tmp_path, capsys):
     same.init_from = str(tmp_path / "nothing.pt")
     with pytest.raises(IncompatibleCheckpoint, match="no checkpoint"):
         Trainer(same, slices)
+
+
+def test_a_bundle_can_be_the_parent_of_a_fine_tune_with_shift_augmentation(tmp_path, monkeypatch):
+    import training.train as train_module
+    from service.artifact import TrainingData
+    from training.augment import AugmentSpec
+    from training.data import sha256_array
+    from training.export import export_bundle
+    from training.flows import dequantize
+    from training.weights import flow_from_bundle
+
+    slices = blob_slices()
+    parent = Trainer(tiny_config(tmp_path / "parent", max_steps=4), slices)
+    parent.fit()
+    record = parent.config
+    data = TrainingData(
+        source=record.data.source,
+        split="train",
+        path=record.data.path,
+        sha256=sha256_array(slices.train),
+        slices=slices.ranges,
+        holdout_sha256=sha256_array(slices.holdout),
+    )
+    bundle = tmp_path / "models" / "tiny" / "1"
+    training = {"config": record.train.model_dump(mode="json"), "steps": 4, "best_validation_bpd": 5.0}
+    export_bundle(
+        parent.model, bundle, name="tiny", version="1", architecture=record.model.model_dump(mode="json"),
+        training=training, data=data,
+    )  # fmt: skip
+
+    config = tiny_config(tmp_path / "child", max_steps=3)
+    config.init_from, config.augment = str(bundle), AugmentSpec(shift_pixels=1)
+    child = Trainer(config, slices)
+    pixels = dequantize(torch.from_numpy(slices.validation))
+    with torch.no_grad():  # the child starts from exactly what the bundle serves
+        torch.testing.assert_close(
+            child.model.transform(pixels).log_px, flow_from_bundle(bundle).transform(pixels).log_px
+        )
+    shifts = []
+    monkeypatch.setattr(train_module, "random_shift", lambda x, k: shifts.append(k) or x)
+    child.fit()
+    assert shifts == [1, 1, 1]  # every training batch, and nothing else (validation sees the images unmoved)
+    lineage = load_checkpoint(tmp_path / "child" / "run" / "last.pt")["init_from"]
+    assert lineage["checkpoint"] == str(bundle) and lineage["steps"] == 4 and lineage["best_val_bpd"] == 5.0
