@@ -41,7 +41,7 @@ from .metrics import Metrics
 from .params import ScoreParams
 from .repository import ModelEntry, ModelRepository
 from .request_context import RequestTracker
-from .settings import Settings
+from .settings import Settings, selects
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class DataPlane:
         return rule, score
 
     def conditional_by_default(self, entry: ModelEntry) -> bool:
-        wanted = self.settings.conditional_models
-        return entry.name in wanted or f"{entry.name}/{entry.version}" in wanted
+        return selects(self.settings.conditional_models, entry.name, entry.version)
 
     def decision_rule(self, entry: ModelEntry, params: ScoreParams) -> DecisionRule:
         """The request's rule (service/guarantees.py): per-image alpha, calibration-conditional, or BH."""

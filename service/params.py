@@ -7,7 +7,8 @@ the one definition of each parameter's name, JSON-schema type and meaning: the
 query parser, the JSON parser and the OpenAPI document (``service/api/openapi.py``)
 are all made from it, so the documentation cannot drift from what is parsed.
 
-Only a parameter's syntax is checked here (a number, a boolean, ``timeout_ms > 0``);
+Only a parameter's syntax is checked here (a number, a boolean, and ``> 0`` for a
+:data:`POSITIVE` one, which its schema promises);
 whether a level is in (0, 1), a score exists or two parameters conflict is the
 data plane's decision (``DataPlane.decision_rule``), with its own 422 codes.
 """
@@ -81,6 +82,12 @@ def invalid(message: str) -> ServiceError:
     return ServiceError(422, "invalid_parameter", message)
 
 
+def check_positive(parameter: Parameter, value: float, where: str, sent: object) -> None:
+    """What a :data:`POSITIVE` schema promises, for both parsers (levels in (0, 1) are the data plane's)."""
+    if parameter.schema is POSITIVE and not value > 0:
+        raise invalid(f"{where} must be greater than 0, got {sent!r}")
+
+
 def from_query(query: Mapping[str, str]) -> ScoreParams:
     """``POST /score``'s query string, read by hand.
 
@@ -101,8 +108,7 @@ def from_query(query: Mapping[str, str]) -> ScoreParams:
                 value = float(raw)
             except ValueError:
                 raise invalid(f"query.{parameter.name}: {raw!r} is not a number") from None
-            if parameter.name == "timeout_ms" and not value > 0:
-                raise invalid(f"query.timeout_ms: must be greater than 0, got {raw!r}")
+            check_positive(parameter, value, f"query.{parameter.name}:", raw)
         else:
             if raw.lower() not in TRUE | FALSE:
                 raise invalid(f"query.{parameter.name}: {raw!r} is not a boolean")
@@ -124,8 +130,8 @@ def from_json(parameters: Mapping[str, object]) -> ScoreParams:
                 raise invalid(f"parameter {parameter.name} must be a string")
         elif kind == "number":
             value = number(value, parameter.name)
-            if parameter.name == "timeout_ms" and value is not None and not value > 0:
-                raise invalid(f"parameter timeout_ms must be greater than 0, got {value}")
+            if value is not None:
+                check_positive(parameter, value, f"parameter {parameter.name}", value)
         else:
             value = boolean(value, parameter.name)
         setattr(params, parameter.name, value)

@@ -37,7 +37,7 @@ from .errors import ServiceError
 from .metrics import Metrics
 from .model_entry import ModelEntry, RuntimeFactory, build_entry, default_runtime_factory, files_signature
 from .ood import Detector
-from .settings import BUNDLED_DEFAULT_MODEL, Settings
+from .settings import BUNDLED_DEFAULT_MODEL, Settings, selects
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ class ModelRepository:
         self._sync_lock = asyncio.Lock()
 
     def _wanted(self, name: str, version: str) -> bool:
-        wanted = self.settings.models
-        return not wanted or name in wanted or f"{name}/{version}" in wanted
+        return not self.settings.models or selects(self.settings.models, name, version)
 
     def load(self) -> None:
         """Read and verify every wanted bundle's manifest and build its detector, queue and worker."""
@@ -80,11 +79,11 @@ class ModelRepository:
                 log.error("skipping bundle %s: %s", bundle_dir, exc)
                 continue
             self.entries[(manifest.name, manifest.version)] = self._entry(manifest, bundle_dir, detector)
-        missing = [m for m in self.settings.models if not any(self._match(m, key) for key in self.entries)]
+        missing = [m for m in self.settings.models if not any(selects((m,), *key) for key in self.entries)]
         for m in missing:
             self.errors.setdefault(m, "named in settings but not found under models_root (or failed to load)")
         default = self.settings.default_model
-        if default and not any(self._match(default, key) for key in self.entries):
+        if default and not any(selects((default,), *key) for key in self.entries):
             self.errors.setdefault(
                 default, "OODGATE_DEFAULT_MODEL names it, but it is not loaded: requests naming no model get 404"
             )
@@ -97,10 +96,6 @@ class ModelRepository:
 
     def _entry(self, manifest: Manifest, bundle_dir: Path, detector: Detector) -> ModelEntry:
         return build_entry(manifest, bundle_dir, detector, self.settings, self.metrics, self.runtime_factory)
-
-    @staticmethod
-    def _match(wanted: str, key: tuple[str, str]) -> bool:
-        return wanted in (key[0], f"{key[0]}/{key[1]}")
 
     def start(self) -> None:
         for entry in self.entries.values():

@@ -8,6 +8,7 @@ instead of in the middle of a request.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,12 @@ from .guarantees import DEFAULT_CONDITIONAL_DELTA
 
 # the model a request that names none gets when OODGATE_DEFAULT_MODEL is unset and it is loaded
 BUNDLED_DEFAULT_MODEL = "fashion-glow"
+
+
+def selects(selectors: Iterable[str], name: str, version: str) -> bool:
+    """Whether a settings list of models (``models``, ``conditional_models``: each ``name`` or
+    ``name/version``) names this version of this model: the one reading of those lists."""
+    return any(selector in (name, f"{name}/{version}") for selector in selectors)
 
 
 class Settings(BaseSettings):

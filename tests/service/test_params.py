@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from service.errors import ServiceError
-from service.params import PARAMETERS, ScoreParams, from_json, from_query, json_properties, query_parameters
+from service.params import (
+    PARAMETERS,
+    POSITIVE,
+    ScoreParams,
+    from_json,
+    from_query,
+    json_properties,
+    query_parameters,
+)
 
 
 def test_a_query_string_becomes_typed_params():
@@ -48,3 +56,13 @@ def test_the_documentation_is_made_from_the_same_table():
     assert all(p["in"] == "query" and p["required"] is False and p["description"] for p in query_parameters())
     assert list(json_properties()) == ["alpha", "score", "timeout_ms", "fdr", "conditional", "delta"]
     assert set(names) == set(ScoreParams.__dataclass_fields__)  # every parameter is a field, and back
+
+
+def test_every_positive_parameter_is_refused_at_zero_by_both_parsers():
+    positive = [parameter.name for parameter in PARAMETERS if parameter.schema is POSITIVE]
+    assert positive  # the check follows the schema, so it covers whatever is declared POSITIVE
+    for name in positive:
+        with pytest.raises(ServiceError, match=f"{name}.*greater than 0"):
+            from_query({name: "0"})
+        with pytest.raises(ServiceError, match=f"{name}.*greater than 0"):
+            from_json({name: 0})
