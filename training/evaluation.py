@@ -51,6 +51,8 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     recommended: str | None = None
     worst: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # score -> its targets (training.targets.Target), checked once by the evaluation for the report to show
+    targets: dict[str, list] = field(default_factory=dict)
     meets_targets: set[str] = field(default_factory=set)  # scores that meet every target the report checks
     command: str = ""
     seconds: float = 0.0

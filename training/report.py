@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import sha256_file
+from service.artifact import ONNX_KEY
 from training.evaluation import Evaluation, find_row
 from training.ood_sets import DOMAIN_FREE_OOD
-from training.targets import REPORT_ALPHA, target_checks
+from training.targets import REPORT_ALPHA
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -121,8 +121,8 @@ def write_markdown(result: Evaluation, out: Path, plots: bool) -> None:
     manifest, detector = result.bundle.manifest, result.detector
     score = detector.default_score
     cal = manifest.calibration or {}
-    checks = target_checks(result, score)
-    onnx_sha = sha256_file(result.bundle.directory / "model.onnx")
+    checks = result.targets[score]
+    graph = manifest.files[ONNX_KEY]  # its sha256 was verified when the bundle was opened
     lines = [
         f"# OOD report: {manifest.name}/{manifest.version}",
         "",
@@ -133,7 +133,7 @@ def write_markdown(result: Evaluation, out: Path, plots: bool) -> None:
         "```",
         "",
         *guarantees_line(result, out),
-        f"- bundle: `{result.bundle.directory}`, `model.onnx` sha256 `{onnx_sha[:16]}…`,"
+        f"- bundle: `{result.bundle.directory}`, `{graph.path}` sha256 `{graph.sha256[:16]}…`,"
         f" test bpd {manifest.metrics.get('test_bpd', float('nan')):.4f}",
         f"- calibration: {cal.get('method')} on {cal.get('n_holdout')} held-out training images "
         f"({cal.get('n_fit')} fit the densities, calibration sets {cal.get('n_calibration')}), dose density "
@@ -240,7 +240,7 @@ def write_csvs(result: Evaluation, out: Path) -> None:
         "worst_auroc": {k: {"auroc": v[0], "set": v[1]} for k, v in result.worst.items()},
         "targets": [
             {"target": c.target, "met": c.met, "measured": c.measured, "chooses": c.chooses}
-            for c in target_checks(result, result.detector.default_score)
+            for c in result.targets[result.detector.default_score]
         ],
         "rows": [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in result.rows
