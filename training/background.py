@@ -35,6 +35,7 @@ from service.artifact import (
     BACKGROUND_TORCHSCRIPT_KEY,
     CALIBRATION_FILE,
     CALIBRATION_KEY,
+    MANIFEST_NAME,
     ONNX_FILE,
     TORCHSCRIPT_FILE,
     file_entry,
@@ -147,6 +148,13 @@ def _train(args) -> int:
 
 
 def _attach(args) -> int:
+    if not Path(args.checkpoint).is_file() or not (Path(args.bundle) / MANIFEST_NAME).is_file():
+        print(
+            f"oodgate-background attach: expected a checkpoint file, then a bundle directory with a "
+            f"{MANIFEST_NAME}; got {args.checkpoint!r} and {args.bundle!r}",
+            file=sys.stderr,
+        )
+        return 2
     flow, config, checkpoint = background_from_checkpoint(args.checkpoint)
     info = {
         "kind": background_kind(config.background),

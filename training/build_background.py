@@ -251,6 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-dist", help="in-distribution test images (default: the bundle's recorded test set)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
+    from service.artifact import has_background, load_manifest
+
+    if not has_background(load_manifest(args.bundle)):  # the rule would compare the bundle with itself
+        print(
+            f"{args.bundle} has no background graph: attach it first "
+            f"(oodgate-background attach {args.checkpoint} {args.bundle}, then oodgate-calibrate {args.bundle})",
+            file=sys.stderr,
+        )
+        return 2
     kept = choose_background(args.bundle, args.checkpoint, args.in_dist, args.threads, progress=False)
     print(f"{args.bundle}: background {'kept' if kept else 'dropped'}")
     return 0

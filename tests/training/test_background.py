@@ -102,3 +102,12 @@ def test_background_trainer_follows_the_ordinary_schedule_with_its_decay(tmp_pat
     factors = [trainer.scheduler.lr_lambdas[0](step) for step in (0, 1, 4, 6, 8)]
     assert factors == [0.5, 1.0, 1.0, 0.5, 0.0]  # warm-up, constant, linear decay to 0 at the last step
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr * 0.5)  # step 0 of the warm-up
+
+
+def test_attach_with_its_arguments_swapped_says_so_instead_of_a_traceback(tmp_path, tiny_models_root, capsys):
+    from training.background import main
+
+    checkpoint = tmp_path / "bg.pt"
+    checkpoint.write_bytes(b"")
+    assert main(["attach", str(tiny_models_root / "tiny" / "1"), str(checkpoint)]) == 2
+    assert "expected a checkpoint file, then a bundle directory" in capsys.readouterr().err

@@ -49,3 +49,11 @@ def test_sets_outside_the_choice_are_not_looked_at():
     a = result({"combined": {"constant": 0.99, "vflip": 0.8, "inverted": 0.9, "icons": 0.1}})
     b = result({"combined": {"constant": 0.99, "vflip": 0.7, "inverted": 0.9, "icons": 0.99}})
     assert rank_results({"v1": a, "v2": b}, SETS).label == "v1"
+
+
+def test_the_rule_refuses_a_bundle_with_no_background_attached(tiny_models_root, tmp_path, capsys):
+    from training.build_background import main
+
+    # without the background the rule would compare the bundle with a copy of itself and "keep" nothing
+    assert main([str(tiny_models_root / "tiny" / "1"), str(tmp_path / "bg.pt")]) == 2
+    assert "has no background graph: attach it first" in capsys.readouterr().err
