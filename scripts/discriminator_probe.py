@@ -1,0 +1,117 @@
+"""A probe, not a score: how far a small classifier of "the user's images vs images in general" gets.
+
+Outlier exposure (Hendrycks et al. 2019) in its plainest form: a small CNN learns to
+tell the bundle's own training slice from the general-domain mix that the build
+already makes for the background flow (``training/general_images.py``), and its logit
+for "general" is read as an OOD score. Both inputs are domain-free in the sense issue
+13 asks: the user's images and this machine's packages. It needs no OOD example, but it
+is not a flow, has no calibration and is not in any bundle; this measures whether such
+a discriminative part could lift the near-OOD sets the flows leave at 0.6-0.85, for the
+next engineer to decide. The tune sets' sources are in the mix, so only the held-out
+and final rows say anything. Beside it: the bundle's default score, and the two joined as
+``combined`` joins its parts (Fisher's sum of tail evidence, each against the bundle's
+held-out slice, which neither the flow nor this classifier trained on).
+
+    .venv/bin/python -m scripts.discriminator_probe models/clipart-glow/1 data/general/general32-v2.npz \\
+        data/colour-ood [--steps 1500] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.artifact import load_manifest
+from service.scores import tail_evidence
+from training.calibrate import load_holdout
+from training.data import load_npz, recorded_test_split, recorded_training_split
+from training.metrics import auroc
+from training.scoring import open_calibrated_bundle, run_complexity, run_statistics
+
+
+def small_cnn(channels: int) -> nn.Module:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(channels, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 1),
+    )  # fmt: skip
+
+
+def as_input(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(as_input(images[i : i + 512])).squeeze(1).numpy() for i in range(0, len(images), 512)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.discriminator_probe", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("general", help="the general-domain mix (.npz)")
+    parser.add_argument("sets", help="folder of OOD sets (.npz) with their sets.json (training.colour_sets)")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    manifest = load_manifest(args.bundle)
+    shape = tuple(manifest.input.shape)
+    start, stop = manifest.data.slices["train"]
+    own = recorded_training_split(manifest.data, shape)[start:stop]  # what the flow trained on; never the holdout
+    general = load_npz(args.general)
+    model = small_cnn(shape[0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+    half = 32
+    for step in range(args.steps):
+        batch = np.concatenate([own[rng.integers(0, len(own), half)], general[rng.integers(0, len(general), half)]])
+        target = torch.cat([torch.zeros(half), torch.ones(half)])
+        model.train()
+        loss = loss_fn(model(as_input(batch)).squeeze(1), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 500 == 0:
+            print(f"step {step + 1}: loss {loss.item():.3f}")
+    bundle, detector = open_calibrated_bundle(args.bundle, threads=0)
+    default = detector.default_score
+
+    def gate(images: np.ndarray) -> np.ndarray:
+        stats = run_statistics(bundle, images, progress=False)
+        return detector.score(stats, run_complexity(images, progress=False))[default]
+
+    holdout = load_holdout(manifest)
+    references = (np.sort(gate(holdout)), np.sort(logits(model, holdout)))
+
+    def scores(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = (gate(images), logits(model, images))
+        joined = sum(tail_evidence(reference, part) for reference, part in zip(references, parts, strict=True))
+        return parts[0], parts[1], joined
+
+    test = scores(recorded_test_split(manifest.data, shape))
+    listed = json.loads((Path(args.sets) / "sets.json").read_text())["sets"]
+    groups = {entry["name"]: entry["group"] for entry in listed}
+    print(f"AUROC against the bundle's {len(test[0])} test images: `{default}`, the classifier, the two joined")
+    for name in sorted(groups, key=lambda n: (groups[n], n)):
+        path = Path(args.sets) / f"{name}.npz"
+        if path.exists():
+            ood = scores(load_npz(path))
+            print(
+                f"  {groups[name]:9s} {name:28s} "
+                + "  ".join(f"{auroc(a, b):.3f}" for a, b in zip(test, ood, strict=True))
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
