@@ -45,20 +45,30 @@ def reexport(bundle_dir: Path, real_images: np.ndarray | None = None) -> dict:
     flow = flow_from_bundle(bundle_dir)
     if real_images is None and manifest.data is not None and manifest.data.holdout_sha256:
         real_images = load_holdout(manifest)  # parity on real images too, as at the first export
+    # where the manifest lists the graphs (export writes ONNX_FILE and TORCHSCRIPT_FILE; a manifest may name others)
+    targets = {
+        GRAPH_KEYS[backend]: (staged_name, manifest.files[GRAPH_KEYS[backend]].path)
+        for backend, staged_name in (("onnx", ONNX_FILE), ("torchscript", TORCHSCRIPT_FILE))
+        if GRAPH_KEYS[backend] in manifest.files
+    }
+    if GRAPH_KEYS["onnx"] not in targets:
+        raise ArtifactError(f"{bundle_dir}: the manifest lists no ONNX graph to rewrite")
     with tempfile.TemporaryDirectory(dir=bundle_dir) as staging:
         staged = Path(staging)
         parity = write_graphs(flow, staged, real_images)
         probe = np.random.default_rng(0).integers(0, 256, size=(16, *manifest.input.shape), dtype=np.uint8)
-        old, new = run_onnx_any(bundle_dir / ONNX_FILE, probe), run_onnx(staged / ONNX_FILE, probe)
+        old = run_onnx_any(bundle_dir / targets[GRAPH_KEYS["onnx"]][1], probe)
+        new = run_onnx(staged / ONNX_FILE, probe)
         for name, before, after in zip(GRAPH_OUTPUTS, old, new, strict=False):
             delta = float(np.max(np.abs(np.asarray(before, np.float64) - np.asarray(after, np.float64))))
             if not delta <= SAME_OUTPUTS_TOLERANCE * max(1.0, float(np.max(np.abs(before)))):
                 raise ExportParityError(f"{name} moved by {delta:.3g} between the old graph and the new one")
-        for file in (TORCHSCRIPT_FILE, ONNX_FILE):
-            (staged / file).replace(bundle_dir / file)
+        # from here until the manifest is written the graphs' sha256 disagree with it: a load fails closed
+        for staged_name, listed in targets.values():
+            (staged / staged_name).replace(bundle_dir / listed)
     files = dict(manifest.files)
-    for key, file in ((GRAPH_KEYS["onnx"], ONNX_FILE), (GRAPH_KEYS["torchscript"], TORCHSCRIPT_FILE)):
-        files[key] = file_entry(bundle_dir, file)
+    for key, (_, listed) in targets.items():
+        files[key] = file_entry(bundle_dir, listed)
     training = {**manifest.training, "export_parity": parity}
     write_manifest(
         bundle_dir, manifest.model_copy(update={"outputs": list(GRAPH_OUTPUTS), "files": files, "training": training})
