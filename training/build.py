@@ -51,7 +51,15 @@ from pathlib import Path
 from service.artifact import MANIFEST_NAME, ArtifactError, load_manifest
 from service.calibration_file import calibration_summary
 from training.background import BackgroundTrainer
-from training.build_background import WITHOUT, attach_stage, choose_background, plan_background, recorded_choice
+from training.build_background import (
+    BACKGROUND_DIR,
+    WITHOUT,
+    attach_stage,
+    choose_background,
+    plan_background,
+    prepare_general_mix,
+    recorded_choice,
+)
 from training.build_plan import (
     BUDGET_USED,
     GENERAL_AUTO,
@@ -61,7 +69,6 @@ from training.build_plan import (
     BuildError,
     BuildOptions,
     background_minutes,
-    give_background_minutes_back,
     log,
     plan,
     training_minutes,
@@ -138,13 +145,13 @@ def build(options: BuildOptions) -> Path:
     """Every stage in order; returns the bundle directory."""
     started = time.monotonic()
     deadline = started + 60 * options.minutes
-    config = plan(options)
+    mix_dir = options.run_dir / BACKGROUND_DIR
+    config, options = plan(options, find_mix=lambda shape: prepare_general_mix(options.general, shape, mix_dir))
     background = None
     if options.general != GENERAL_NONE:
         steps = int(config.train.max_steps * background_minutes(options) / training_minutes(options))
         background = plan_background(config, options.general, steps)
-        if background is None:
-            config = give_background_minutes_back(config, options)
+        if background is None:  # a run planned before the mix was looked for first; its schedule stands
             options = replace(options, general=GENERAL_NONE)
     main_deadline = deadline - 60 * background_minutes(options) * (background is not None)
     checkpoint = train_within(Trainer, config, training_minutes(options), main_deadline, "train", options.progress)

@@ -39,6 +39,7 @@ from training.config import DataConfig, RunConfig
 from training.data import SliceSpec, load_images, resize_images
 
 VALIDATION_SHARE, VALIDATION_RANGE = 0.05, (20, 512)  # of the mix, for checkpoint selection
+BACKGROUND_DIR = "background"  # in the build's run dir: the mix, the background's run and its choice
 GENERAL_FILE = "general.npz"
 CHOICE_FILE = "choice.json"  # in the background run dir: which calibration the domain-free rule kept
 WITH, WITHOUT = "with background", "without background"
@@ -61,18 +62,27 @@ def general_images(general: str, shape: tuple[int, int, int], progress_log=log) 
     return resize_images(images, (h, w))
 
 
+def prepare_general_mix(general: str, shape: tuple[int, int, int], run_dir: Path) -> bool:
+    """Make the general mix at ``shape`` into ``run_dir`` (once); False when there is none (the plan's question)."""
+    if (run_dir / GENERAL_FILE).exists():
+        return True
+    images = general_images(general, shape)
+    if images is None:
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(run_dir / GENERAL_FILE, images=images)
+    return True
+
+
 def plan_background(main: RunConfig, general: str, steps: int) -> BackgroundRunConfig | None:
     """Write (once) and return the background run's config (``steps`` optimizer steps), or None without a mix."""
-    run_dir = Path(main.out_dir) / "background"
+    run_dir = Path(main.out_dir) / BACKGROUND_DIR
     path = run_dir / "config.yaml"
     if path.exists():
         return BackgroundRunConfig.model_validate(yaml.safe_load(path.read_text()))
-    shape = (int(main.data.channels), *main.data.size)
-    images = general_images(general, shape)
-    if images is None:
+    if not prepare_general_mix(general, (int(main.data.channels), *main.data.size), run_dir):
         return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(run_dir / GENERAL_FILE, images=images)
+    images = load_images("npz", run_dir / GENERAL_FILE)
     batch = main.train.batch_size
     steps = max(1, steps)
     slices = SliceSpec(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,35 +157,18 @@ def background_minutes(options: BuildOptions) -> float:
     return max(MIN_TRAIN_MINUTES, options.minutes * (1 - AFTER_TRAINING_SHARE) * BACKGROUND_SHARE)
 
 
-NO_BACKGROUND_MARK = "no-background"  # in the run dir: the background's minutes were given to the user's flow
+NO_BACKGROUND_MARK = "no-background"  # in the run dir: planned without a background (no general mix turned up)
 
 
-def give_background_minutes_back(config: RunConfig, options: BuildOptions) -> RunConfig:
-    """The plan, rescaled to the whole training budget, when no general mix turned up after all.
+def planned_options(options: BuildOptions) -> BuildOptions:
+    """The options as the plan was made: ``general`` is ``none`` once a plan found no general mix.
 
-    The plan sizes the user's flow for ``1 - BACKGROUND_SHARE`` of the training
-    minutes because a background is planned; a build that then finds no mix (the
-    packages are missing) would leave that share unused. The rescaled plan is
-    written back once, marked, so a resumed build neither rescales twice nor
-    changes the schedule under a checkpoint.
+    Why a mark: a resumed build must size nothing anew (a checkpoint follows the written
+    schedule), and must not look for the mix again, whose absence decided that schedule.
     """
-    mark = Path(config.out_dir) / NO_BACKGROUND_MARK
-    if mark.exists() or options.general == GENERAL_NONE:
-        return config
-    scale = training_minutes(replace(options, general=GENERAL_NONE)) / training_minutes(options)
-    steps = max(1, int(config.train.max_steps * scale))
-    steps_per_epoch = max(1, math.ceil(config.train.max_steps / max(1, config.train.epochs)))
-    rescaled = config.model_copy(update={"train": config.train.model_copy(update=schedule(steps, steps_per_epoch))})
-    path = Path(config.out_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# written by oodgate-build (no general mix: the background's minutes went to this flow); "
-        f"oodgate-train can resume it: oodgate-train {path} --resume\n"
-        + yaml.safe_dump(rescaled.model_dump(mode="json"), sort_keys=False)
-    )
-    mark.write_text(f"{config.train.max_steps} -> {steps} steps\n")
-    log(f"plan: no general mix, so the user's flow gets every minute: {config.train.max_steps} -> {steps} steps")
-    return rescaled
+    if options.general != GENERAL_NONE and (options.run_dir / NO_BACKGROUND_MARK).exists():
+        return replace(options, general=GENERAL_NONE)
+    return options
 
 
 def schedule(steps: int, steps_per_epoch: int) -> dict:
@@ -199,15 +183,32 @@ def schedule(steps: int, steps_per_epoch: int) -> dict:
     }
 
 
-def plan(options: BuildOptions) -> RunConfig:
-    """Write (once) and return the run config: data, slices, architecture and a schedule sized to the budget."""
+def plan(
+    options: BuildOptions, find_mix: Callable[[tuple[int, int, int]], bool] | None = None
+) -> tuple[RunConfig, BuildOptions]:
+    """Write (once) and return the run config, and the options as planned (:func:`planned_options`).
+
+    The config holds the data, slices, architecture and a schedule sized to the
+    budget. How much of the budget is the user's flow's depends on whether a
+    background flow will train beside it, so that is settled first, once the
+    images' shape is known: ``find_mix(shape)`` says whether a general-domain mix
+    exists for it (and prepares it); without one, the flow gets every training minute.
+    """
     path = options.run_dir / "config.yaml"
     if path.exists():
         log(f"plan: reusing {path}")
-        return RunConfig.model_validate(yaml.safe_load(path.read_text()))
+        return RunConfig.model_validate(yaml.safe_load(path.read_text())), planned_options(options)
     data, images = data_config(options)
     c, h, w = images.shape[1:]
     log(f"read {len(images)} images of {c}x{h}x{w} ({'RGB' if c == 3 else 'gray'}) from {options.images}")
+    options = planned_options(options)
+    if options.general != GENERAL_NONE and not (find_mix is not None and find_mix((int(c), int(h), int(w)))):
+        options.run_dir.mkdir(parents=True, exist_ok=True)
+        (options.run_dir / NO_BACKGROUND_MARK).write_text(
+            "no general-domain mix: every training minute is the flow's\n"
+        )
+        log("plan: no general-domain mix, so no background flow: the user's flow gets every training minute")
+        options = replace(options, general=GENERAL_NONE)
     preset = choose_preset(options)
     flow_config = FlowConfig(architecture="glow", levels=levels_for(h, w), **PRESETS[preset])
     train = split_training_set(images, data.slices).train
@@ -241,4 +242,4 @@ def plan(options: BuildOptions) -> RunConfig:
         + " --resume\n"
         + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     )
-    return config
+    return config, options

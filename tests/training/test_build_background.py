@@ -57,3 +57,19 @@ def test_the_rule_refuses_a_bundle_with_no_background_attached(tiny_models_root,
     # without the background the rule would compare the bundle with a copy of itself and "keep" nothing
     assert main([str(tiny_models_root / "tiny" / "1"), str(tmp_path / "bg.pt")]) == 2
     assert "has no background graph: attach it first" in capsys.readouterr().err
+
+
+def test_the_general_mix_is_prepared_once_at_the_models_shape_or_reported_missing(tmp_path):
+    import numpy as np
+
+    from training.build_background import GENERAL_FILE, prepare_general_mix
+
+    mix = np.random.default_rng(0).integers(0, 256, (30, 3, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "mix.npz", images=mix)
+    run_dir = tmp_path / "run" / "background"
+    assert prepare_general_mix(str(tmp_path / "mix.npz"), (1, 8, 8), run_dir)
+    prepared = np.load(run_dir / GENERAL_FILE)["images"]
+    assert prepared.shape == (30, 1, 8, 8) and prepared.dtype == np.uint8  # gray, resized: the model's shape
+    (tmp_path / "mix.npz").unlink()
+    assert prepare_general_mix(str(tmp_path / "mix.npz"), (1, 8, 8), run_dir)  # prepared once: not read again
+    assert not prepare_general_mix("none", (1, 8, 8), tmp_path / "other")

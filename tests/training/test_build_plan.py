@@ -23,33 +23,33 @@ def test_a_build_options_object_names_its_directories(tmp_path):
     assert options.bundle_dir == tmp_path / "m" / "2" and str(options.run_dir) == "r/m/2"
 
 
-def test_without_a_general_mix_the_background_minutes_go_to_the_users_flow(tmp_path):
-    from training.build_plan import (
-        GENERAL_NONE,
-        NO_BACKGROUND_MARK,
-        give_background_minutes_back,
-        schedule,
-        training_minutes,
-    )
-    from training.config import DataConfig, RunConfig, TrainConfig
+def test_without_a_general_mix_the_plan_gives_the_users_flow_every_training_minute(tmp_path, monkeypatch):
+    import numpy as np
 
-    options = BuildOptions(images="x", name="m", runs_root=str(tmp_path), minutes=30.0)
-    share = training_minutes(options) / training_minutes(
-        BuildOptions(images="x", name="m", minutes=30.0, general=GENERAL_NONE)
-    )
-    assert share == pytest.approx(2 / 3)
-    config = RunConfig(
-        name="m",
-        version="1",
-        data=DataConfig(source="npz", path="x.npz", channels=1, size=[8, 8]),
-        train=TrainConfig(batch_size=4, **schedule(600, 100)),
-        out_dir=str(options.run_dir),
-    )
-    rescaled = give_background_minutes_back(config, options)
-    assert rescaled.train.max_steps == 900  # 600 steps planned for 2/3 of the minutes
-    assert rescaled.train.model_dump() == {**config.train.model_dump(), **schedule(900, 100)}
-    assert (options.run_dir / NO_BACKGROUND_MARK).exists()
-    written = yaml.safe_load((options.run_dir / "config.yaml").read_text())
-    assert RunConfig.model_validate(written) == rescaled
-    assert give_background_minutes_back(rescaled, options) is rescaled  # resumed: not rescaled twice
-    assert give_background_minutes_back(config, BuildOptions(images="x", name="n", general=GENERAL_NONE)) is config
+    import training.build_plan as build_plan
+    from training.build_plan import GENERAL_NONE, NO_BACKGROUND_MARK, plan, training_minutes
+
+    monkeypatch.setattr(build_plan, "images_per_second", lambda *args: 100.0)  # the probe, made deterministic
+    images = np.random.default_rng(0).integers(0, 256, (400, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "train.npz", images=images)
+    asked, shapes = [], []
+
+    def options(runs: str) -> BuildOptions:
+        return BuildOptions(images=str(tmp_path / "train.npz"), name="m", runs_root=str(tmp_path / runs), minutes=30.0)
+
+    def steps_for(minutes: float) -> int:
+        return int(100.0 * 60 * minutes / build_plan.BATCH_SIZE)
+
+    with_mix, planned = plan(options("with"), find_mix=lambda shape: shapes.append(shape) or True)
+    assert shapes == [(1, 8, 8)] and planned.general != GENERAL_NONE  # asked once the images' shape was known
+    assert with_mix.train.max_steps == steps_for(training_minutes(options("with")))  # two thirds of the minutes
+
+    without, planned = plan(options("without"), find_mix=lambda shape: asked.append(shape) or False)
+    assert planned.general == GENERAL_NONE and (planned.run_dir / NO_BACKGROUND_MARK).exists()
+    every_minute = training_minutes(BuildOptions(images="x", name="m", minutes=30.0, general=GENERAL_NONE))
+    assert without.train.max_steps == steps_for(every_minute) > with_mix.train.max_steps
+    # resumed: the written plan and its decision stand, and the mix is not looked for again
+    again, replanned = plan(options("without"), find_mix=lambda shape: asked.append(shape) or True)
+    assert again == without and replanned.general == GENERAL_NONE and asked == [(1, 8, 8)]
+    written = yaml.safe_load((planned.run_dir / "config.yaml").read_text())
+    assert written["train"]["max_steps"] == without.train.max_steps
