@@ -29,7 +29,8 @@ from torch import nn
 from service.artifact import load_manifest
 from service.scores import tail_evidence
 from training.calibrate import load_holdout
-from training.data import load_npz, recorded_test_split, recorded_training_split
+from training.data import load_npz, recorded_training_split
+from training.evaluate import in_distribution_images
 from training.metrics import auroc
 from training.scoring import open_calibrated_bundle, run_complexity, run_statistics
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         joined = sum(tail_evidence(reference, part) for reference, part in zip(references, parts, strict=True))
         return parts[0], parts[1], joined
 
-    test = scores(recorded_test_split(manifest.data, shape))
+    test = scores(in_distribution_images(bundle, None)[0])  # the report's own in-distribution set
     listed = json.loads((Path(args.sets) / "sets.json").read_text())["sets"]
     groups = {entry["name"]: entry["group"] for entry in listed}
     print(f"AUROC against the bundle's {len(test[0])} test images: `{default}`, the classifier, the two joined")

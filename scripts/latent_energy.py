@@ -16,8 +16,8 @@ import argparse
 
 import numpy as np
 
-from service.artifact import LATENT_ENERGY_OUTPUT, load_manifest
-from training.data import detect_source, load_images, recorded_test_split
+from service.artifact import LATENT_ENERGY_OUTPUT
+from training.evaluate import in_distribution_images
 from training.metrics import auroc
 from training.ood_sets import Context, build_set
 from training.scoring import open_bundle, run_statistics
@@ -27,20 +27,14 @@ from training.weights import flow_from_bundle
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.latent_energy", description=__doc__.splitlines()[0])
     parser.add_argument("bundle")
-    parser.add_argument("--in-dist", help="test images (default: the test set the manifest records)")
+    parser.add_argument("--in-dist", help="test images (default: as oodgate-eval picks them)")
     parser.add_argument("--per-set", type=int, default=1000)
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.bundle)
-    shape = tuple(manifest.input.shape)
-    if args.in_dist:
-        test = load_images(detect_source(args.in_dist), args.in_dist, shape[0], shape[1:])
-    else:
-        test = recorded_test_split(manifest.data, shape)
-        if test is None:
-            test = load_images("fashion-mnist", manifest.data.path, shape[0], shape[1:], split="test")
+    bundle = open_bundle(args.bundle, threads=1)
+    test, _ = in_distribution_images(bundle, args.in_dist)  # the report's own in-distribution set
+    shape = tuple(bundle.manifest.input.shape)
     ctx = Context(shape=shape, in_images=test, per_set=args.per_set, flow=flow_from_bundle(args.bundle))
     zeroed = build_set("latent_zeroed", ctx).images
-    bundle = open_bundle(args.bundle, threads=1)
     energy = {
         name: np.asarray(run_statistics(bundle, images, desc=name, progress=False)[LATENT_ENERGY_OUTPUT], np.float64)
         for name, images in (("test", test), ("latent_zeroed", zeroed))

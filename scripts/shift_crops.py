@@ -25,7 +25,9 @@ import numpy as np
 
 from service.artifact import load_manifest
 from training.data import FASHION_MNIST_DIR, load_images
+from training.evaluate import in_distribution_images
 from training.ood_sets import PER_SET, Context
+from training.scoring import open_bundle
 
 ALPHA = 0.05  # the report's headline level
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.bundle)
     score = args.score or manifest.calibration["default_score"]
     shape = tuple(manifest.input.shape)
-    test = load_images("fashion-mnist", FASHION_MNIST_DIR, shape[0], shape[1:], split="test")
+    test, _ = in_distribution_images(open_bundle(args.bundle, threads=1), None)  # what the report shifted
     ctx = Context(shape=shape, in_images=test, per_set=args.per_set)
     print(f"{args.bundle}, score {score}, flagged at alpha {ALPHA} (p-values from {args.report}/scores.csv.gz)")
     train = load_images("fashion-mnist", FASHION_MNIST_DIR, shape[0], shape[1:], split="train")

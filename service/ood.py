@@ -164,13 +164,11 @@ class Detector:
                 raise ValueError(f"{len(complexity)} complexity values for {n} images")
         if any(name in NEEDS_BACKGROUND for name in names) and BACKGROUND_BPD not in stats:
             raise ValueError(f"stats lack {BACKGROUND_BPD!r}: run the bundle's background graph")
-        uses_flip = any(name in NEEDS_ORIENTATION for name in names) or (
-            self.orientation and any(name in ("dose", "combined") for name in names)
-        )
+        uses_dose = any(name in ("dose", "combined") for name in names)  # combined reads dose's statistics
+        uses_flip = any(name in NEEDS_ORIENTATION for name in names) or (self.orientation and uses_dose)
         if uses_flip and VFLIP_BPD not in stats:
             raise ValueError(f"stats lack {VFLIP_BPD!r}: run the bundle's runtime with orientation on")
-        uses_energy = self.latent_energy and any(name in ("dose", "combined") for name in names)
-        if uses_energy and LATENT_ENERGY_OUTPUT not in stats:
+        if self.latent_energy and uses_dose and LATENT_ENERGY_OUTPUT not in stats:
             raise ValueError(f"stats lack {LATENT_ENERGY_OUTPUT!r}: this graph was exported without it")
         return n
 

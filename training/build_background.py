@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from service.artifact import BACKGROUND_ONNX_KEY, has_background, load_manifest
 from training.background import (
     BackgroundRunConfig,
     BackgroundSpec,
@@ -118,8 +119,6 @@ def attach_stage(checkpoint: Path, bundle_dir: Path) -> bool:
 
     Attaching drops the bundle's calibration, so the calibrate and evaluate stages run again.
     """
-    from service.artifact import BACKGROUND_ONNX_KEY, load_manifest
-
     manifest = load_manifest(bundle_dir, verify=True)
     recorded = (manifest.training or {}).get("background", {})
     if BACKGROUND_ONNX_KEY in manifest.files and recorded.get("checkpoint_mtime") == checkpoint.stat().st_mtime:
@@ -219,7 +218,6 @@ def choose_background(bundle_dir: Path, checkpoint: Path, test: str | None, thre
     domain) can make the ratio hurt; this is how a build finds out without an OOD
     example. The choice is recorded beside the checkpoint.
     """
-    from service.artifact import load_manifest
     from service.runtimes import manifest_orientation
 
     said = recorded_choice(checkpoint)
@@ -261,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-dist", help="in-distribution test images (default: the bundle's recorded test set)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    from service.artifact import has_background, load_manifest
-
     if not has_background(load_manifest(args.bundle)):  # the rule would compare the bundle with itself
         print(
             f"{args.bundle} has no background graph: attach it first "

@@ -213,11 +213,6 @@ def evaluate(bundle_dir: str | Path, options: EvalOptions, command: str = "") ->
         bundle, detector, [in_set, *scored], tuple(options.alphas), rows, notes + ctx.notes, command=command
     )
     result.targets = {name: target_checks(result, name) for name in detector.score_names}
-    result.meets_targets = {
-        name
-        for name, checks in result.targets.items()
-        if all(check.met is not False for check in checks if check.chooses)
-    }
     result.recommended, result.worst = recommend(
         rows, detector.score_names, eligible=result.meets_targets, choice_sets=DOMAIN_FREE_OOD
     )

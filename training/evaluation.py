@@ -53,9 +53,17 @@ class Evaluation:
     worst: dict[str, tuple[float, str]] = field(default_factory=dict)
     # score -> its targets (training.targets.Target), checked once by the evaluation for the report to show
     targets: dict[str, list] = field(default_factory=dict)
-    meets_targets: set[str] = field(default_factory=set)  # scores that meet every target the report checks
     command: str = ""
     seconds: float = 0.0
+
+    @property
+    def meets_targets(self) -> set[str]:
+        """The scores that meet every target that chooses the default (one not measured does not count against)."""
+        return {
+            name
+            for name, checks in self.targets.items()
+            if all(check.met is not False for check in checks if check.chooses)
+        }
 
     @property
     def in_set(self) -> ScoredSet:

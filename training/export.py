@@ -34,6 +34,7 @@ from torch import nn
 from service.artifact import (
     GRAPH_OUTPUTS,
     INPUT_NAME,
+    LATENT_ENERGY_OUTPUT,
     ONNX_FILE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
@@ -142,23 +143,24 @@ def check_parity(
     graph: ScoringGraph, bundle_dir: Path, images: np.ndarray, tolerance: float = PARITY_TOLERANCE_BPD
 ) -> dict:
     """Score ``images`` three ways; raise :class:`ExportParityError` past ``tolerance`` bpd."""
-    eager = run_eager(graph, images)
+    eager = dict(zip(GRAPH_OUTPUTS, run_eager(graph, images), strict=True))
     report = {"images": int(len(images)), "tolerance_bpd": tolerance}
     for backend, runner, file in (("torchscript", run_torchscript, TORCHSCRIPT_FILE), ("onnx", run_onnx, ONNX_FILE)):
-        outputs = runner(bundle_dir / file, images)
-        for name, ref, got in zip(GRAPH_OUTPUTS, eager, outputs, strict=True):
-            if ref.shape != got.shape:
-                raise ExportParityError(f"{backend}: {name} has shape {got.shape}, eager gives {ref.shape}")
-        max_delta = float(np.max(np.abs(eager[3].astype(np.float64) - outputs[3].astype(np.float64))))
+        outputs = dict(zip(GRAPH_OUTPUTS, runner(bundle_dir / file, images), strict=True))
+        for name, ref in eager.items():
+            if ref.shape != outputs[name].shape:
+                raise ExportParityError(f"{backend}: {name} has shape {outputs[name].shape}, eager gives {ref.shape}")
+        ref, got = (np.asarray(values["bpd"], np.float64) for values in (eager, outputs))
+        max_delta = float(np.max(np.abs(ref - got)))
         if not np.isfinite(max_delta) or max_delta > tolerance:
             raise ExportParityError(
                 f"{backend}: max |Δ bpd| = {max_delta:.3g} over {len(images)} images > {tolerance:g}"
             )
         report[f"{backend}_max_abs_delta_bpd"] = max_delta
-        energy_ref, energy = (np.asarray(a, np.float64) for a in (eager[-1], outputs[-1]))
-        relative = float(np.max(np.abs(energy_ref - energy) / np.maximum(1.0, np.abs(energy_ref))))
+        ref, got = (np.asarray(values[LATENT_ENERGY_OUTPUT], np.float64) for values in (eager, outputs))
+        relative = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
         if not np.isfinite(relative) or relative > tolerance:
-            raise ExportParityError(f"{backend}: {GRAPH_OUTPUTS[-1]} differs by up to {relative:.3g} (relative)")
+            raise ExportParityError(f"{backend}: {LATENT_ENERGY_OUTPUT} differs by up to {relative:.3g} (relative)")
     return report
 
 

@@ -31,8 +31,9 @@ from service.artifact import (
     load_manifest,
     write_manifest,
 )
+from service.runtimes import OnnxGraph
 from training.calibrate import load_holdout
-from training.export import ExportParityError, run_onnx, write_graphs
+from training.export import ExportParityError, write_graphs
 from training.weights import flow_from_bundle
 
 # the old graph and the new one must agree this closely on every shown output (float32 arithmetic)
@@ -57,10 +58,11 @@ def reexport(bundle_dir: Path, real_images: np.ndarray | None = None) -> dict:
         staged = Path(staging)
         parity = write_graphs(flow, staged, real_images)
         probe = np.random.default_rng(0).integers(0, 256, size=(16, *manifest.input.shape), dtype=np.uint8)
-        old = run_onnx_any(bundle_dir / targets[GRAPH_KEYS["onnx"]][1], probe)
-        new = run_onnx(staged / ONNX_FILE, probe)
-        for name, before, after in zip(GRAPH_OUTPUTS, old, new, strict=False):
-            delta = float(np.max(np.abs(np.asarray(before, np.float64) - np.asarray(after, np.float64))))
+        # the service's own ONNX runtime, which reads an old graph's outputs by name as it does a new one's
+        old = OnnxGraph(bundle_dir / targets[GRAPH_KEYS["onnx"]][1], "cpu", 0)(probe)
+        new = OnnxGraph(staged / ONNX_FILE, "cpu", 0)(probe)
+        for name, before in old.items():
+            delta = float(np.max(np.abs(np.asarray(before, np.float64) - np.asarray(new[name], np.float64))))
             if not delta <= SAME_OUTPUTS_TOLERANCE * max(1.0, float(np.max(np.abs(before)))):
                 raise ExportParityError(f"{name} moved by {delta:.3g} between the old graph and the new one")
         # from here until the manifest is written the graphs' sha256 disagree with it: a load fails closed
@@ -74,14 +76,6 @@ def reexport(bundle_dir: Path, real_images: np.ndarray | None = None) -> dict:
         bundle_dir, manifest.model_copy(update={"outputs": list(GRAPH_OUTPUTS), "files": files, "training": training})
     )
     return parity
-
-
-def run_onnx_any(path: Path, images: np.ndarray) -> list[np.ndarray]:
-    """The graph's outputs in its own order, however many it has (an old graph has the prefix)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: images})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from service.artifact import GRAPH_OUTPUTS, OUTPUT_NAMES, load_manifest
 from service.calibration_file import load_detector
@@ -28,7 +29,10 @@ def _as_old_export(bundle, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(export.ScoringGraph, "forward", forward)
         patch.setattr(export, "GRAPH_OUTPUTS", OUTPUT_NAMES)
-        export.write_graphs(flow_from_bundle(bundle), bundle, None)
+        graph = export.prepare_for_export(flow_from_bundle(bundle))
+        example = torch.randint(0, 256, (2, *load_manifest(bundle).input.shape), dtype=torch.uint8)
+        export.export_torchscript(graph, example, bundle / "model.pt")
+        export.export_onnx(graph, example, bundle / "model.onnx")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["outputs"] = list(OUTPUT_NAMES)
     for key, file in (("onnx", "model.onnx"), ("torchscript", "model.pt")):

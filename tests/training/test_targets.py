@@ -13,6 +13,11 @@ def ood(set_name: str, score: str, auroc: float) -> dict:
     return {"set": set_name, "kind": "ood", "score": score, "auroc": auroc}
 
 
+def table(**aurocs: dict[str, float]) -> list[dict]:
+    """Rows for every score's AUROC per set (``score={set: auroc}``), score by score, sets in the order given."""
+    return [ood(name, score, value) for score, by_set in aurocs.items() for name, value in by_set.items()]
+
+
 def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
     rows = [
         ood("mnist", "complexity", 0.999),
@@ -26,34 +31,19 @@ def test_default_score_is_chosen_by_worst_auroc_not_by_mnist():
 
 
 def test_worst_auroc_ties_within_noise_go_to_the_next_worst_set():
-    rows = [
-        ood("vflip", "dose", 0.691),
-        ood("digits", "dose", 0.693),
-        ood("vflip", "combined", 0.682),
-        ood("digits", "combined", 0.876),
-    ]
+    rows = table(dose={"vflip": 0.691, "digits": 0.693}, combined={"vflip": 0.682, "digits": 0.876})
     assert recommend(rows, ("dose", "combined"))[0] == "combined"
     assert recommend(rows, ("dose", "combined"), tie=0.0)[0] == "dose"  # the strict rule
 
 
 def test_scores_tied_on_every_set_go_to_the_mean_auroc():
-    rows = [
-        ood("constant", "dose", 1.0),
-        ood("noise", "dose", 0.995),
-        ood("constant", "combined", 1.0),
-        ood("noise", "combined", 0.999),
-    ]
+    rows = table(dose={"constant": 1.0, "noise": 0.995}, combined={"constant": 1.0, "noise": 0.999})
     assert recommend(rows, ("dose", "combined"))[0] == "combined"
     assert recommend(rows[:1] + rows[2:3], ("dose", "combined"))[0] in ("dose", "combined")  # exact tie
 
 
 def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_them_all():
-    rows = [
-        ood("latent_zeroed", "dose", 0.93),
-        ood("vflip", "dose", 0.99),
-        ood("latent_zeroed", "combined", 0.90),
-        ood("vflip", "combined", 0.998),
-    ]
+    rows = table(dose={"latent_zeroed": 0.93, "vflip": 0.99}, combined={"latent_zeroed": 0.90, "vflip": 0.998})
     assert recommend(rows, ("dose", "combined"))[0] == "dose"
     best, worst = recommend(rows, ("dose", "combined"), eligible={"combined"})
     assert best == "combined" and worst["dose"] == (0.93, "latent_zeroed")  # worst still reported for all
@@ -61,12 +51,7 @@ def test_a_score_that_misses_a_target_is_not_recommended_over_one_that_meets_the
 
 
 def test_the_choice_sees_only_the_domain_free_sets():
-    rows = [
-        ood("constant", "dose", 0.97),
-        ood("constant", "bpd", 0.90),
-        ood("mine", "dose", 0.20),  # a user's set: dose fails it
-        ood("mine", "bpd", 0.99),
-    ]
+    rows = table(dose={"constant": 0.97, "mine": 0.20}, bpd={"constant": 0.90, "mine": 0.99})  # dose fails "mine"
     assert recommend(rows, ("dose", "bpd"))[0] == "bpd"  # unrestricted, the user's set would decide
     best, worst = recommend(rows, ("dose", "bpd"), choice_sets=DOMAIN_FREE_OOD)
     assert best == "dose" and worst["dose"] == (0.97, "constant")
