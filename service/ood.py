@@ -57,6 +57,19 @@ class CalibrationError(ValueError):
     """The calibration data cannot give a sound detector (too few images, non-finite statistics...)."""
 
 
+def fit_and_calibration_parts(n: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out positions :meth:`Detector.fit` fits on and those it calibrates on (sorted).
+
+    One function, so a probe that re-scores the calibration part (``scripts/``) reads
+    the very images the bundle's p-values were calibrated on.
+    """
+    n_fit = int(round(n * fit_fraction))
+    if n_fit < 10 or n - n_fit < 10:
+        raise CalibrationError(f"{n} held-out images are too few to fit on {n_fit} and calibrate on {n - n_fit}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:n_fit]), np.sort(order[n_fit:])
+
+
 class Detector:
     """Scores, conformal p-values and flags for one model bundle (alibi-detect style).
 
@@ -311,16 +324,12 @@ class Detector:
         n = self._check_inputs(stats, complexity, needed + ("dose",) + (("orientation",) if self.orientation else ()))
         if not 0.0 < fit_fraction < 1.0:
             raise ValueError(f"fit_fraction must lie in (0, 1), got {fit_fraction}")
-        n_fit = int(round(n * fit_fraction))
-        if n_fit < 10 or n - n_fit < 10:
-            raise CalibrationError(f"{n} held-out images are too few to fit on {n_fit} and calibrate on {n - n_fit}")
+        fit_idx, cal_idx = fit_and_calibration_parts(n, fit_fraction, seed)
         parts = self._combined_parts(combined_parts) if combined else ()
         bpd = np.asarray(stats["bpd"], dtype=np.float64)
         features = self._dose_features(stats, complexity)
         if not (np.all(np.isfinite(bpd)) and np.all(np.isfinite(features))):
             raise CalibrationError("held-out statistics contain non-finite values; the model cannot be calibrated")
-        order = np.random.default_rng(seed).permutation(n)
-        fit_idx, cal_idx = np.sort(order[:n_fit]), np.sort(order[n_fit:])
 
         self.mean_bpd = float(bpd[fit_idx].mean())
         self.density = fit_density(self.dose_density, features[fit_idx])
@@ -341,7 +350,7 @@ class Detector:
         self.info = {
             "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "n_holdout": int(n),
-            "n_fit": int(n_fit),
+            "n_fit": len(fit_idx),
             "seed": int(seed),
             "fit_fraction": float(fit_fraction),
             "holdout_bpd_mean": float(bpd.mean()),

@@ -40,7 +40,7 @@ import numpy as np
 
 from service.drift_martingale import DEFAULT_DRIFT_DELTA
 from service.guarantees import DEFAULT_CONDITIONAL_DELTA
-from service.ood import Detector
+from service.ood import Detector, fit_and_calibration_parts
 from training.calibrate import load_holdout
 from training.data import load_npz
 from training.evaluate import in_distribution_images, parse_extra
@@ -85,9 +85,11 @@ def calibration_parity(detector: Detector, holdout_scores: np.ndarray) -> float:
     n = len(holdout_scores)
     if len(calibration) == n:  # a score without a fit calibrates on the whole slice
         part = holdout_scores
-    else:  # service.ood.Detector.fit's seeded cut: the calibration part is what the fit part left
-        order = np.random.default_rng(int(detector.info.get("seed", 0))).permutation(n)
-        part = holdout_scores[np.sort(order[int(detector.info["n_fit"]) :])]
+    else:  # Detector.fit's own seeded cut: the calibration part is what the fit part left
+        _, calibration_part = fit_and_calibration_parts(
+            n, float(detector.info["fit_fraction"]), int(detector.info.get("seed", 0))
+        )
+        part = holdout_scores[calibration_part]
     if len(part) != len(calibration):
         return float("inf")
     return float(np.max(np.abs(np.sort(part) - calibration)))

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as st
 
 from service.decision import Decision
-from service.ood import CalibrationError, Detector, UnknownScoreError
+from service.ood import CalibrationError, Detector, UnknownScoreError, fit_and_calibration_parts
 from service.scores import BACKGROUND_BPD, COMBINED_PARTS, VFLIP_BPD
 from training.metrics import auroc
 
@@ -201,6 +201,19 @@ def test_fit_refuses_what_cannot_be_calibrated():
     stats["log_pz_levels"][3, 0] = np.inf
     with pytest.raises(CalibrationError, match="non-finite"):
         Detector(D, 2).fit(stats, complexity)
+
+
+def test_the_calibration_part_is_the_one_the_fitted_detector_calibrated_on():
+    rng = np.random.default_rng(12)
+    stats, complexity = make_stats(300, rng)
+    detector = Detector(D, 2).fit(stats, complexity, fit_fraction=0.3, seed=5)
+    fit_part, calibration_part = fit_and_calibration_parts(300, 0.3, 5)
+    assert (len(fit_part), len(calibration_part)) == (90, 210)
+    assert np.array_equal(np.union1d(fit_part, calibration_part), np.arange(300))
+    raw = detector.score({key: np.asarray(value)[calibration_part] for key, value in stats.items()},
+                         complexity[calibration_part])["dose"]  # fmt: skip
+    np.testing.assert_allclose(np.sort(raw), detector.calibration["dose"])
+    assert not np.array_equal(fit_and_calibration_parts(300, 0.3, 6)[1], calibration_part)
 
 
 def test_orientation_catches_flipped_images_that_every_other_score_misses():
