@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,9 +64,7 @@ def calibration_state(detector: Detector) -> tuple[dict[str, Any], dict[str, np.
         "scores": list(detector.score_names),
         "default_score": detector.default_score,
         "default_alpha": detector.default_alpha,
-        "background": detector.background,
-        "orientation": detector.orientation,
-        "latent_energy": detector.latent_energy,
+        **DetectorInputs.of(detector)._asdict(),
         "n_calibration": {name: int(len(values)) for name, values in detector.calibration.items()},
         "typicality": {"mean_bpd": detector.mean_bpd},
         "dose": {
@@ -90,9 +88,7 @@ def calibration_summary(detector: Detector) -> dict[str, Any]:
         "scores": list(detector.score_names),
         "default_score": detector.default_score,
         "default_alpha": detector.default_alpha,
-        "background": detector.background,
-        "orientation": detector.orientation,
-        "latent_energy": detector.latent_energy,
+        **DetectorInputs.of(detector)._asdict(),
     }
     if detector.fitted:
         summary["method"] = CONFORMAL_METHOD
@@ -109,22 +105,27 @@ def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.nda
     return {key[len(prefix) :]: np.asarray(value) for key, value in arrays.items() if key.startswith(prefix)}
 
 
-def summary_orientation(summary: Mapping[str, Any] | None) -> bool:
-    """Whether a calibration summary uses the flipped-image pass: the one reader of that key.
+class DetectorInputs(NamedTuple):
+    """What a calibrated detector reads besides the flow's own pass, as its summary records it.
 
-    The runtime needs it before any detector exists (to know whether to run the
-    flipped pass), the detector when it is rebuilt; both ask here.
+    The runtime needs this before any detector exists (whether to run the
+    flipped pass), the model entry to refuse a graph that lacks an output the
+    calibration wants, and the detector when it is rebuilt: all three ask
+    :func:`detector_inputs`, the one reader of these keys.
     """
-    return bool((summary or {}).get("orientation", False))
+
+    background: bool  # likelihood_ratio: a pass through the background flow
+    orientation: bool  # the vertically flipped pass
+    latent_energy: bool  # dose reads the graph's latent-energy output (no extra pass)
+
+    @classmethod
+    def of(cls, detector: Detector) -> DetectorInputs:
+        return cls(detector.background, detector.orientation, detector.latent_energy)
 
 
-def summary_latent_energy(summary: Mapping[str, Any] | None) -> bool:
-    """Whether a calibration's dose reads the graph's latent energy: the one reader of that key.
-
-    Calibrations made before the key existed have no such feature (``False``);
-    the model entry refuses a calibration that wants it from a graph without it.
-    """
-    return bool((summary or {}).get("latent_energy", False))
+def detector_inputs(summary: Mapping[str, Any] | None) -> DetectorInputs:
+    """The switches a calibration summary records; a key a calibration predates reads as off."""
+    return DetectorInputs(**{name: bool((summary or {}).get(name, False)) for name in DetectorInputs._fields})
 
 
 def detector_from_state(
@@ -139,9 +140,7 @@ def detector_from_state(
     detector = Detector(
         dims,
         levels,
-        background=bool(summary.get("background", False)),
-        orientation=summary_orientation(summary),
-        latent_energy=summary_latent_energy(summary),
+        **detector_inputs(summary)._asdict(),
         dose_density=summary["dose"]["density"],
         default_score=summary.get("default_score"),
         default_alpha=summary.get("default_alpha", DEFAULT_ALPHA),

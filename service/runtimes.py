@@ -41,7 +41,7 @@ from .artifact import (
     bundle_file,
     has_background,
 )
-from .calibration_file import summary_orientation
+from .calibration_file import detector_inputs
 from .scores import BACKGROUND_BPD, VFLIP_BPD
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def vflip(images: np.ndarray) -> np.ndarray:
 
 def manifest_orientation(manifest: Manifest) -> bool:
     """Whether the bundle's calibration uses the flipped-image pass."""
-    return summary_orientation(manifest.calibration)
+    return detector_inputs(manifest.calibration).orientation
 
 
 def resolve_device(backend: str, device: str) -> str:

@@ -11,12 +11,13 @@ import pytest
 
 from service.artifact import CALIBRATION_FILE, OUTPUT_NAMES, ArtifactError, load_manifest
 from service.calibration_file import (
+    DetectorInputs,
     calibration_state,
     calibration_summary,
     detector_from_state,
+    detector_inputs,
     load_detector,
     save_calibration,
-    summary_latent_energy,
 )
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -142,6 +143,9 @@ def test_latent_energy_round_trips_and_a_graph_without_it_is_refused(tmp_path, t
     assert manifest.calibration["dose"]["features"][-2:] == ["latent_energy_level1", "latent_energy_level2"]
     loaded = load_detector(manifest, bundle)
     assert loaded.latent_energy and calibration_summary(loaded)["latent_energy"] is True
+    assert detector_inputs(manifest.calibration) == DetectorInputs(
+        background=False, orientation=False, latent_energy=True
+    )
     new, new_complexity = make_stats(50, rng)
     np.testing.assert_array_equal(
         detector.p_value(new, new_complexity, "dose"), loaded.p_value(new, new_complexity, "dose")
@@ -154,4 +158,4 @@ def test_latent_energy_round_trips_and_a_graph_without_it_is_refused(tmp_path, t
     # a calibration made before the key existed reads as without it
     summary = dict(manifest.calibration)
     del summary["latent_energy"]
-    assert not summary_latent_energy(summary)
+    assert not detector_inputs(summary).latent_energy
