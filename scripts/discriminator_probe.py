@@ -12,7 +12,7 @@ and final rows say anything. Beside it: the bundle's default score, and the two 
 ``combined`` joins its parts (Fisher's sum of tail evidence, each against the bundle's
 held-out slice, which neither the flow nor this classifier trained on).
 
-One classifier swings with its seed (0.56-0.77 on one held-out set), so ``--seeds`` trains
+One classifier swings with its seed (Symbola: 0.49 to 0.77 between two seeds), so ``--seeds`` trains
 one per seed and adds their mean logit (a plain ensemble, the usual cure for that
 variance); ``joined`` then joins the mean. ``--shift k`` trains on images moved by up to
 ``k`` pixels and mirrored (:mod:`training.augment`), to see whether the classifier leans on
