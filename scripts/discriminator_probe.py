@@ -25,21 +25,21 @@ position.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from service.artifact import load_manifest
 from service.scores import tail_evidence
 from training.augment import random_shift
 from training.calibrate import load_holdout
+from training.colour_sets import read_index
 from training.data import load_npz, recorded_training_split
 from training.evaluate import in_distribution_images
+from training.guarantees import score_images
 from training.metrics import auroc
-from training.scoring import open_calibrated_bundle, run_complexity, run_statistics
+from training.scoring import open_calibrated_bundle
 
 
 def small_cnn(channels: int) -> nn.Module:
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         "--shift", type=int, default=0, help="train on images moved by up to this many pixels, and mirrored"
     )
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.bundle)
+    bundle, detector = open_calibrated_bundle(args.bundle, threads=0)
+    manifest = bundle.manifest
     shape = tuple(manifest.input.shape)
     start, stop = manifest.data.slices["train"]
     own = recorded_training_split(manifest.data, shape)[start:stop]  # what the flow trained on; never the holdout
@@ -112,33 +113,26 @@ def main(argv: list[str] | None = None) -> int:
         each = [logits(member, images) for member in members]
         return [*each, np.mean(each, axis=0)] if len(each) > 1 else each
 
-    bundle, detector = open_calibrated_bundle(args.bundle, threads=0)
     default = detector.default_score
-
-    def gate(images: np.ndarray) -> np.ndarray:
-        stats = run_statistics(bundle, images, progress=False)
-        return detector.score(stats, run_complexity(images, progress=False))[default]
-
     holdout = load_holdout(manifest)
-    gate_reference = np.sort(gate(holdout))
+    gate_reference = np.sort(score_images(bundle, detector, holdout, "holdout", None))
     ensemble_reference = np.sort(ensemble(holdout)[-1])
 
-    def scores(images: np.ndarray) -> list[np.ndarray]:
-        flow, classifiers = gate(images), ensemble(images)
+    def scores(images: np.ndarray, name: str) -> list[np.ndarray]:
+        flow, classifiers = score_images(bundle, detector, images, name, None), ensemble(images)
         joined = tail_evidence(gate_reference, flow) + tail_evidence(ensemble_reference, classifiers[-1])
         return [flow, *classifiers, joined]
 
-    test = scores(in_distribution_images(bundle, None)[0])  # the report's own in-distribution set
-    listed = json.loads((Path(args.sets) / "sets.json").read_text())["sets"]
-    groups = {entry["name"]: entry["group"] for entry in listed}
+    test = scores(in_distribution_images(bundle, None)[0], "test")  # the report's own in-distribution set
+    listed = sorted(read_index(Path(args.sets)), key=lambda entry: (entry.group, entry.name))
     columns = [default, *(f"seed{seed}" for seed in args.seeds), *(["mean"] if len(args.seeds) > 1 else []), "joined"]
     print(f"AUROC against the bundle's {len(test[0])} test images: " + ", ".join(columns))
-    for name in sorted(groups, key=lambda n: (groups[n], n)):
-        path = Path(args.sets) / f"{name}.npz"
+    for entry in listed:
+        path = Path(args.sets) / entry.file
         if path.exists():
-            ood = scores(load_npz(path))
+            ood = scores(load_npz(path), entry.name)
             print(
-                f"  {groups[name]:9s} {name:28s} "
+                f"  {entry.group:9s} {entry.name:28s} "
                 + "  ".join(f"{auroc(a, b):.3f}" for a, b in zip(test, ood, strict=True))
             )
     return 0

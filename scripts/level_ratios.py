@@ -19,21 +19,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from service.artifact import BACKGROUND_ONNX_KEY, LEVEL_OUTPUTS, ONNX_KEY, load_manifest
-from service.runtimes import vflip
+from service.runtimes import OnnxGraph, vflip
+from training.data import load_npz
 from training.metrics import auroc
+from training.scoring import BATCH_SIZE
 
-BATCH = 128
 
-
-def level_log_p(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+def level_log_p(graph: OnnxGraph, images: np.ndarray) -> np.ndarray:
     """``[N, levels]``: each level's share of log p(x) (its latent's log-density plus its log-det)."""
     parts = []
-    for start in range(0, len(images), BATCH):
-        pz, det = session.run(list(LEVEL_OUTPUTS), {"images": np.ascontiguousarray(images[start : start + BATCH])})
-        parts.append(pz + det)
+    for start in range(0, len(images), BATCH_SIZE):
+        outputs = graph(np.ascontiguousarray(images[start : start + BATCH_SIZE]))
+        parts.append(sum(outputs[name] for name in LEVEL_OUTPUTS))  # log p(z) + log-det, per level
     return np.concatenate(parts)
 
 
@@ -55,14 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.bundle, verify=True)
     if BACKGROUND_ONNX_KEY not in manifest.files:
         parser.error(f"{args.bundle} has no background flow")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sessions = [
-        ort.InferenceSession(str(args.bundle / name), options, providers=["CPUExecutionProvider"])
-        for name in (manifest.files[ONNX_KEY].path, manifest.files[BACKGROUND_ONNX_KEY].path)
-    ]
-    inside = np.load(args.in_dist)["images"]
-    sets = {path.stem: np.load(path)["images"] for path in args.ood}
+    sessions = [OnnxGraph(args.bundle / manifest.files[key].path, "cpu", 1) for key in (ONNX_KEY, BACKGROUND_ONNX_KEY)]
+    inside = load_npz(args.in_dist)
+    sets = {path.stem: load_npz(path) for path in args.ood}
     sets["inverted"], sets["upside-down"] = 255 - inside, vflip(inside)
     reference = level_scores(*(level_log_p(s, inside) for s in sessions))
     print("| set | " + " | ".join(reference) + " |")

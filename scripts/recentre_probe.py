@@ -6,7 +6,7 @@ MNIST target (the fashion card's "Shift augmentation"). This tries the test-time
 the same invariance, canonicalisation: each image's centre of mass (of its difference
 from its own border's median, so no background colour is assumed) is moved, by a whole
 number of pixels, at most ``--limit`` per axis, to the training slice's median centre,
-the vacated rows and columns repeating the edge (as :mod:`training.augment` fills them).
+the vacated rows and columns repeating the edge (:func:`training.augment.shift_images`).
 
 Two ways to use the moved copy, each re-calibrated on the bundle's own calibration part
 of the held-out slice (the images its p-values were calibrated on), so each column's
@@ -28,25 +28,29 @@ import argparse
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
-from service.artifact import load_manifest
 from service.conformal import conformal_p_values
-from service.ood import fit_and_calibration_parts
+from training.augment import shift_images
 from training.calibrate import load_holdout
 from training.data import recorded_training_split
 from training.evaluate import eager_flow, in_distribution_images
+from training.guarantees import score_images
 from training.metrics import auroc, flag_rate, fpr_at_tpr
 from training.ood_sets import Context, SetUnavailable, build_set, default_sets
-from training.scoring import open_calibrated_bundle, run_complexity, run_statistics
-
-ALPHA = 0.05  # the report's headline level
+from training.scoring import open_calibrated_bundle
+from training.targets import REPORT_ALPHA
 
 
 class Scored(NamedTuple):
     plain: np.ndarray  # the bundle's default score, as served
-    minimum: np.ndarray  # the lower of the image's and its moved copy's
     always: np.ndarray  # the moved copy's (the image's when not moved)
     moved: float  # share of the images the canonicalisation moved
+
+    @property
+    def minimum(self) -> np.ndarray:
+        """The lower of the image's score and its moved copy's."""
+        return np.minimum(self.plain, self.always)
 
 
 def ink(images: np.ndarray) -> np.ndarray:
@@ -69,15 +73,7 @@ def recentre(images: np.ndarray, target: tuple[float, float], limit: int) -> tup
     rows, cols = centres(images)
     dy = np.clip(np.rint(target[0] - rows), -limit, limit).astype(int)
     dx = np.clip(np.rint(target[1] - cols), -limit, limit).astype(int)
-    n, channels, height, width = images.shape
-    source_rows = np.clip(np.arange(height)[None, :] - dy[:, None], 0, height - 1)
-    source_cols = np.clip(np.arange(width)[None, :] - dx[:, None], 0, width - 1)
-    moved = images[
-        np.arange(n)[:, None, None, None],
-        np.arange(channels)[None, :, None, None],
-        source_rows[:, None, :, None],
-        source_cols[:, None, None, :],
-    ]
+    moved = shift_images(torch.from_numpy(images), torch.from_numpy(dy), torch.from_numpy(dx)).numpy()
     return moved, (dy != 0) | (dx != 0)
 
 
@@ -86,40 +82,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", nargs="?", default="models/fashion-glow/1")
     parser.add_argument("--limit", type=int, default=2, help="move an image at most this many pixels per axis")
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.bundle)
-    shape = tuple(manifest.input.shape)
     bundle, detector = open_calibrated_bundle(args.bundle, threads=0)
+    manifest = bundle.manifest
+    shape = tuple(manifest.input.shape)
     default = detector.default_score
     start, stop = manifest.data.slices["train"]
     train_rows, train_cols = centres(recorded_training_split(manifest.data, shape)[start:stop])
     target = (float(np.median(train_rows)), float(np.median(train_cols)))
 
-    def score(images: np.ndarray) -> np.ndarray:
-        stats = run_statistics(bundle, images, progress=False)
-        return detector.score(stats, run_complexity(images, progress=False))[default]
-
-    def scored(images: np.ndarray) -> Scored:
-        plain = score(images)
+    def scored(images: np.ndarray, name: str) -> Scored:
+        plain = score_images(bundle, detector, images, name, None)
         moved, changed = recentre(images, target, args.limit)
         always = plain.copy()
         if changed.any():
-            always[changed] = score(moved[changed])
-        return Scored(plain, np.minimum(plain, always), always, float(changed.mean()))
+            always[changed] = score_images(bundle, detector, moved[changed], f"{name}, moved", None)
+        return Scored(plain, always, float(changed.mean()))
 
     holdout = load_holdout(manifest)
-    info = detector.info
-    _, calibration_part = fit_and_calibration_parts(len(holdout), float(info["fit_fraction"]), int(info["seed"]))
-    reference = scored(holdout[calibration_part])
+    reference = scored(holdout[detector.calibration_part(len(holdout))], "calibration part")
     columns = ("plain", "minimum", "always")
+    references = {column: np.sort(getattr(reference, column)) for column in columns}
 
     def flagged(ood: Scored) -> str:
-        rates = (flag_rate(conformal_p_values(np.sort(getattr(reference, c)), getattr(ood, c)), ALPHA) for c in columns)
-        return " / ".join(f"{rate:.4f}" for rate in rates)
+        p_values = (conformal_p_values(references[c], getattr(ood, c)) for c in columns)
+        return " / ".join(f"{flag_rate(p, REPORT_ALPHA):.4f}" for p in p_values)
 
     test, _ = in_distribution_images(bundle, None)
-    in_dist = scored(test)
+    in_dist = scored(test, "test")
     print(f"{args.bundle}: `{default}`; training median centre (row, col) {target[0]:.2f}, {target[1]:.2f} px")
-    print(f"{'set':16s} moved  AUROC plain / min / always    FPR95 plain / min / always    flagged at {ALPHA}")
+    print(f"{'set':16s} moved  AUROC plain / min / always    FPR95 plain / min / always    flagged at {REPORT_ALPHA}")
     print(f"{'test':16s} {in_dist.moved:.2f}  {'':57s} {flagged(in_dist)}")
     ctx = Context(shape, test)
     names = default_sets(manifest.data.source if manifest.data else None)
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.flow, _ = eager_flow(bundle, None, test)
     for name in names:
         try:
-            ood = scored(build_set(name, ctx).images)
+            ood = scored(build_set(name, ctx).images, name)
         except SetUnavailable as exc:
             print(f"{name:16s} skipped: {exc}")
             continue

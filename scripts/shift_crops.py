@@ -23,20 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import load_manifest
+from service.decision import flags
 from training.data import FASHION_MNIST_DIR, load_images
 from training.evaluate import in_distribution_images
 from training.ood_sets import PER_SET, Context
-from training.scoring import open_bundle
-
-ALPHA = 0.05  # the report's headline level
+from training.scoring import open_calibrated_bundle
+from training.targets import REPORT_ALPHA
 
 
 def flagged_by_index(report: Path, name: str, score: str) -> dict[int, bool]:
     with gzip.open(report / "scores.csv.gz", "rt", newline="") as rows:
-        return {
-            int(row["index"]): float(row[f"p_{score}"]) <= ALPHA for row in csv.DictReader(rows) if row["set"] == name
-        }
+        listed = [(int(row["index"]), float(row[f"p_{score}"])) for row in csv.DictReader(rows) if row["set"] == name]
+    flagged = flags(np.array([p for _, p in listed]), REPORT_ALPHA)
+    return {index: bool(flag) for (index, _), flag in zip(listed, flagged, strict=True)}
 
 
 def centre_x(images: np.ndarray) -> np.ndarray:
@@ -52,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score", default=None, help="score whose flags to read (default: the bundle's default)")
     parser.add_argument("--per-set", type=int, default=PER_SET, help="as the report was run (its default)")
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.bundle)
-    score = args.score or manifest.calibration["default_score"]
-    shape = tuple(manifest.input.shape)
-    test, _ = in_distribution_images(open_bundle(args.bundle, threads=1), None)  # what the report shifted
+    bundle, detector = open_calibrated_bundle(args.bundle, threads=1)
+    score = args.score or detector.default_score
+    shape = tuple(bundle.manifest.input.shape)
+    test, _ = in_distribution_images(bundle, None)  # what the report shifted
     ctx = Context(shape=shape, in_images=test, per_set=args.per_set)
-    print(f"{args.bundle}, score {score}, flagged at alpha {ALPHA} (p-values from {args.report}/scores.csv.gz)")
+    print(f"{args.bundle}, score {score}, flagged at alpha {REPORT_ALPHA} (p-values from {args.report}/scores.csv.gz)")
     train = load_images("fashion-mnist", FASHION_MNIST_DIR, shape[0], shape[1:], split="train")
     centre = centre_x(train)
     middle, spread = float(np.median(centre)), float(np.std(centre))

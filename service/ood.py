@@ -363,6 +363,10 @@ class Detector:
             self.info["holdout_orientation_std"] = float(d.std())
         return self
 
+    def calibration_part(self, n: int) -> np.ndarray:
+        """Positions, among the ``n`` held-out images :meth:`fit` saw, of those its fitted scores calibrated on."""
+        return fit_and_calibration_parts(n, float(self.info["fit_fraction"]), int(self.info.get("seed", 0)))[1]
+
     def _dose_features(self, stats: Mapping[str, np.ndarray], complexity: np.ndarray) -> np.ndarray:
         return dose_features(stats, complexity, self.dims, self.orientation, self.latent_energy)
 

@@ -22,19 +22,26 @@ class AugmentSpec(BaseModel):
     shift_pixels: int = Field(0, ge=0, le=8, description="move each training image by up to this many pixels per axis")
 
 
-def random_shift(pixels: torch.Tensor, max_pixels: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``pixels`` ([B, C, H, W], any dtype) each moved by its own offset in ``[-max_pixels, max_pixels]`` per axis.
+def shift_images(pixels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``pixels`` ([B, C, H, W], any dtype), image ``i`` moved down ``rows[i]`` and right ``cols[i]`` pixels.
 
     A pixel of the output at (row, col) is the input's at (row - dy, col - dx), clamped
     to the frame: the edge rows and columns are repeated into what the move vacates.
+    One definition of a move, for the augmentation and for probes that move images back.
     """
-    if max_pixels == 0:
-        return pixels
     batch, channels, height, width = pixels.shape
     device = pixels.device
-    offsets = torch.randint(-max_pixels, max_pixels + 1, (2, batch), generator=generator).to(device)
-    rows = (torch.arange(height, device=device)[None, :] - offsets[0][:, None]).clamp(0, height - 1)
-    cols = (torch.arange(width, device=device)[None, :] - offsets[1][:, None]).clamp(0, width - 1)
+    rows, cols = rows.to(device), cols.to(device)
+    source_rows = (torch.arange(height, device=device)[None, :] - rows[:, None]).clamp(0, height - 1)
+    source_cols = (torch.arange(width, device=device)[None, :] - cols[:, None]).clamp(0, width - 1)
     index_b = torch.arange(batch, device=device)[:, None, None, None]
     index_c = torch.arange(channels, device=device)[None, :, None, None]
-    return pixels[index_b, index_c, rows[:, None, :, None], cols[:, None, None, :]]
+    return pixels[index_b, index_c, source_rows[:, None, :, None], source_cols[:, None, None, :]]
+
+
+def random_shift(pixels: torch.Tensor, max_pixels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``pixels`` each moved by its own offset in ``[-max_pixels, max_pixels]`` per axis (:func:`shift_images`)."""
+    if max_pixels == 0:
+        return pixels
+    offsets = torch.randint(-max_pixels, max_pixels + 1, (2, len(pixels)), generator=generator)
+    return shift_images(pixels, offsets[0], offsets[1])

@@ -43,6 +43,7 @@ import numpy as np
 
 from training.image_sources import (
     ICONS,
+    SVG_RENDERER_DEB,
     ClipartTransform,
     EmojiGlyphs,
     FontGlyphs,
@@ -53,6 +54,7 @@ from training.image_sources import (
     pip_hint,
     python_data_dir,
 )
+from training.prepare_clipart import CLIPART_DEB
 
 SIZE = 32
 MAX_IMAGES = 1000
@@ -102,6 +104,12 @@ class SetRecord:
     count: int
     sha256: str
     file: str
+
+
+def read_index(sets_dir: Path) -> list[SetRecord]:
+    """The rows of ``sets_dir``'s index, as :func:`write_sets` wrote them: the one reader of ``sets.json``."""
+    index = json.loads((Path(sets_dir) / INDEX_NAME).read_text())
+    return [SetRecord(**row) for row in index["sets"]]
 
 
 def images_sha256(images: np.ndarray) -> str:
@@ -175,7 +183,7 @@ def default_sets(clipart_test: Path = CLIPART_TEST) -> list[SetSpec]:
             NEAR,
             TUNE,
             "Gartoon cartoon-style icons (SVG rendered at 256 px), the largest of each name",
-            "gnome-icon-theme-gartoon, librsvg2-bin",
+            f"gnome-icon-theme-gartoon, {SVG_RENDERER_DEB}",
             IconFiles((ICONS / "gartoon",), "gnome-icon-theme-gartoon", suffix=".svg"),
         ),
         SetSpec(
@@ -221,7 +229,7 @@ def default_sets(clipart_test: Path = CLIPART_TEST) -> list[SetSpec]:
             TRANSFORM,
             TRANSFORM,
             "the clip-art test split, colour-inverted (255 - x)",
-            "openclipart-png",
+            CLIPART_DEB,
             ClipartTransform(clipart_test, "inverted"),
         ),
         SetSpec(
@@ -229,7 +237,7 @@ def default_sets(clipart_test: Path = CLIPART_TEST) -> list[SetSpec]:
             TRANSFORM,
             TRANSFORM,
             "the clip-art test split, flipped vertically",
-            "openclipart-png",
+            CLIPART_DEB,
             ClipartTransform(clipart_test, "upside-down"),
         ),
     ]

@@ -17,7 +17,6 @@ Output is a Markdown table for ``docs/colour-ood-sets.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from service.complexity import complexity_bits
-from training.colour_sets import CLIPART_TEST, INDEX_NAME
+from training.colour_sets import CLIPART_TEST, INDEX_NAME, read_index
 from training.metrics import auroc, fpr_at_tpr
 
 
@@ -46,16 +45,15 @@ def baseline_rows(sets_dir: Path, in_dist: np.ndarray) -> tuple[float, list[Base
     dims = float(np.prod(in_dist.shape[1:]))
     in_bits = complexity_bits(in_dist)
     centre = float(np.median(in_bits))
-    index = json.loads((sets_dir / INDEX_NAME).read_text())
     rows = []
-    for entry in index["sets"]:
-        with np.load(sets_dir / entry["file"]) as data:
+    for entry in read_index(sets_dir):
+        with np.load(sets_dir / entry.file) as data:
             bits = complexity_bits(data["images"])
         rows.append(
             BaselineRow(
-                entry["name"],
-                entry["kind"],
-                entry["group"],
+                entry.name,
+                entry.kind,
+                entry.group,
                 len(bits),
                 float(np.median(bits)) / dims,
                 auroc(in_bits, bits),

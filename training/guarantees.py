@@ -40,7 +40,7 @@ import numpy as np
 
 from service.drift_martingale import DEFAULT_DRIFT_DELTA
 from service.guarantees import DEFAULT_CONDITIONAL_DELTA
-from service.ood import Detector, fit_and_calibration_parts
+from service.ood import Detector
 from training.calibrate import load_holdout
 from training.data import load_npz
 from training.evaluate import in_distribution_images, parse_extra
@@ -86,10 +86,7 @@ def calibration_parity(detector: Detector, holdout_scores: np.ndarray) -> float:
     if len(calibration) == n:  # a score without a fit calibrates on the whole slice
         part = holdout_scores
     else:  # Detector.fit's own seeded cut: the calibration part is what the fit part left
-        _, calibration_part = fit_and_calibration_parts(
-            n, float(detector.info["fit_fraction"]), int(detector.info.get("seed", 0))
-        )
-        part = holdout_scores[calibration_part]
+        part = holdout_scores[detector.calibration_part(n)]
     if len(part) != len(calibration):
         return float("inf")
     return float(np.max(np.abs(np.sort(part) - calibration)))

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from training.prepare_clipart import CLIPART_DEB
 from training.square_on_white import open_trusted, prepare_file, square_on_white
 
 ICONS = Path("/usr/share/icons")
 SVG_RENDER_PX = 256
 SVG_RENDERER = "rsvg-convert"
+SVG_RENDERER_DEB = "librsvg2-bin"  # the Debian package that ships it
 PRIVATE_USE_CATEGORY = "Co"  # where icon fonts keep their pictographs
 EMOJI_CATEGORY = "So"  # Unicode "Symbol, other": the pictographs, not digits, joiners or skin-tone swatches
 SIZE_DIR = re.compile(r"^(\d+)(?:x\d+)?(?:@(\d+)x)?$")
@@ -75,14 +77,14 @@ class IconFiles:
     def missing(self) -> list[str]:
         gone = [apt_hint(self.package) + f": {root} not found" for root in self.roots if not root.is_dir()]
         if self.suffix == ".svg" and shutil.which(SVG_RENDERER) is None:
-            gone.append(apt_hint("librsvg2-bin") + f": {SVG_RENDERER} renders the SVG icons")
+            gone.append(apt_hint(SVG_RENDERER_DEB) + f": {SVG_RENDERER} renders the SVG icons")
         return gone
 
     def origins(self) -> frozenset[str]:
         return frozenset(str(root.resolve()) for root in self.roots)
 
     def debs(self) -> frozenset[str]:
-        return frozenset({self.package, "librsvg2-bin"} if self.suffix == ".svg" else {self.package})
+        return frozenset({self.package, SVG_RENDERER_DEB} if self.suffix == ".svg" else {self.package})
 
     def files(self) -> list[Path]:
         found: list[Path] = []
@@ -305,7 +307,7 @@ class ClipartTransform:
         return frozenset()
 
     def debs(self) -> frozenset[str]:
-        return frozenset({"openclipart-png"})  # the test split is cut from it (training.prepare_clipart)
+        return frozenset({CLIPART_DEB})  # the test split is cut from it (training.prepare_clipart)
 
     def build(self, size: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         with np.load(self.test_npz) as data:

@@ -27,7 +27,8 @@ import numpy as np
 from training.square_on_white import prepare_file
 
 CLIPART_ROOT = Path("/usr/share/openclipart")
-CLIPART_HINT = "install it with: sudo apt-get install -y openclipart-png"
+CLIPART_DEB = "openclipart-png"  # the Debian package the clip art comes from
+CLIPART_HINT = f"install it with: sudo apt-get install -y {CLIPART_DEB}"
 SIZE = 32
 TEST_EVERY = 10  # index % TEST_EVERY == 0 -> test split
 

@@ -214,6 +214,7 @@ def test_the_calibration_part_is_the_one_the_fitted_detector_calibrated_on():
                          complexity[calibration_part])["dose"]  # fmt: skip
     np.testing.assert_allclose(np.sort(raw), detector.calibration["dose"])
     assert not np.array_equal(fit_and_calibration_parts(300, 0.3, 6)[1], calibration_part)
+    np.testing.assert_array_equal(detector.calibration_part(300), calibration_part)
 
 
 def test_orientation_catches_flipped_images_that_every_other_score_misses():

@@ -1,9 +1,11 @@
 """The no-flow baseline: PNG size ranks noise above flat images and cannot tell identical images apart."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 
+from training.colour_sets import INDEX_NAME, SetRecord, images_sha256
 from training.complexity_baseline import baseline_rows, main
 
 
@@ -12,8 +14,9 @@ def write_index(sets_dir, sets):
     rows = []
     for name, images in sets.items():
         np.savez(sets_dir / f"{name}.npz", images=images)
-        rows.append({"name": name, "kind": "far", "group": "tune", "file": f"{name}.npz"})
-    (sets_dir / "sets.json").write_text(json.dumps({"sets": rows}))
+        record = SetRecord(name, "far", "tune", name, "none", len(images), images_sha256(images), f"{name}.npz")
+        rows.append(asdict(record))
+    (sets_dir / INDEX_NAME).write_text(json.dumps({"sets": rows}))  # as training.colour_sets.write_sets writes it
 
 
 def test_noise_is_separated_and_a_copy_of_the_test_split_is_not(tmp_path, capsys):
